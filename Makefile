@@ -1,0 +1,51 @@
+# Two commands for a new user: `make demo` and `make test`. Both bootstrap what
+# they need (venv, pinned packages, Kafka via Maven, redis-server) and cache it,
+# so the second run starts in seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.patchsight-installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup system infra-up infra-down test demo bench clean
+
+help:
+	@echo "make demo   - install what is missing, start Kafka + Redis, run the end-to-end demo"
+	@echo "make test   - install what is missing, start Kafka + Redis, run the test suite"
+	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+	@echo "make clean  - stop local services and remove .patchsight/ (keeps the venv)"
+
+# The venv is rebuilt only when a pin changes. pip's own cache keeps the wheels
+# (torch is several GB), so a rebuild does not download them again.
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) system
+
+# System packages the suite needs: Java 17 + Maven (Kafka), redis-server, and
+# Debian's Chromium + chromedriver for the dashboard's browser test.
+system:
+	@bash scripts/system-deps.sh
+
+infra-up: setup
+	$(BIN)/patchsight infra up
+
+infra-down:
+	-$(BIN)/patchsight infra down
+
+test: setup infra-up
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/patchsight demo
+
+bench: setup infra-up
+	$(BIN)/python bench/run_all.py
+
+clean: infra-down
+	rm -rf .patchsight

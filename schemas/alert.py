@@ -1,0 +1,69 @@
+"""The defect alert: what the alert service stores in Redis and announces."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import Field
+
+from schemas.envelope import VersionedMessage
+from schemas.frame import Id
+
+
+class AlertState(str, Enum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+# Operators drive alerts forward only; anything else is an illegal transition.
+ALLOWED_TRANSITIONS: dict[AlertState, set[AlertState]] = {
+    AlertState.open: {AlertState.acknowledged, AlertState.resolved},
+    AlertState.acknowledged: {AlertState.resolved},
+    AlertState.resolved: set(),
+}
+
+
+def alert_id_for(line_id: str, camera_id: str, question_id: str, first_seq: int, epoch: int = 0) -> str:
+    """Derive the alert id from what caused it, so a redelivered result maps to the same alert.
+
+    ``epoch`` counts restarts of the camera's sequence numbers (a publisher that
+    restarts from seq 0), so a new defect at a reused seq gets a new id; epoch 0
+    gives the same id as before the parameter existed.
+    """
+    cause = f"{line_id}\x1f{camera_id}\x1f{question_id}\x1f{first_seq}"
+    if epoch:
+        cause += f"\x1f{epoch}"
+    cause = cause.encode()
+    return hashlib.sha256(cause).hexdigest()[:20]
+
+
+class DefectAlert(VersionedMessage):
+    SCHEMA_VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str] = "defect-alert"
+
+    alert_id: str
+    line_id: Id
+    camera_id: Id
+    question_id: Id
+    question: str
+    defect_type: str
+    score: float = Field(ge=0.0, le=1.0, description="highest score seen while the alert was raised")
+    threshold: float = Field(ge=0.0, le=1.0)
+    first_seq: int = Field(ge=0, description="first frame of the k-of-n window that raised it")
+    last_seq: int = Field(ge=0, description="frame that completed the k-of-n window")
+    last_defect_seq: int | None = Field(None, ge=0, description="latest frame above threshold while the alert was active")
+    first_capture_ns: int = Field(ge=0)
+    trigger_capture_ns: int = Field(ge=0)
+    raised_ns: int = Field(ge=0)
+    model_id: str
+    state: AlertState = AlertState.open
+    acknowledged_by: str | None = None
+    acknowledged_ns: int | None = None
+    resolved_by: str | None = None
+    resolved_ns: int | None = None
+
+    def record_key(self) -> bytes:
+        return self.camera_id.encode()

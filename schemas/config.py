@@ -1,0 +1,320 @@
+"""The configuration contract: one YAML file shared by every service.
+
+``load_config(path)`` reads the file, applies environment overrides and
+validates the result. Overrides use ``PATCHSIGHT__SECTION__FIELD=value``
+(double underscores separate levels; values are parsed as YAML scalars), plus
+the conventional ``KAFKA_BOOTSTRAP`` and ``REDIS_URL``. Errors name the field.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from schemas.errors import ConfigError
+from schemas.frame import Id
+
+ENV_PREFIX = "PATCHSIGHT__"
+
+
+class Section(BaseModel):
+    # Unknown keys are almost always typos; refusing them beats ignoring them.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- Kafka -----------------------------------------------------------------
+
+
+class KafkaSecurity(Section):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+
+class Topics(Section):
+    frames: str = "frames"
+    results: str = "results"
+    dead_letter: str = "frames.dlq"
+    partitions: int = Field(6, ge=1, description="partitions when patchsight creates a topic")
+
+
+class KafkaSettings(Section):
+    bootstrap: str = "127.0.0.1:9092"
+    topics: Topics = Topics()
+    security: KafkaSecurity = KafkaSecurity()
+    client_id_prefix: str = "patchsight"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection settings for any kafka-python client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap.split(",") if s.strip()],
+            "security_protocol": self.security.protocol,
+        }
+        sec = self.security
+        if sec.protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = sec.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = sec.sasl_username
+            kwargs["sasl_plain_password"] = sec.sasl_password.get_secret_value() if sec.sasl_password else None
+        if sec.protocol.endswith("SSL"):
+            kwargs["ssl_cafile"] = str(sec.ssl_cafile) if sec.ssl_cafile else None
+            kwargs["ssl_certfile"] = str(sec.ssl_certfile) if sec.ssl_certfile else None
+            kwargs["ssl_keyfile"] = str(sec.ssl_keyfile) if sec.ssl_keyfile else None
+            kwargs["ssl_check_hostname"] = sec.ssl_check_hostname
+        return kwargs
+
+
+class RedisSettings(Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password:
+            kwargs["password"] = self.password.get_secret_value()
+        return kwargs
+
+
+# --- Lines, cameras, questions ------------------------------------------------
+
+
+class QuestionCategory(str, Enum):
+    fine_detail = "fine_detail"
+    spatial = "spatial"
+    counting = "counting"
+    relation = "relation"  # relations between two features, never stated by captions
+
+
+class Question(Section):
+    """A yes/no question asked of every frame of a line; "yes" means defect."""
+
+    id: Id
+    text: str = Field(min_length=3)
+    defect_type: str
+    category: QuestionCategory = QuestionCategory.fine_detail
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the bundle's threshold")
+    # CLIP baseline prompts; defaults are derived from the question when absent.
+    clip_positive: str | None = None
+    clip_negative: str | None = None
+
+
+class CameraSource(Section):
+    """Where a camera's frames come from: exactly one of url, device, video, images."""
+
+    url: str | None = None  # rtsp://, http(s)://
+    device: int | None = Field(None, ge=0)
+    video: Path | None = None
+    images: Path | None = None  # a folder of images, read in name order
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "CameraSource":
+        given = [n for n in ("url", "device", "video", "images") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of url, device, video, images (got {given or 'none'})")
+        return self
+
+    def describe(self) -> str:
+        """A log-safe description: credentials in URLs are masked."""
+        if self.url is not None:
+            scheme, sep, rest = self.url.partition("://")
+            if "@" in rest:
+                rest = "***@" + rest.split("@", 1)[1]
+            return f"{scheme}{sep}{rest}"
+        if self.device is not None:
+            return f"device:{self.device}"
+        return str(self.video or self.images)
+
+
+class CameraConfig(Section):
+    id: Id
+    source: CameraSource | None = None
+    fps: float = Field(10.0, gt=0, le=240)
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    resize: tuple[int, int] | None = None  # (width, height)
+
+
+class AlertPolicy(Section):
+    """k-of-n debounce and a cooldown; the defaults suit ~10 fps cameras."""
+
+    k: int = Field(3, ge=1)
+    n: int = Field(5, ge=1)
+    # After an alert, the same camera/question stays quiet until this many
+    # consecutive frames are below threshold: one part passing makes one alert.
+    clear_frames: int = Field(5, ge=1)
+    cooldown_s: float = Field(0.0, ge=0.0, description="extra quiet time after the defect clears")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "AlertPolicy":
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class LineConfig(Section):
+    id: Id
+    description: str = ""
+    cameras: list[CameraConfig] = Field(min_length=1)
+    questions: list[Question] = Field(min_length=1)
+    alert_policy: AlertPolicy = AlertPolicy()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "LineConfig":
+        for what, ids in (("camera", [c.id for c in self.cameras]), ("question", [q.id for q in self.questions])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {what} ids: {dupes}")
+        return self
+
+
+# --- Services -----------------------------------------------------------------
+
+
+class IngestSettings(Section):
+    buffer_frames: int = Field(32, ge=1, description="bounded buffer between capture and producer")
+    max_message_bytes: int = Field(1_000_000, ge=10_000, description="the broker's message.max.bytes")
+    oversize: Literal["downscale", "reject"] = "downscale"
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_give_up_s: float = Field(300.0, gt=0, description="report a camera dead after this long")
+    linger_ms: int = Field(5, ge=0)
+
+
+class ModelSettings(Section):
+    bundle: Path = Path("models/default")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class InferenceSettings(Section):
+    group_id: str = "patchsight-inference"
+    max_batch: int = Field(8, ge=1)
+    max_delay_ms: float = Field(20.0, ge=0)
+    max_frame_age_s: float = Field(5.0, gt=0, description="live frames older than this are skipped")
+    decode_threads: int = Field(2, ge=1)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+    thumbnail_px: int = Field(160, ge=32)
+
+
+class Webhook(Section):
+    url: str
+    secret: SecretStr
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    retry_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, capped at 60 s")
+
+
+class AlertSettings(Section):
+    group_id: str = "patchsight-alerts"
+    key_prefix: str = "ps"
+    stream_maxlen: int = Field(10_000, ge=10)
+    thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    metrics_port: int = Field(9465, ge=0, le=65535)
+    webhooks: list[Webhook] = []
+
+
+class DashboardSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class PatchsightConfig(Section):
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
+    ingest: IngestSettings = IngestSettings()
+    inference: InferenceSettings = InferenceSettings()
+    alerts: AlertSettings = AlertSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    lines: list[LineConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_lines(self) -> "PatchsightConfig":
+        ids = [line.id for line in self.lines]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate line ids: {dupes}")
+        cams = [c.id for line in self.lines for c in line.cameras]
+        dupes = sorted({i for i in cams if cams.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique across lines: {dupes}")
+        return self
+
+    def line(self, line_id: str) -> LineConfig | None:
+        return next((line for line in self.lines if line.id == line_id), None)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    out = dict(raw)
+    if env.get("KAFKA_BOOTSTRAP"):
+        _set_path(out, ["kafka", "bootstrap"], env["KAFKA_BOOTSTRAP"])
+    if env.get("REDIS_URL"):
+        _set_path(out, ["redis", "url"], env["REDIS_URL"])
+    for name, text in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        _set_path(out, path, value)
+    return out
+
+
+def validate_config(raw: Any, *, source: str = "configuration") -> PatchsightConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return PatchsightConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:10]:
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"  {loc}: {err['msg']}")
+        first = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(problems), field=first or None) from None
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> PatchsightConfig:
+    """Read a YAML config (or defaults when ``path`` is None), apply env overrides, validate."""
+    env = os.environ if env is None else env
+    raw: Any = {}
+    source = "environment"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {p}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    return validate_config(apply_env_overrides(raw, env), source=source)

@@ -1,0 +1,51 @@
+"""Dead-letter records: a message a service could not process, with the reason.
+
+The record keeps the original key, value and headers untouched, so a fixed
+consumer can re-publish it, and adds ``ps-dlq-*`` headers that say why.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.frame import Headers
+
+
+class DeadLetter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    reason: str  # a short code: malformed, unsupported-version, undecodable, unknown-line, ...
+    error: str  # the human-readable message
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    service: str  # who dead-lettered it, e.g. "inference/worker-1"
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: Headers = []
+
+    def to_record(self) -> tuple[bytes | None, bytes, Headers]:
+        extra = [
+            ("ps-dlq-reason", self.reason.encode()),
+            ("ps-dlq-error", self.error.encode()[:1024]),
+            ("ps-dlq-source", f"{self.source_topic}/{self.source_partition}/{self.source_offset}".encode()),
+            ("ps-dlq-service", self.service.encode()),
+        ]
+        original = [(k, v) for k, v in self.headers if not k.startswith("ps-dlq-") and v is not None]
+        return self.key, self.value or b"", original + extra
+
+    @classmethod
+    def from_record(cls, key: bytes | None, value: bytes | None, headers: Headers) -> "DeadLetter":
+        found = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith("ps-dlq-") and v is not None}
+        source = found.get("ps-dlq-source", "?/-1/-1").rsplit("/", 2)
+        return cls(
+            reason=found.get("ps-dlq-reason", "unknown"),
+            error=found.get("ps-dlq-error", ""),
+            source_topic=source[0],
+            source_partition=int(source[1]) if len(source) > 1 and source[1].lstrip("-").isdigit() else -1,
+            source_offset=int(source[2]) if len(source) > 2 and source[2].lstrip("-").isdigit() else -1,
+            service=found.get("ps-dlq-service", ""),
+            key=key,
+            value=value,
+            headers=[(k, v) for k, v in headers if not k.startswith("ps-dlq-")],
+        )

@@ -1,0 +1,63 @@
+"""The inspection result: one per frame on the ``results`` topic, keyed by camera."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.envelope import VersionedMessage
+from schemas.frame import Id
+
+
+class ResultStatus(str, Enum):
+    ok = "ok"  # the frame was scored
+    skipped = "skipped"  # deliberately not scored (see skip_reason); still one result per frame
+
+
+class QuestionScore(BaseModel):
+    """P(yes) for one question of the line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question_id: Id
+    score: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0, description="the bundle/line threshold used")
+    defect_type: str
+    above_threshold: bool
+
+
+class Timing(BaseModel):
+    """Where the time went, in milliseconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_ms: float = 0.0  # waiting in the dynamic batcher
+    decode_ms: float = 0.0
+    model_ms: float = 0.0  # encoder + all questions, divided by the batch's frames
+    batch_size: int = 0
+    capture_to_result_ms: float = 0.0
+
+
+class InspectionResult(VersionedMessage):
+    SCHEMA_VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str] = "inspection-result"
+
+    line_id: Id
+    camera_id: Id
+    seq: int = Field(ge=0)
+    capture_ns: int = Field(ge=0)
+    status: ResultStatus = ResultStatus.ok
+    skip_reason: str | None = None
+    model_id: str
+    worker_id: str
+    scores: list[QuestionScore] = Field(default_factory=list)
+    timing: Timing = Field(default_factory=Timing)
+    # A small JPEG of the frame, base64, present only when some question is above
+    # its threshold, so the alert service can show what triggered an alert without
+    # every result carrying an image.
+    thumbnail_jpeg_b64: str | None = None
+
+    def record_key(self) -> bytes:
+        return self.camera_id.encode()

@@ -1,0 +1,68 @@
+"""JSON messages: round trips, version checks, and dead-letter records."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import (
+    DeadLetter, DefectAlert, InspectionResult, MalformedMessage, QuestionScore, UnsupportedSchemaVersion,
+    alert_id_for,
+)
+
+
+def result() -> InspectionResult:
+    return InspectionResult(
+        line_id="line-a", camera_id="cam-1", seq=3, capture_ns=10, model_id="m1", worker_id="w1",
+        scores=[QuestionScore(question_id="scratch", score=0.9, threshold=0.5, defect_type="scratch",
+                              above_threshold=True)],
+    )
+
+
+def test_result_round_trip_and_key() -> None:
+    key, value, headers = result().to_record()
+    assert key == b"cam-1" and ("ps-kind", b"inspection-result") in headers
+    assert InspectionResult.from_record(value, headers) == result()
+
+
+def test_future_version_is_refused_before_parsing() -> None:
+    _, value, _ = result().to_record()
+    with pytest.raises(UnsupportedSchemaVersion):
+        InspectionResult.from_record(value, [("ps-schema", b"2")])
+    body = value.replace(b'"schema_version":1', b'"schema_version":2')
+    with pytest.raises(UnsupportedSchemaVersion):
+        InspectionResult.from_json(body)
+
+
+@pytest.mark.parametrize("value", [b"", b"{", b"[]", b'{"line_id": 3}', b"\xff" * 10])
+def test_garbage_is_a_typed_error(value: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        InspectionResult.from_json(value)
+
+
+def test_scores_must_be_probabilities() -> None:
+    with pytest.raises(ValueError):
+        QuestionScore(question_id="q", score=1.5, threshold=0.5, defect_type="d", above_threshold=True)
+
+
+def test_alert_id_depends_only_on_the_cause() -> None:
+    a = alert_id_for("line-a", "cam-1", "scratch", 40)
+    assert a == alert_id_for("line-a", "cam-1", "scratch", 40)
+    assert len({a, alert_id_for("line-a", "cam-1", "scratch", 41), alert_id_for("line-a", "cam-2", "scratch", 40)}) == 3
+    alert = DefectAlert(
+        alert_id=a, line_id="line-a", camera_id="cam-1", question_id="scratch", question="Is there a scratch?",
+        defect_type="scratch", score=0.9, threshold=0.5, first_seq=40, last_seq=42, first_capture_ns=1,
+        trigger_capture_ns=2, raised_ns=3, model_id="m1",
+    )
+    assert DefectAlert.from_json(alert.to_json()) == alert
+
+
+def test_dead_letter_keeps_the_original_record() -> None:
+    original = [("ps-schema", b"9"), ("ps-camera", b"cam-1")]
+    dl = DeadLetter(reason="unsupported-version", error="v9", source_topic="frames", source_partition=2,
+                    source_offset=17, service="inference/w1", key=b"cam-1", value=b"jpeg", headers=original)
+    key, value, headers = dl.to_record()
+    assert key == b"cam-1" and value == b"jpeg" and headers[:2] == original
+    back = DeadLetter.from_record(key, value, headers)
+    assert (back.reason, back.source_topic, back.source_partition, back.source_offset) == (
+        "unsupported-version", "frames", 2, 17)
+    assert back.headers == original
