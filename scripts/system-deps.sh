@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+# validates docker-compose.yml in the suite (the Docker client here has no compose plugin)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 command -v redis-server >/dev/null || need+=(redis-server)
 if [[ "${PATCHSIGHT_SKIP_BROWSER:-0}" != 1 ]]; then
   command -v chromium >/dev/null || need+=(chromium)
