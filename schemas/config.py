@@ -31,28 +31,38 @@ class Section(BaseModel):
 
 
 class KafkaSecurity(Section):
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """TLS and SASL for every Kafka client of the project (producer, consumers, admin)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="with SASL_*; PLAIN when unset"
+    )
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    ssl_certfile: Path | None = Field(None, description="client certificate, for mutual TLS")
     ssl_keyfile: Path | None = None
     ssl_check_hostname: bool = True
 
 
 class Topics(Section):
-    frames: str = "frames"
-    results: str = "results"
-    dead_letter: str = "frames.dlq"
+    """Topic names; patchsight creates missing ones at start."""
+
+    frames: str = Field("frames", description="frame messages from ingest, keyed by camera")
+    results: str = Field("results", description="one inspection result per frame, keyed by camera")
+    dead_letter: str = Field("frames.dlq", description="frames a worker could not process, with the reason")
     partitions: int = Field(6, ge=1, description="partitions when patchsight creates a topic")
 
 
 class KafkaSettings(Section):
-    bootstrap: str = "127.0.0.1:9092"
+    """Where the Kafka cluster is and how to reach it."""
+
+    bootstrap: str = Field("127.0.0.1:9092", description="comma-separated host:port list (env KAFKA_BOOTSTRAP)")
     topics: Topics = Topics()
     security: KafkaSecurity = KafkaSecurity()
-    client_id_prefix: str = "patchsight"
+    client_id_prefix: str = Field("patchsight", description="prefix of Kafka client ids, for broker-side metrics")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection settings for any kafka-python client (producer, consumer, admin)."""
@@ -74,9 +84,11 @@ class KafkaSettings(Section):
 
 
 class RedisSettings(Section):
-    url: str = "redis://127.0.0.1:6379/0"
-    username: str | None = None
-    password: SecretStr | None = None
+    """The Redis that stores alerts, debounce state and camera health."""
+
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS) URL (env REDIS_URL)")
+    username: str | None = Field(None, description="ACL user")
+    password: SecretStr | None = Field(None, description="password of the ACL user or requirepass")
 
     def client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -138,21 +150,23 @@ class CameraSource(Section):
 
 
 class CameraConfig(Section):
+    """One camera of a line."""
+
     id: Id
-    source: CameraSource | None = None
-    fps: float = Field(10.0, gt=0, le=240)
+    source: CameraSource | None = Field(None, description="absent for cameras fed only by replays")
+    fps: float = Field(10.0, gt=0, le=240, description="capture rate")
     jpeg_quality: int = Field(85, ge=10, le=100)
-    resize: tuple[int, int] | None = None  # (width, height)
+    resize: tuple[int, int] | None = Field(None, description="(width, height) before encoding")
 
 
 class AlertPolicy(Section):
     """k-of-n debounce and a cooldown; the defaults suit ~10 fps cameras."""
 
-    k: int = Field(3, ge=1)
+    k: int = Field(3, ge=1, description="alert when k of the last n frames are above threshold")
     n: int = Field(5, ge=1)
     # After an alert, the same camera/question stays quiet until this many
     # consecutive frames are below threshold: one part passing makes one alert.
-    clear_frames: int = Field(5, ge=1)
+    clear_frames: int = Field(5, ge=1, description="frames below threshold that end a defect")
     cooldown_s: float = Field(0.0, ge=0.0, description="extra quiet time after the defect clears")
 
     @model_validator(mode="after")
@@ -163,6 +177,8 @@ class AlertPolicy(Section):
 
 
 class LineConfig(Section):
+    """A production line: its cameras, the questions asked of every frame, and the alert policy."""
+
     id: Id
     description: str = ""
     cameras: list[CameraConfig] = Field(min_length=1)
@@ -182,54 +198,71 @@ class LineConfig(Section):
 
 
 class IngestSettings(Section):
+    """Camera processes and the frame producer."""
+
     buffer_frames: int = Field(32, ge=1, description="bounded buffer between capture and producer")
     max_message_bytes: int = Field(1_000_000, ge=10_000, description="the broker's message.max.bytes")
     oversize: Literal["downscale", "reject"] = "downscale"
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     reconnect_give_up_s: float = Field(300.0, gt=0, description="report a camera dead after this long")
-    linger_ms: int = Field(5, ge=0)
+    linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus port of `patchsight ingest`; 0 picks a free port, unset: off"
+    )
 
 
 class ModelSettings(Section):
-    bundle: Path = Path("models/default")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Which model bundle the inference workers load."""
+
+    bundle: Path = Field(Path("models/default"), description="model bundle directory (see `patchsight model info`)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA when present")
 
 
 class InferenceSettings(Section):
-    group_id: str = "patchsight-inference"
-    max_batch: int = Field(8, ge=1)
-    max_delay_ms: float = Field(20.0, ge=0)
+    """Inference workers: consumer group, dynamic batching, staleness."""
+
+    group_id: str = Field("patchsight-inference", description="consumer group shared by all workers")
+    max_batch: int = Field(8, ge=1, description="a batch closes at this many frames ...")
+    max_delay_ms: float = Field(20.0, ge=0, description="... or when its oldest frame has waited this long")
     max_frame_age_s: float = Field(5.0, gt=0, description="live frames older than this are skipped")
-    decode_threads: int = Field(2, ge=1)
+    decode_threads: int = Field(2, ge=1, description="JPEG decoding threads, overlapping model work")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
-    thumbnail_px: int = Field(160, ge=32)
+    thumbnail_px: int = Field(160, ge=32, description="longest side of the thumbnail sent with above-threshold results")
 
 
 class Webhook(Section):
-    url: str
-    secret: SecretStr
-    timeout_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(5, ge=1)
+    """An HTTP endpoint that receives every alert event, signed with HMAC-SHA256."""
+
+    url: str = Field(description="receiver URL")
+    secret: SecretStr = Field(description="HMAC-SHA256 key shared with the receiver")
+    timeout_s: float = Field(5.0, gt=0, description="per attempt")
+    max_attempts: int = Field(5, ge=1, description="then the delivery is recorded as failed for good")
     retry_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, capped at 60 s")
 
 
 class AlertSettings(Section):
-    group_id: str = "patchsight-alerts"
-    key_prefix: str = "ps"
-    stream_maxlen: int = Field(10_000, ge=10)
-    thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60)
-    metrics_port: int = Field(9465, ge=0, le=65535)
-    webhooks: list[Webhook] = []
+    """The alert service and its Redis keys."""
+
+    group_id: str = Field("patchsight-alerts", description="consumer group of the alert service instances")
+    key_prefix: str = Field("ps", description="prefix of every Redis key (docs/redis-keys.md)")
+    stream_maxlen: int = Field(10_000, ge=10, description="approximate length cap of each per-line event stream")
+    thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long alert thumbnails are kept")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
+    webhooks: list[Webhook] = Field(default_factory=list)
 
 
 class DashboardSettings(Section):
-    host: str = "127.0.0.1"
+    """The live operator dashboard."""
+
+    host: str = Field("127.0.0.1", description="listen address; 0.0.0.0 to serve other machines")
     port: int = Field(8080, ge=0, le=65535)
-    token: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="when set, every request needs it (Bearer header or ?token=)")
 
 
 class PatchsightConfig(Section):
+    """The whole configuration file."""
+
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     model: ModelSettings = ModelSettings()
@@ -237,7 +270,7 @@ class PatchsightConfig(Section):
     inference: InferenceSettings = InferenceSettings()
     alerts: AlertSettings = AlertSettings()
     dashboard: DashboardSettings = DashboardSettings()
-    lines: list[LineConfig] = []
+    lines: list[LineConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_lines(self) -> "PatchsightConfig":
