@@ -46,6 +46,12 @@ class KafkaSecurity(Section):
     ssl_keyfile: Path | None = None
     ssl_check_hostname: bool = True
 
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> "KafkaSecurity":
+        if self.protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"{self.protocol} needs sasl_username and sasl_password")
+        return self
+
 
 class Topics(Section):
     """Topic names; patchsight creates missing ones at start."""
@@ -89,13 +95,24 @@ class RedisSettings(Section):
     url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS) URL (env REDIS_URL)")
     username: str | None = Field(None, description="ACL user")
     password: SecretStr | None = Field(None, description="password of the ACL user or requirepass")
+    ssl_cafile: Path | None = Field(None, description="with rediss://: CA bundle that signed the server's certificate")
+
+    @model_validator(mode="after")
+    def _user_has_password(self) -> "RedisSettings":
+        if self.username and not self.password:
+            raise ValueError("an ACL username needs a password")
+        return self
 
     def client_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``redis.Redis.from_url(url, **kwargs)`` besides the URL."""
         kwargs: dict[str, Any] = {}
         if self.username:
             kwargs["username"] = self.username
         if self.password:
             kwargs["password"] = self.password.get_secret_value()
+        # redis:// connections take no TLS arguments at all, so the CA only goes with rediss://
+        if self.ssl_cafile and self.url.startswith("rediss://"):
+            kwargs["ssl_ca_certs"] = str(self.ssl_cafile)
         return kwargs
 
 
@@ -334,6 +351,13 @@ def validate_config(raw: Any, *, source: str = "configuration") -> PatchsightCon
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(problems), field=first or None) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending line, which may hold a password: say where, not what.
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> PatchsightConfig:
     """Read a YAML config (or defaults when ``path`` is None), apply env overrides, validate."""
     env = os.environ if env is None else env
@@ -347,7 +371,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except FileNotFoundError:
             raise ConfigError(f"configuration file not found: {p}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{p} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     return validate_config(apply_env_overrides(raw, env), source=source)
