@@ -1,0 +1,145 @@
+"""``patchsight alerts ...`` and ``patchsight dashboard``."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from patchsight.cli_options import ConfigOption, config_or_exit
+
+app = typer.Typer(help="Debounce inspection results into alerts in Redis; follow and drive them.", no_args_is_help=True)
+console = Console()
+
+ByOption = Annotated[str, typer.Option("--by", help="Who does it (recorded on the alert). Default: your user name.")]
+LineOption = Annotated[Optional[list[str]], typer.Option("--line", "-l", help="Only this line (repeatable).")]
+
+
+def _store(config: ConfigOption):  # type: ignore[no-untyped-def]
+    from alerts.store import RedisAlertStore, connect
+
+    cfg = config_or_exit(config)
+    return cfg, RedisAlertStore(connect(cfg.redis), cfg.alerts)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    instance: Annotated[Optional[str], typer.Option(help="Instance id (default: host-pid).")] = None,
+) -> None:
+    """Consume inspection results and raise debounced alerts (runs until SIGTERM / Ctrl-C)."""
+    import signal
+    import threading
+
+    from alerts.service import AlertService
+
+    cfg = config_or_exit(config)
+    stop = threading.Event()
+    # Finish the batch in hand, commit it, then exit.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with AlertService(cfg, instance) as service:
+        service.run(stop)
+
+
+def _print_event(event) -> None:  # type: ignore[no-untyped-def]
+    a = event.alert
+    colour = {"raised": "bold red", "acknowledged": "yellow", "resolved": "green"}.get(event.event, "white")
+    when = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
+    who = f" by {event.by}" if event.by else ""
+    console.print(
+        f"{when} [{colour}]{event.event:<12}[/] {a.line_id}/{a.camera_id} [bold]{a.defect_type}[/] "
+        f"score {a.score:.2f} frames {a.first_seq}-{a.last_seq}{who}  [dim]{a.alert_id}[/]",
+        highlight=False,
+    )
+
+
+@app.command()
+def tail(
+    config: ConfigOption = None,
+    line: LineOption = None,
+    history: Annotated[int, typer.Option(help="Show this many recent events per line first.")] = 10,
+) -> None:
+    """Follow alert events live in the terminal (Ctrl-C to stop)."""
+    cfg, store = _store(config)
+    lines = line or sorted(set(store.lines()) | {entry.id for entry in cfg.lines})
+    if not lines:
+        console.print("[yellow]no lines known yet[/] (none configured, none seen in Redis); pass --line")
+        raise typer.Exit(1)
+    console.print(f"[dim]following {', '.join(lines)}[/]")
+    recent = sorted((e for name in lines for e in store.events(name)[-history:]), key=lambda e: e.ts_ns) if history else []
+    for event in recent:
+        _print_event(event)
+    try:
+        for event in store.follow(lines):
+            if event is not None:
+                _print_event(event)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("list")
+def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
+    """Show the alerts not yet resolved."""
+    from rich.table import Table
+
+    _, store = _store(config)
+    table = Table("state", "line/camera", "defect", "score", "frames", "raised")
+    table.add_column("id", no_wrap=True)
+    for name in line or [None]:
+        for a in store.list_alerts(name):
+            table.add_row(a.state.value, f"{a.line_id}/{a.camera_id}", a.defect_type, f"{a.score:.2f}",
+                          f"{a.first_seq}-{a.last_defect_seq or a.last_seq}",
+                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.raised_ns / 1e9)), a.alert_id)
+    console.print(table)
+
+
+def _transition(config: ConfigOption, alert_id: str, target: str, by: str | None) -> None:
+    from alerts.store import AlertNotFound, IllegalTransition
+    from schemas.alert import AlertState
+
+    _, store = _store(config)
+    try:
+        alert = store.transition(alert_id, AlertState(target), by or getpass.getuser())
+    except (AlertNotFound, IllegalTransition) as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    console.print(f"{alert.alert_id}: [bold]{alert.state.value}[/] by {by or getpass.getuser()}")
+
+
+@app.command()
+def ack(alert_id: str, config: ConfigOption = None, by: ByOption = "") -> None:
+    """Acknowledge an open alert."""
+    _transition(config, alert_id, "acknowledged", by or None)
+
+
+@app.command()
+def resolve(alert_id: str, config: ConfigOption = None, by: ByOption = "") -> None:
+    """Resolve an open or acknowledged alert."""
+    _transition(config, alert_id, "resolved", by or None)
+
+
+@app.command("failed-webhooks")
+def failed_webhooks(config: ConfigOption = None, count: int = 20) -> None:
+    """Show webhook deliveries that failed for good."""
+    _, store = _store(config)
+    for entry in store.failed_deliveries(count):
+        console.print(f"{entry['id']} {entry['url']} alert {entry['alert_id']} after {entry['attempts']} attempts: "
+                      f"{entry['error']}", highlight=False, markup=False)
+
+
+def dashboard(
+    config: ConfigOption = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: dashboard.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: dashboard.port).")] = None,
+) -> None:
+    """Serve the live operator dashboard (open alerts, cameras, acknowledge/resolve)."""
+    from alerts.dashboard import serve as serve_dashboard
+
+    cfg = config_or_exit(config)
+    console.print(f"dashboard on http://{host or cfg.dashboard.host}:{cfg.dashboard.port if port is None else port}/"
+                  + (" (token required)" if cfg.dashboard.token else ""))
+    serve_dashboard(cfg, host, port)

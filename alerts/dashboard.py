@@ -1,0 +1,161 @@
+"""The operator dashboard: one HTML page, a JSON API and a live event stream (SSE).
+
+Reads everything from Redis (the alert service's store); acknowledge/resolve go
+through the same state machine as the CLI. When ``dashboard.token`` is set,
+every route but /healthz needs it: ``Authorization: Bearer <token>`` or
+``?token=<token>`` (the page passes it on to its API calls, the event stream
+and thumbnails, which cannot set headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from importlib import resources
+from typing import AsyncIterator
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, connect
+from schemas.alert import AlertState
+from schemas.config import PatchsightConfig
+
+CAMERA_REFRESH_S = 2.0
+
+
+class Operator(BaseModel):
+    by: str = Field("dashboard", min_length=1, max_length=64)
+
+
+def _camera_json(c: CameraHealth, now_ns: int) -> dict:
+    return {
+        "line_id": c.line_id,
+        "camera_id": c.camera_id,
+        "fps": round(c.fps, 2),
+        "last_seq": c.last_seq,
+        "age_s": round(c.age_s(now_ns), 1),
+        "healthy": c.healthy(now_ns),
+        "model_id": c.model_id,
+    }
+
+
+def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -> FastAPI:
+    store = store or RedisAlertStore(connect(config.redis), config.alerts)
+    token = config.dashboard.token.get_secret_value() if config.dashboard.token else None
+    page = resources.files("alerts").joinpath("dashboard.html").read_text()
+
+    def authorized(request: Request, token_param: str | None = Query(None, alias="token")) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else token_param
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="patchsight dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    guarded = [Depends(authorized)]
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        store.redis.ping()
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, dependencies=guarded)
+    def index() -> str:
+        return page
+
+    @app.get("/api/lines", dependencies=guarded)
+    def lines() -> dict:
+        now = time.time_ns()
+        known = sorted(set(store.lines()) | {line.id for line in config.lines})
+        return {
+            "lines": known,
+            "cameras": [_camera_json(c, now) for c in store.cameras()],
+            "counts": {line: store.counts(line) for line in known},
+        }
+
+    @app.get("/api/alerts", dependencies=guarded)
+    def alerts(line: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
+        return [a.model_dump(mode="json") for a in store.list_alerts(line, unresolved_only=True, limit=limit)]
+
+    @app.get("/api/alerts/{alert_id}", dependencies=guarded)
+    def alert(alert_id: str) -> dict:
+        found = store.get_alert(alert_id)
+        if found is None:
+            raise HTTPException(404, f"no alert with id {alert_id!r}")
+        return found.model_dump(mode="json")
+
+    @app.get("/api/alerts/{alert_id}/thumbnail.jpg", dependencies=guarded)
+    def thumbnail(alert_id: str) -> Response:
+        jpeg = store.thumbnail(alert_id)
+        if jpeg is None:
+            raise HTTPException(404, "no thumbnail (none was sent, or it expired)")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    def transition(alert_id: str, target: AlertState, operator: Operator) -> dict:
+        try:
+            return store.transition(alert_id, target, operator.by).model_dump(mode="json")
+        except AlertNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except IllegalTransition as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.post("/api/alerts/{alert_id}/acknowledge", dependencies=guarded)
+    def acknowledge(alert_id: str, operator: Operator = Operator()) -> dict:
+        return transition(alert_id, AlertState.acknowledged, operator)
+
+    @app.post("/api/alerts/{alert_id}/resolve", dependencies=guarded)
+    def resolve(alert_id: str, operator: Operator = Operator()) -> dict:
+        return transition(alert_id, AlertState.resolved, operator)
+
+    @app.get("/api/events", dependencies=guarded)
+    async def events(request: Request, line: str | None = None) -> StreamingResponse:
+        return StreamingResponse(
+            _event_stream(request, config, store, line),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+async def _event_stream(
+    request: Request, config: PatchsightConfig, store: RedisAlertStore, line: str | None
+) -> AsyncIterator[str]:
+    """Alert events from the lines' pub/sub channels, and camera health every few seconds."""
+    client = aioredis.Redis.from_url(config.redis.url, **config.redis.client_kwargs())
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(store.channel(line) if line else store.channel("*"))
+    try:
+        yield "retry: 2000\n\n"
+        next_cameras = 0.0
+        while not await request.is_disconnected():
+            if time.monotonic() >= next_cameras:
+                now = time.time_ns()
+                cameras = await asyncio.to_thread(store.cameras, line)
+                yield f"event: cameras\ndata: {json.dumps([_camera_json(c, now) for c in cameras])}\n\n"
+                next_cameras = time.monotonic() + CAMERA_REFRESH_S
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message and message["type"] == "pmessage":
+                data = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+                yield f"event: alert\nid: {json.loads(data).get('id', '')}\ndata: {data}\n\n"
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+def serve(config: PatchsightConfig, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config),
+        host=host or config.dashboard.host,
+        port=config.dashboard.port if port is None else port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )

@@ -1,0 +1,341 @@
+"""The alert service: inspection results from Kafka -> debounced alerts in Redis.
+
+One pass of the loop: poll a batch, and for each result decode -> decide ->
+write (one atomic Redis call) ; then commit the batch's offsets. Offsets are
+committed only after Redis has everything the batch caused, so a crash or a
+Redis outage loses nothing: the uncommitted results come again, and the
+debounce state and alert ids (both in Redis) make the repeat harmless.
+
+Several instances may share the consumer group; results are keyed by camera, so
+a camera's frames stay in order on one partition and one instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from alerts.policy import DebounceState, decide
+from alerts.store import RedisAlertStore, StateConflict, connect
+from alerts.webhooks import WebhookDispatcher, WebhookSender
+from patchsight.log import get_logger
+from patchsight.topics import ensure_topics
+from schemas.alert import DefectAlert
+from schemas.config import PatchsightConfig
+from schemas.dead_letter import DeadLetter
+from schemas.errors import SchemaError
+from schemas.result import InspectionResult
+
+log = get_logger("alerts.service")
+
+REDIS_RETRY_INITIAL_S = 0.1
+REDIS_RETRY_MAX_S = 5.0
+
+
+class Stopped(Exception):
+    """Stop was requested while waiting for Redis; the current record stays uncommitted."""
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        # A registry per service: tests run several services in one process.
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.results = Counter("patchsight_alerts_results", "Results consumed, by outcome", ["outcome"], registry=r)
+        self.raised = Counter("patchsight_alerts_raised", "Alerts raised", ["line", "defect_type"], registry=r)
+        self.redis_up = Gauge("patchsight_alerts_redis_up", "1 while Redis answers", registry=r)
+        self.redis_retries = Counter("patchsight_alerts_redis_retries", "Redis writes retried", registry=r)
+        self.conflicts = Counter("patchsight_alerts_state_conflicts", "Debounce state moved by another writer", registry=r)
+        self.webhooks = Counter("patchsight_alerts_webhook_deliveries", "Webhook attempts", ["outcome"], registry=r)
+        self.latency = Histogram(
+            "patchsight_alerts_process_seconds",
+            "Decide + write time per result",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.redis_up.set(1)
+
+
+class _ForgetOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, service: "AlertService") -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Another instance may now move these cameras' state on; our copies would be stale.
+        self.service._states.clear()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
+class AlertService:
+    def __init__(self, config: PatchsightConfig, instance_id: str | None = None) -> None:
+        self.config = config
+        self.settings = config.alerts
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.lines = {line.id: line for line in config.lines}
+        self.redis = connect(config.redis)
+        self.store = RedisAlertStore(self.redis, config.alerts)
+        self.metrics = ServiceMetrics()
+        self.redis_down_since: float | None = None
+        self.metrics_port: int | None = None
+        self._states: dict[tuple[str, str], DebounceState] = {}  # cache; Redis holds the truth
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._webhook_stop = threading.Event()
+        self._webhook_thread: threading.Thread | None = None
+        self._warned_lines: set[str] = set()
+
+    # --- lifecycle ---
+
+    def start(self) -> "AlertService":
+        kafka = self.config.kafka
+        ensure_topics(kafka, [kafka.topics.results, kafka.topics.dead_letter])
+        self._consumer = KafkaConsumer(
+            **kafka.client_kwargs(),
+            client_id=f"{kafka.client_id_prefix}-alerts-{self.instance_id}",
+            group_id=self.settings.group_id,
+            enable_auto_commit=False,
+            # A new group starts at the oldest retained result: missing a defect is worse than a late alert.
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+        )
+        self._consumer.subscribe([kafka.topics.results], listener=_ForgetOnRevoke(self))
+        self._start_http()
+        if self.settings.webhooks:
+            sender = WebhookSender(self.store, on_outcome=lambda o: self.metrics.webhooks.labels(o).inc())
+            dispatcher = WebhookDispatcher(self.store, self.settings.webhooks, self.instance_id, sender)
+            self._webhook_thread = threading.Thread(
+                target=dispatcher.run, args=(self._webhook_stop,), name="webhooks", daemon=True
+            )
+            self._webhook_thread.start()
+        log.info("alert service started", instance=self.instance_id, topic=kafka.topics.results,
+                 group=self.settings.group_id, metrics_port=self.metrics_port)
+        return self
+
+    def close(self) -> None:
+        self._webhook_stop.set()
+        if self._webhook_thread:
+            self._webhook_thread.join(timeout=30)
+        if self._consumer:
+            self._consumer.close(autocommit=False)
+        if self._producer:
+            self._producer.close(timeout=5)
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
+        self.redis.close()
+
+    def __enter__(self) -> "AlertService":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.redis_down_since is None
+
+    # --- the loop ---
+
+    def run(self, stop: threading.Event, max_idle_s: float | None = None) -> None:
+        """Process batches until ``stop`` is set (or nothing arrived for ``max_idle_s``)."""
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            if self.process_batch(stop=stop):
+                idle_since = time.monotonic()
+            elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                return
+
+    def process_batch(self, timeout_ms: int = 500, stop: threading.Event | None = None) -> int:
+        """Poll once, handle every record, commit what was handled. Returns records handled."""
+        assert self._consumer is not None, "call start() first"
+        stop = stop or threading.Event()
+        batch = self._consumer.poll(timeout_ms=timeout_ms)
+        done: dict[TopicPartition, int] = {}
+        try:
+            for tp, records in batch.items():
+                for record in records:
+                    self._handle(record, stop)
+                    done[tp] = record.offset + 1
+        except Stopped:
+            log.info("stopping with part of a batch unhandled; it stays uncommitted", handled=sum(done.values()))
+        self._commit(done)
+        return sum(len(r) for r in batch.values())
+
+    def _handle(self, record: Any, stop: threading.Event) -> None:
+        try:
+            result = InspectionResult.from_record(record.value, record.headers)
+        except SchemaError as exc:
+            self._dead_letter(record, exc)
+            return
+        started = time.perf_counter()
+        self._with_redis_retry(lambda: self._decide_and_store(result), stop)
+        self.metrics.latency.observe(time.perf_counter() - started)
+
+    def _decide_and_store(self, result: InspectionResult) -> None:
+        key = (result.line_id, result.camera_id)
+        line = self.lines.get(result.line_id)
+        if line is None and result.line_id not in self._warned_lines:
+            self._warned_lines.add(result.line_id)
+            log.warning("result for a line not in the configuration; using the default policy", line=result.line_id)
+        for _ in range(5):
+            state = self._states.get(key)
+            if state is None:
+                state = self.store.load_debounce(*key)
+            decision = decide(state, result, line)
+            if decision.redelivery:
+                self._states[key] = state
+                self.metrics.results.labels("redelivery").inc()
+                return
+            now_ns = time.time_ns()
+            alerts = [
+                DefectAlert(
+                    alert_id=r.alert_id,
+                    line_id=result.line_id,
+                    camera_id=result.camera_id,
+                    question_id=r.question_id,
+                    question=r.question,
+                    defect_type=r.defect_type,
+                    score=r.score,
+                    threshold=r.threshold,
+                    first_seq=r.first_seq,
+                    last_seq=r.last_seq,
+                    last_defect_seq=r.last_seq,
+                    first_capture_ns=r.first_capture_ns,
+                    trigger_capture_ns=r.trigger_capture_ns,
+                    raised_ns=now_ns,
+                    model_id=result.model_id,
+                )
+                for r in decision.raised
+            ]
+            try:
+                created = self.store.apply(result, state, decision, alerts, self._thumbnail(result, alerts), now_ns)
+            except StateConflict as exc:
+                self.metrics.conflicts.inc()
+                log.info("debounce state moved on elsewhere; deciding again", detail=str(exc))
+                self._states.pop(key, None)
+                continue
+            except redis.RedisError:
+                self._states.pop(key, None)  # the write may or may not have happened
+                raise
+            self._states[key] = decision.state
+            self.metrics.results.labels(result.status.value).inc()
+            for alert in (a for a in alerts if a.alert_id in created):
+                self.metrics.raised.labels(alert.line_id, alert.defect_type).inc()
+                log.info("alert raised", line=alert.line_id, camera=alert.camera_id, question=alert.question_id,
+                         alert_id=alert.alert_id, first_seq=alert.first_seq, seq=alert.last_seq, score=alert.score)
+            return
+        raise RuntimeError(f"debounce state of {key} keeps changing under us")
+
+    def _thumbnail(self, result: InspectionResult, alerts: list[DefectAlert]) -> bytes | None:
+        if not alerts or not result.thumbnail_jpeg_b64:
+            return None
+        try:
+            return base64.b64decode(result.thumbnail_jpeg_b64, validate=True)
+        except (binascii.Error, ValueError):
+            log.warning("result thumbnail is not valid base64; alert stored without it",
+                        line=result.line_id, camera=result.camera_id, seq=result.seq)
+            return None
+
+    def _with_redis_retry(self, write: Any, stop: threading.Event) -> None:
+        delay = REDIS_RETRY_INITIAL_S
+        while True:
+            try:
+                write()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.redis_down_since is None:
+                    self.redis_down_since = time.monotonic()
+                    self.metrics.redis_up.set(0)
+                    log.error("redis unreachable; holding the batch and retrying", error=str(exc))
+                self.metrics.redis_retries.inc()
+                if stop.wait(delay):
+                    raise Stopped from None
+                delay = min(REDIS_RETRY_MAX_S, delay * 2)
+                continue
+            if self.redis_down_since is not None:
+                log.info("redis is back", down_s=round(time.monotonic() - self.redis_down_since, 1))
+                self.redis_down_since = None
+                self.metrics.redis_up.set(1)
+            return
+
+    def _commit(self, done: dict[TopicPartition, int]) -> None:
+        if not done:
+            return
+        assert self._consumer is not None
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in done.items()})
+        except CommitFailedError as exc:
+            # The group rebalanced while we worked (e.g. a long Redis outage): the new owner
+            # reprocesses from the last commit, which the debounce state makes harmless.
+            log.warning("offset commit refused after a rebalance; results will be redelivered", error=str(exc))
+
+    def _dead_letter(self, record: Any, exc: SchemaError) -> None:
+        self.metrics.results.labels("invalid").inc()
+        log.warning("undecodable result sent to the dead-letter topic", topic=record.topic,
+                    partition=record.partition, offset=record.offset, error=str(exc))
+        kafka = self.config.kafka
+        if self._producer is None:
+            self._producer = KafkaProducer(**kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-alerts-dlq")
+        letter = DeadLetter(
+            reason=exc.reason,
+            error=str(exc),
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            service=f"alerts/{self.instance_id}",
+            key=record.key,
+            value=record.value,
+            headers=[(k, v) for k, v in record.headers or [] if v is not None],
+        )
+        key, value, headers = letter.to_record()
+        try:
+            self._producer.send(kafka.topics.dead_letter, key=key, value=value, headers=headers).get(timeout=30)
+        except KafkaError as err:
+            # Kafka itself is failing; the record is logged above, do not block the line's alerts on it.
+            log.error("dead-letter publish failed", error=str(err), offset=record.offset)
+
+    # --- /metrics and /healthz ---
+
+    def _start_http(self) -> None:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/metrics":
+                    body, status, kind = generate_latest(service.metrics.registry), 200, CONTENT_TYPE_LATEST
+                elif self.path == "/healthz":
+                    report = {"status": "ok" if service.healthy else "unhealthy", "instance": service.instance_id}
+                    if not service.healthy:
+                        report["reason"] = "redis unreachable"
+                    body, status, kind = json.dumps(report).encode(), 200 if service.healthy else 503, "application/json"
+                else:
+                    body, status, kind = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(("0.0.0.0", self.settings.metrics_port), Handler)
+        self._http.daemon_threads = True
+        self.metrics_port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, name="alerts-http", daemon=True).start()

@@ -1,0 +1,1 @@
+from alert_helpers import alert_config  # noqa: F401  (fixture)
