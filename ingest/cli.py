@@ -163,3 +163,23 @@ def replay(
     )
     if c["failed"] or c["rejected"] or c["published"] < result.frames:
         raise typer.Exit(1)
+
+
+@app.command("label")
+def label(
+    recording: Annotated[Path, typer.Argument(help="Recording folder to label.", exists=True, file_okay=False)],
+    question: Annotated[str, typer.Option("--question", "-q", help="Question id, as in the line config.")],
+    yes: Annotated[Optional[list[str]], typer.Option("--yes", help="Seq or seq range showing the defect.")] = None,
+    no: Annotated[Optional[list[str]], typer.Option("--no", help="Seq or seq range without it.")] = None,
+    no_rest: Annotated[bool, typer.Option("--no-rest", help="Answer 'no' for frames not answered yet.")] = False,
+) -> None:
+    """Write yes/no ground truth for one question into a recording, for finetuning and evaluation."""
+    from ingest.label import label_recording, parse_ranges
+    from ingest.recording import RecordingError
+
+    try:
+        counts = label_recording(recording, question, parse_ranges(yes or []), parse_ranges(no or []), no_rest)
+    except (ValueError, RecordingError) as exc:
+        typer.secho(f"label: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{recording}: {question}: {counts['yes']} yes, {counts['no']} no")
