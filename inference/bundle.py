@@ -1,0 +1,278 @@
+"""A model bundle: everything a worker needs to score frames, in one directory.
+
+Layout::
+
+    bundle.json           BundleSpec: model id, encoder, head, questions, thresholds, provenance
+    encoder/              CLIPModel save_pretrained + CLIP tokenizer + preprocessor_config.json
+                          (or bundle.json names a hub id, read from the local HF cache only)
+    head/                 MLLMHead.save_pretrained: head_config.json, projector.safetensors, lm/
+                          (LLaVA: llava/, or the hub id in head_config.json)
+    probe.safetensors     optional LinearProbe on the pooled CLIP embedding
+
+``load_bundle`` never touches the network.
+
+Public API
+----------
+``load_bundle(path, device="auto", dtype=None) -> Bundle``
+``Bundle.create(encoder, head, model_id, clip=None, clip_tokenizer=None, questions=(), thresholds={},
+                provenance={}, probe=None) -> Bundle``
+``bundle.save(directory, dtype=torch.float16)``
+``bundle.encode(frames: list[np.ndarray BGR uint8]) -> EncoderOutput``
+``bundle.score_frames(frames, questions, scorer="head") -> np.ndarray (B, Q) float32``
+    scorer: "head" (MLLM, VQAScore), "clip" (zero-shot CLIP), "probe" (linear probe).
+``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
+``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
+``bundle.model_id``, ``bundle.encoder``, ``bundle.head``, ``bundle.clip`` (ClipBaseline | None),
+``bundle.probe`` (LinearProbe | None), ``bundle.spec`` (BundleSpec), ``bundle.describe() -> dict``
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import CLIPModel, CLIPTokenizer
+
+from inference.clip_baseline import ClipBaseline, LinearProbe
+from inference.encoder import EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, load_clip, resolve_device
+from inference.head import MLLMHead
+from schemas.config import Question
+
+BUNDLE_FILE = "bundle.json"
+Scorer = Literal["head", "clip", "probe"]
+
+
+class BundleError(ValueError):
+    """The directory is not a readable bundle."""
+
+
+class EncoderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A subfolder of the bundle, or a hub id (read from the local HF cache only);
+    # None: the head's own (LLaVA) vision tower, no CLIP baseline.
+    source: str | None = "encoder"
+    config: EncoderConfig = EncoderConfig()
+
+
+class BundleSpec(BaseModel):
+    """bundle.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1] = 1
+    model_id: str = Field(min_length=1)
+    encoder: EncoderSpec = EncoderSpec()
+    head: str = "head"
+    # The questions the bundle was made for: their texts are the prompts the head
+    # was trained on, their clip_positive/negative the CLIP baseline's captions.
+    questions: list[Question] = []
+    thresholds: dict[str, float] = {}  # question id -> default threshold
+    default_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    provenance: dict[str, Any] = {}
+    created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+class Bundle:
+    def __init__(
+        self,
+        spec: BundleSpec,
+        encoder: FrameEncoder,
+        head: MLLMHead,
+        clip: ClipBaseline | None = None,
+        clip_model: CLIPModel | None = None,
+        probe: LinearProbe | None = None,
+        directory: Path | None = None,
+    ) -> None:
+        if head.encoder is not None and head.encoder is not encoder:
+            raise ValueError("the head must read the bundle's encoder")
+        if clip is not None and clip.encoder is not encoder:
+            raise ValueError("the CLIP baseline must read the bundle's encoder")
+        self.spec = spec
+        self.encoder = encoder
+        self.head = head
+        self.clip = clip
+        self.clip_model = clip_model  # kept to save the text tower with the vision tower
+        self.probe = probe
+        self.directory = directory
+
+    @classmethod
+    def create(
+        cls,
+        encoder: FrameEncoder,
+        head: MLLMHead,
+        model_id: str,
+        clip: CLIPModel | None = None,
+        clip_tokenizer: CLIPTokenizer | None = None,
+        questions: Sequence[Question] = (),
+        thresholds: dict[str, float] | None = None,
+        provenance: dict[str, Any] | None = None,
+        probe: LinearProbe | None = None,
+        encoder_source: str | None = "encoder",
+        default_threshold: float = 0.5,
+    ) -> "Bundle":
+        """A bundle from live objects. ``clip`` (the CLIPModel the encoder came from) enables the baseline."""
+        baseline = None
+        if clip is not None:
+            if clip_tokenizer is None:
+                raise ValueError("a CLIP baseline needs its tokenizer")
+            baseline = ClipBaseline.from_clip(clip, encoder, clip_tokenizer)
+        spec = BundleSpec(
+            model_id=model_id,
+            encoder=EncoderSpec(source=encoder_source if clip is not None else None, config=encoder.config),
+            questions=list(questions),
+            thresholds=dict(thresholds or {}),
+            default_threshold=default_threshold,
+            provenance=dict(provenance or {}),
+        )
+        if head.encoder is None:
+            object.__setattr__(head, "encoder", encoder)
+        return cls(spec, encoder, head, baseline, clip, probe)
+
+    # --- persistence --------------------------------------------------------------
+
+    def save(self, directory: str | Path, dtype: torch.dtype | None = torch.float16) -> Path:
+        """Write the bundle; weights in ``dtype`` (fp16 halves the size), in-memory model untouched."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        src = self.spec.encoder.source
+        if self.clip_model is not None and src is not None and not _is_hub_id(src, directory):
+            out = directory / src
+            model = self.clip_model
+            if dtype is not None and model.dtype != dtype:
+                model = copy.deepcopy(model).to(dtype)
+            model.save_pretrained(out)
+            self.clip.tokenizer.save_pretrained(out)
+            self.encoder.preprocess.save_pretrained(out)
+        self.head.save_pretrained(directory / self.spec.head, dtype=dtype)
+        if self.probe is not None:
+            self.probe.save(directory / "probe.safetensors")
+        spec = self.spec.model_copy(update={"encoder": EncoderSpec(source=src, config=self.encoder.config)})
+        (directory / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
+        self.directory = directory
+        return directory
+
+    # --- scoring ------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def encode(self, frames: Sequence[np.ndarray]) -> EncoderOutput:
+        """Each frame through the encoder once: the input to every scorer."""
+        return self.encoder.encode_frames(list(frames), pooled=self.clip is not None or self.probe is not None)
+
+    def score_encoded(self, enc: EncoderOutput, questions: Sequence[Question | str], scorer: Scorer = "head") -> np.ndarray:
+        if scorer == "head":
+            scores = self.head.score(enc, questions)
+        elif scorer == "clip":
+            if self.clip is None:
+                raise ValueError(f"bundle {self.model_id} has no CLIP text tower")
+            scores = self.clip.score(enc, questions)
+        elif scorer == "probe":
+            scores = self._probe_scores(enc, questions)
+        else:
+            raise ValueError(f"unknown scorer {scorer!r}")
+        return scores.float().cpu().numpy()
+
+    def score_frames(
+        self, frames: Sequence[np.ndarray], questions: Sequence[Question | str], scorer: Scorer = "head"
+    ) -> np.ndarray:
+        """P(yes) for every question of every frame, (B, Q) float32 in [0, 1]."""
+        if not frames:
+            return np.zeros((0, len(questions)), dtype=np.float32)
+        return self.score_encoded(self.encode(frames), questions, scorer)
+
+    def _probe_scores(self, enc: EncoderOutput, questions: Sequence[Question | str]) -> torch.Tensor:
+        if self.probe is None:
+            raise ValueError(f"bundle {self.model_id} has no linear probe")
+        ids = [q if isinstance(q, str) else q.id for q in questions]
+        unknown = [i for i in ids if i not in self.probe.question_ids]
+        if unknown:
+            raise ValueError(f"the linear probe was not trained for questions {unknown}")
+        cols = [self.probe.question_ids.index(i) for i in ids]
+        return self.probe.predict(enc.image_embeds)[:, cols]
+
+    def thresholds_for(self, questions: Sequence[Question]) -> np.ndarray:
+        """The line's threshold where it sets one, else the bundle's, else the default."""
+        out = []
+        for q in questions:
+            t = q.threshold if q.threshold is not None else self.spec.thresholds.get(q.id, self.spec.default_threshold)
+            out.append(t)
+        return np.asarray(out, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        vision = self.encoder.vision.config
+        return {
+            "model_id": self.model_id,
+            "directory": str(self.directory) if self.directory else None,
+            "created_at": self.spec.created_at,
+            "encoder": {
+                "source": self.spec.encoder.source,
+                "image_size": vision.image_size,
+                "patch_size": vision.patch_size,
+                "width": vision.hidden_size,
+                "layers": vision.num_hidden_layers,
+                "tokens_per_frame": self.encoder.num_tokens,
+                **self.encoder.config.model_dump(),
+                "parameters": count(self.encoder.vision),
+            },
+            "clip_baseline": self.clip is not None,
+            "linear_probe": self.probe is not None,
+            "head": {
+                "backend": self.head.config.backend,
+                "image_tokens": self.head.config.image_tokens,
+                "question_aware": self.head.config.question_aware,
+                "lm_width": self.head.body.config.hidden_size,
+                "lm_layers": self.head.body.config.num_hidden_layers,
+                "parameters": count(self.head.projector) + count(self.head.body),
+            },
+            "questions": [q.model_dump(mode="json", exclude_none=True) for q in self.spec.questions],
+            "thresholds": self.spec.thresholds,
+            "default_threshold": self.spec.default_threshold,
+            "provenance": self.spec.provenance,
+            "device": str(self.encoder.device),
+            "dtype": str(self.encoder.dtype).removeprefix("torch."),
+        }
+
+
+def _is_hub_id(source: str, directory: Path) -> bool:
+    """A relative folder name inside the bundle is local; "org/name" not present there is a hub id."""
+    return "/" in source and not (directory / source).is_dir()
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Bundle:
+    """Load a bundle directory; never touches the network (hub ids come from the local HF cache)."""
+    directory = Path(path)
+    spec_file = directory / BUNDLE_FILE
+    if not spec_file.is_file():
+        raise BundleError(f"{directory} is not a model bundle (no {BUNDLE_FILE})")
+    try:
+        spec = BundleSpec.model_validate_json(spec_file.read_text())
+    except ValueError as exc:
+        raise BundleError(f"{spec_file} is invalid: {exc}") from None
+    device = resolve_device(device)
+    encoder = baseline = clip_model = None
+    if spec.encoder.source is not None:
+        local = directory / spec.encoder.source
+        source = local if local.is_dir() else spec.encoder.source
+        clip_model = load_clip(source, device, dtype, local_files_only=True)
+        preprocess = FramePreprocessor.from_pretrained(local) if (local / "preprocessor_config.json").is_file() else None
+        encoder = FrameEncoder.from_clip(clip_model, spec.encoder.config, preprocess)
+        tokenizer = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
+        baseline = ClipBaseline.from_clip(clip_model, encoder, tokenizer)
+    head = MLLMHead.from_pretrained(directory / spec.head, encoder=encoder, device=device, dtype=dtype)
+    if encoder is None:
+        encoder = head.encoder
+    probe = None
+    if (directory / "probe.safetensors").is_file():
+        probe = LinearProbe.load(directory / "probe.safetensors").to(device)
+    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory)

@@ -1,0 +1,365 @@
+"""The frozen CLIP vision encoder that every scorer reads.
+
+One ``FrameEncoder`` instance serves the CLIP baseline and the MLLM head, so
+every comparison between them is made on the same encoder and each frame is
+encoded once, whatever the number of questions.
+
+Public API
+----------
+``EncoderConfig(feature_layer=-2, feature_select="patch", position_embeddings=True)``
+    Which hidden layer feeds the head and which of its tokens: ``"patch"`` (patch
+    tokens without CLS, as LLaVA does it), ``"cls"`` or ``"cls_patch"``.
+    ``position_embeddings=False`` zeroes the tower's position embeddings (ablation).
+``load_clip(source, device="auto", dtype=None) -> CLIPModel``
+    A CLIP checkpoint from a local directory (never touches the network) or a hub id.
+``FrameEncoder.from_clip(clip, config) / FrameEncoder.from_pretrained(source, config)``
+``FrameEncoder.from_vision_tower(vision: CLIPVisionModel, config)``  (e.g. ``llava.model.vision_tower``)
+``encoder(pixel_values) -> EncoderOutput(image_embeds, patch_tokens, cls_token)``
+    Runs under ``torch.inference_mode``: the outputs are inference tensors; call
+    ``.clone()`` on them outside inference mode before using them in autograd.
+``encoder.encode_frames(frames: list[np.ndarray BGR uint8]) -> EncoderOutput``
+``encoder.set_position_embeddings(enabled: bool)`` / ``with encoder.without_position_embeddings(): ...``
+``FramePreprocessor.from_pretrained(dir)`` / ``FramePreprocessor(image_size, mean, std)``
+    cv2 resize (shortest edge, bicubic) + center crop + normalize, matching
+    ``CLIPImageProcessor``'s configuration, straight from BGR uint8 arrays.
+``compact_clip_config(...) -> CLIPConfig``  the small from-scratch CLIP used by the default bundle.
+``resolve_device("auto") -> torch.device``, ``default_dtype(device) -> torch.dtype``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import cv2
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+FeatureSelect = Literal["patch", "cls", "cls_patch"]
+
+# OpenAI CLIP's normalisation, used by every CLIP checkpoint patchsight knows.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on other accelerators, fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def hub_kwargs(source: str | Path) -> dict:
+    """``from_pretrained`` options: a local directory never touches the network.
+
+    A hub id is fetched only where the environment allows it (HF_HUB_OFFLINE unset).
+    """
+    offline = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    return {"local_files_only": offline}
+
+
+class EncoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature_layer: int = -2  # index into hidden states (0 = embeddings), as LLaVA's vision_feature_layer
+    feature_select: FeatureSelect = "patch"
+    position_embeddings: bool = True  # False zeroes them: the paper's decomposition ablation
+
+
+@dataclass
+class EncoderOutput:
+    """What one pass of the encoder gives every scorer.
+
+    image_embeds: (B, P) CLIP's pooled, projected image embedding (None when the
+        tower has no projection, e.g. built from a LLaVA vision tower alone).
+    patch_tokens: (B, T, D) tokens of ``feature_layer`` chosen by ``feature_select``.
+    cls_token: (B, D) the CLS token of ``feature_layer`` (for CLS-only heads).
+    """
+
+    image_embeds: torch.Tensor | None
+    patch_tokens: torch.Tensor
+    cls_token: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.patch_tokens.shape[0]
+
+    def to(self, *args, **kwargs) -> "EncoderOutput":
+        emb = None if self.image_embeds is None else self.image_embeds.to(*args, **kwargs)
+        return EncoderOutput(emb, self.patch_tokens.to(*args, **kwargs), self.cls_token.to(*args, **kwargs))
+
+    def select(self, index) -> "EncoderOutput":
+        emb = None if self.image_embeds is None else self.image_embeds[index]
+        return EncoderOutput(emb, self.patch_tokens[index], self.cls_token[index])
+
+    @staticmethod
+    def cat(parts: list["EncoderOutput"]) -> "EncoderOutput":
+        emb = None if parts[0].image_embeds is None else torch.cat([p.image_embeds for p in parts])
+        return EncoderOutput(
+            emb, torch.cat([p.patch_tokens for p in parts]), torch.cat([p.cls_token for p in parts])
+        )
+
+
+class FramePreprocessor:
+    """BGR uint8 frames -> normalised pixel tensors, as CLIPImageProcessor does it.
+
+    Resize so the shortest edge is ``resize_to`` (bicubic), center-crop
+    ``image_size`` square, scale to [0, 1], normalise. cv2 instead of PIL because
+    frames arrive as BGR arrays and this runs per frame on the worker's hot path.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, ...] = CLIP_MEAN,
+        std: tuple[float, ...] = CLIP_STD,
+        resize_to: int | None = None,
+    ) -> None:
+        self.image_size = image_size
+        self.resize_to = resize_to or image_size
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "FramePreprocessor":
+        cfg = json.loads((Path(directory) / "preprocessor_config.json").read_text())
+        crop = cfg.get("crop_size") or cfg.get("size")
+        crop = crop["height"] if isinstance(crop, dict) and "height" in crop else crop
+        crop = crop.get("shortest_edge") if isinstance(crop, dict) else crop
+        size = cfg.get("size", crop)
+        size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
+        return cls(int(crop), tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD)), int(size))
+
+    def to_processor_config(self) -> dict:
+        """The equivalent CLIPImageProcessor configuration (saved in bundles)."""
+        return {
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"shortest_edge": self.resize_to},
+            "resample": 3,
+            "do_center_crop": True,
+            "crop_size": {"height": self.image_size, "width": self.image_size},
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [float(m) / 255.0 for m in self.mean],
+            "image_std": [1.0 / (float(s) * 255.0) for s in self.inv_std],
+            "do_convert_rgb": True,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        path = Path(directory) / "preprocessor_config.json"
+        path.write_text(json.dumps(self.to_processor_config(), indent=2))
+
+    def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
+        out = np.empty((len(frames), self.image_size, self.image_size, 3), dtype=np.float32)
+        for i, frame in enumerate(frames):
+            out[i] = self._one(frame)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+    def _one(self, frame: np.ndarray) -> np.ndarray:
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        scale = self.resize_to / min(h, w)
+        nh, nw = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
+        if (nh, nw) != (h, w):
+            # INTER_AREA when shrinking a lot avoids the aliasing bicubic gives on big camera frames.
+            interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
+            frame = cv2.resize(frame, (nw, nh), interpolation=interp)
+        top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
+        crop = frame[top : top + self.image_size, left : left + self.image_size, ::-1]  # BGR -> RGB
+        return (crop.astype(np.float32) - self.mean) * self.inv_std
+
+
+def compact_clip_config(
+    image_size: int = 128,
+    patch_size: int = 16,
+    vision_width: int = 192,
+    vision_layers: int = 6,
+    vision_heads: int = 3,
+    text_width: int = 128,
+    text_layers: int = 4,
+    text_heads: int = 2,
+    text_vocab_size: int = 49408,
+    text_max_positions: int = 32,
+    projection_dim: int = 128,
+) -> CLIPConfig:
+    """A small CLIP for the default bundle: trained from scratch on synthetic frames."""
+    vision = dict(
+        image_size=image_size, patch_size=patch_size, hidden_size=vision_width,
+        intermediate_size=4 * vision_width, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, projection_dim=projection_dim,
+    )
+    text = dict(
+        vocab_size=text_vocab_size, hidden_size=text_width, intermediate_size=4 * text_width,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads,
+        max_position_embeddings=text_max_positions, projection_dim=projection_dim,
+        # CLIPTokenizer puts <|startoftext|>, <|endoftext|> last in its vocabulary.
+        bos_token_id=text_vocab_size - 2, eos_token_id=text_vocab_size - 1, pad_token_id=text_vocab_size - 1,
+    )
+    return CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection_dim)
+
+
+def load_clip(
+    source: str | Path,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+) -> CLIPModel:
+    """A CLIP checkpoint (vision + text towers) in eval mode with grads off.
+
+    ``local_files_only=None`` decides from the source (see ``hub_kwargs``).
+    """
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    kwargs = hub_kwargs(source) if local_files_only is None else {"local_files_only": local_files_only}
+    clip = CLIPModel.from_pretrained(str(source), dtype=dtype, **kwargs)
+    return clip.to(device).eval().requires_grad_(False)
+
+
+class FrameEncoder(nn.Module):
+    """A frozen CLIP vision tower returning the pooled embedding and the head's tokens."""
+
+    def __init__(
+        self,
+        vision: CLIPVisionModel,
+        projection: nn.Linear | None,
+        config: EncoderConfig | None = None,
+        preprocess: FramePreprocessor | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or EncoderConfig()
+        self.vision = vision  # shared, not copied: a LLaVA head may own the same module
+        self.projection = projection
+        self.preprocess = preprocess or FramePreprocessor(vision.config.image_size)
+        n_layers = vision.config.num_hidden_layers
+        layer = self.config.feature_layer
+        # hidden_states[i] is the output of layer i (0 is the embeddings), as in transformers.
+        self.feature_index = layer if layer >= 0 else n_layers + 1 + layer
+        if not 0 <= self.feature_index <= n_layers:
+            raise ValueError(f"feature_layer {layer} out of range for a {n_layers}-layer tower")
+        self._saved_positions: torch.Tensor | None = None
+        self.eval().requires_grad_(False)
+        if not self.config.position_embeddings:
+            self.set_position_embeddings(False)
+
+    # --- construction -----------------------------------------------------------
+
+    @classmethod
+    def from_clip(
+        cls, clip: CLIPModel, config: EncoderConfig | None = None, preprocess: FramePreprocessor | None = None
+    ) -> "FrameEncoder":
+        return cls(clip.vision_model, clip.visual_projection, config, preprocess)
+
+    @classmethod
+    def from_vision_tower(
+        cls, vision: CLIPVisionModel, config: EncoderConfig | None = None, preprocess: FramePreprocessor | None = None
+    ) -> "FrameEncoder":
+        """An encoder around an existing tower (e.g. ``llava.model.vision_tower``); no pooled projection."""
+        return cls(vision, None, config, preprocess)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        config: EncoderConfig | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> "FrameEncoder":
+        clip = load_clip(source, device, dtype)
+        preprocess = None
+        if (Path(source) / "preprocessor_config.json").is_file():
+            preprocess = FramePreprocessor.from_pretrained(source)
+        return cls.from_clip(clip, config, preprocess)
+
+    # --- properties -------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision.embeddings.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vision.config.hidden_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per frame in ``patch_tokens``."""
+        patches = (self.vision.config.image_size // self.vision.config.patch_size) ** 2
+        return {"patch": patches, "cls": 1, "cls_patch": patches + 1}[self.config.feature_select]
+
+    # --- ablation -----------------------------------------------------------------
+
+    def set_position_embeddings(self, enabled: bool) -> None:
+        """Zero (enabled=False) or restore the tower's position embeddings, in place."""
+        weight = self.vision.embeddings.position_embedding.weight
+        with torch.no_grad():
+            if not enabled and self._saved_positions is None:
+                self._saved_positions = weight.detach().clone()
+                weight.zero_()
+            elif enabled and self._saved_positions is not None:
+                weight.copy_(self._saved_positions)
+                self._saved_positions = None
+
+    @contextlib.contextmanager
+    def without_position_embeddings(self) -> Iterator["FrameEncoder"]:
+        was_saved = self._saved_positions is not None
+        self.set_position_embeddings(False)
+        try:
+            yield self
+        finally:
+            if not was_saved:
+                self.set_position_embeddings(True)
+
+    # --- forward ----------------------------------------------------------------
+
+    def forward(self, pixel_values: torch.Tensor, pooled: bool = True) -> EncoderOutput:
+        """(B, 3, S, S) normalised pixels -> EncoderOutput. ``pooled=False`` skips layers past the feature layer."""
+        with torch.inference_mode():
+            vision = self.vision
+            x = pixel_values.to(device=self.device, dtype=self.dtype)
+            h = vision.pre_layrnorm(vision.embeddings(x))
+            layers = vision.encoder.layers
+            depth = len(layers) if (pooled and self.projection is not None) else self.feature_index
+            features = h
+            for i in range(depth):
+                h = layers[i](h, None)
+                if i + 1 == self.feature_index:
+                    features = h
+            select = self.config.feature_select
+            tokens = {"patch": features[:, 1:], "cls": features[:, :1], "cls_patch": features}[select]
+            image_embeds = None
+            if pooled and self.projection is not None:
+                image_embeds = self.projection(vision.post_layernorm(h[:, 0]))
+            return EncoderOutput(image_embeds, tokens, features[:, 0])
+
+    def encode_frames(self, frames: list[np.ndarray], pooled: bool = True) -> EncoderOutput:
+        """BGR uint8 frames -> EncoderOutput (preprocessing included)."""
+        return self(self.preprocess(frames), pooled=pooled)
