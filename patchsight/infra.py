@@ -11,8 +11,10 @@ started. Everything lives under the state folder (``.patchsight/`` by default,
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -21,8 +23,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
+from pydantic import SecretStr
+
+from patchsight.certs import CertificateError, LocalTLS, ensure_local_tls
 from patchsight.log import get_logger, redact
 from schemas.config import KafkaSettings, RedisSettings
 
@@ -32,6 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 KAFKA_LOG4J = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# The broker's own SASL identity, for its inter-broker listener; never a client's name.
+BROKER_USER = "ps_broker"
+SCRAM_ITERATIONS = 8192
 
 
 class InfraError(RuntimeError):
@@ -40,6 +48,14 @@ class InfraError(RuntimeError):
 
 def state_dir() -> Path:
     return Path(os.environ.get("PATCHSIGHT_HOME", REPO_ROOT / ".patchsight")).resolve()
+
+
+def local_tls() -> LocalTLS:
+    """The local CA and server certificate (created on first use) shared by Kafka and Redis."""
+    try:
+        return ensure_local_tls(state_dir() / "tls")
+    except CertificateError as exc:
+        raise InfraError(str(exc)) from None
 
 
 @dataclass
@@ -76,6 +92,19 @@ def _read_pid(pidfile: Path) -> int | None:
     return pid
 
 
+def _exited(pid: int) -> bool:
+    try:  # a child of this very process stays a zombie, alive to kill(0), until it is reaped
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def _stop_pid(pidfile: Path, name: str, timeout: float = 30.0) -> bool:
     pid = _read_pid(pidfile)
     if pid is None:
@@ -84,9 +113,7 @@ def _stop_pid(pidfile: Path, name: str, timeout: float = 30.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             break
         time.sleep(0.2)
     else:
@@ -106,27 +133,44 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
 # --- Kafka ----------------------------------------------------------------------------
 
 
-def kafka_answers(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
-    """True when the bootstrap servers answer a Kafka metadata request."""
+def _mask(text: str, *secret_values: str | None) -> str:
+    """Error text with URL credentials and the given secret values masked."""
+    text = redact(text)
+    for value in secret_values:
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+def _kafka_probe(settings: KafkaSettings, timeout_s: float = 5.0) -> str | None:
+    """None when the bootstrap servers answer a metadata request, else why not (log-safe)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     host, port = _host_port(settings.bootstrap.split(",")[0].strip(), 9092)
-    if settings.security.protocol == "PLAINTEXT" and not _port_open(host, port):
-        return False
+    if not _port_open(host, port):
+        return "connection refused"
+    password = settings.security.sasl_password
+    admin = None
     try:
         admin = KafkaAdminClient(
-            **settings.client_kwargs(), request_timeout_ms=int(timeout_s * 1000), client_id="patchsight-infra-probe"
+            **settings.client_kwargs(),
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+            client_id="patchsight-infra-probe",
         )
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
         admin.list_topics()
-        return True
-    except (KafkaError, OSError):
-        return False
+        return None
+    except (KafkaError, OSError, ValueError) as exc:
+        return _mask(f"{type(exc).__name__}: {exc}", password.get_secret_value() if password else None)
     finally:
-        admin.close()
+        if admin is not None:
+            admin.close()
+
+
+def kafka_answers(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
+    """True when the bootstrap servers answer a Kafka metadata request."""
+    return _kafka_probe(settings, timeout_s) is None
 
 
 def _java_major() -> int:
@@ -164,7 +208,27 @@ def kafka_classpath(cache: Path) -> str:
     return out.read_text().strip()
 
 
-def _kafka_properties(host: str, port: int, data: Path) -> str:
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds credentials)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def _properties_escape(value: str) -> str:
+    # java.util.Properties reads Latin-1 with backslash escapes
+    return "".join(
+        "\\\\" if ch == "\\" else ch if 0x20 <= ord(ch) < 0x7F else f"\\u{ord(ch):04x}" for ch in value
+    )
+
+
+def _jaas_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _kafka_properties(
+    host: str, port: int, data: Path, protocol: str = "PLAINTEXT", security: list[str] | None = None
+) -> str:
     controller = port + 1
     return "\n".join(
         [
@@ -172,11 +236,12 @@ def _kafka_properties(host: str, port: int, data: Path) -> str:
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{host}:{controller}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            f"listeners={protocol}://{host}:{port},CONTROLLER://{host}:{controller}",
+            f"advertised.listeners={protocol}://{host}:{port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            # the controller listener stays plaintext: it is bound to loopback and clients never use it
+            f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={protocol}",
             f"log.dirs={data}",
             # one node: internal topics cannot have more than one replica
             "offsets.topic.replication.factor=1",
@@ -189,26 +254,170 @@ def _kafka_properties(host: str, port: int, data: Path) -> str:
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "log.retention.hours=24",
+            *(security or []),
             "",
         ]
     )
 
 
+def _tls_properties(tls: LocalTLS) -> list[str]:
+    return [
+        "# TLS with the local CA (patchsight/certs.py); clients authenticate with SASL, not certificates",
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={tls.server_keystore}",
+        # the broker is a TLS client of itself on the inter-broker listener
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={tls.ca_file}",
+        "ssl.client.auth=none",
+    ]
+
+
+def _sasl_properties(settings: KafkaSettings, broker_secret: str) -> list[str]:
+    """SASL on the client listener; the broker logs in as BROKER_USER for inter-broker traffic.
+
+    PLAIN users live in the JAAS line below, rewritten at every start. SCRAM users live in
+    the cluster metadata: the broker's at format time, the client's set through the admin
+    API after start (``_set_scram_credential``), so a changed password applies on restart.
+    """
+    sec = settings.security
+    mechanism = sec.sasl_mechanism or "PLAIN"
+    if mechanism == "PLAIN":
+        user = sec.sasl_username or ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", user):
+            raise InfraError("the local broker's PLAIN users need names of letters, digits, '_' and '-'.")
+        password = sec.sasl_password.get_secret_value() if sec.sasl_password else ""
+        users = {BROKER_USER: broker_secret, user: password}
+        options = [f"username={_jaas_quote(BROKER_USER)}", f"password={_jaas_quote(broker_secret)}"]
+        options += [f"user_{name}={_jaas_quote(pw)}" for name, pw in users.items()]
+        module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    else:
+        options = [f"username={_jaas_quote(BROKER_USER)}", f"password={_jaas_quote(broker_secret)}"]
+        module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    jaas = f"{module} required {' '.join(options)};"
+    listener = f"listener.name.{sec.protocol.lower()}.{mechanism.lower()}"
+    return [
+        f"sasl.enabled.mechanisms={mechanism}",
+        f"sasl.mechanism.inter.broker.protocol={mechanism}",
+        f"{listener}.sasl.jaas.config={_properties_escape(jaas)}",
+    ]
+
+
+def _broker_secret(home: Path, data: Path, settings: KafkaSettings) -> str:
+    """The broker's own SASL password, made when its storage is formatted and kept in the state folder."""
+    path = home / "broker.secret"
+    if path.exists():
+        return path.read_text().strip()
+    formatted = (data / "meta.properties").exists()
+    if formatted and (settings.security.sasl_mechanism or "PLAIN") != "PLAIN":
+        raise InfraError(
+            f"the Kafka data in {data} was formatted without SASL credentials, and SCRAM credentials can only "
+            f"be bootstrapped when formatting. Delete {home} (its topics go with it) or point PATCHSIGHT_HOME "
+            "elsewhere, then run `patchsight infra up` again."
+        )
+    secret = secrets.token_hex(24)
+    if not formatted:
+        _write_private(path, secret)
+    return secret
+
+
+def _with_security(settings: KafkaSettings, **changes: object) -> KafkaSettings:
+    return settings.model_copy(update={"security": settings.security.model_copy(update=changes)})
+
+
+def _trusting_local_ca(settings: KafkaSettings, tls: LocalTLS | None) -> KafkaSettings:
+    """The settings with the local CA as ssl_cafile when none is configured; refuses a different CA."""
+    configured = settings.security.ssl_cafile
+    if tls is None:
+        return settings
+    if configured is None:
+        return _with_security(settings, ssl_cafile=tls.ca_file)
+    if configured.exists() and configured.read_bytes() == tls.ca_file.read_bytes():
+        return settings
+    raise InfraError(
+        f"kafka.security.ssl_cafile is {configured}, but the local broker's certificate is signed by "
+        f"{tls.ca_file}: point ssl_cafile there, or leave it unset for `patchsight infra up`."
+    )
+
+
+def _format_storage(java: list[str], props: Path, scram_secret: str | None) -> None:
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # one id in 64 would be read as a command-line option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+    if scram_secret:
+        # both SCRAM flavours, so the broker can log in whichever one the config names later
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            args += ["--add-scram", f"{mechanism}=[name={BROKER_USER},password={scram_secret}]"]
+    fmt = subprocess.run(java + args, capture_output=True, text=True)
+    if fmt.returncode != 0:
+        output = _mask(fmt.stdout[-1500:] + fmt.stderr[-1500:], scram_secret)
+        raise InfraError("formatting Kafka storage failed:\n" + output)
+
+
+def _wait_for_broker(proc: subprocess.Popen, home: Path, settings: KafkaSettings, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (home / "broker.log").read_text(errors="replace").splitlines()[-20:]
+            raise InfraError("the Kafka broker exited during start-up:\n" + "\n".join(tail))
+        if kafka_answers(settings, timeout_s=2.0):
+            return
+        time.sleep(0.5)
+    problem = _kafka_probe(settings, timeout_s=2.0)
+    raise InfraError(f"Kafka did not answer in time ({problem}); see {home / 'broker.log'}")
+
+
+def _set_scram_credential(broker: KafkaSettings, client: KafkaSettings) -> None:
+    """Create or update the configured client's SCRAM credential, logged in as the broker."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import UserScramCredentialUpsertion
+
+    sec = client.security
+    user, password = sec.sasl_username or "", sec.sasl_password.get_secret_value() if sec.sasl_password else ""
+    admin = KafkaAdminClient(**broker.client_kwargs(), client_id="patchsight-infra-scram")
+    try:
+        upsert = UserScramCredentialUpsertion(user, sec.sasl_mechanism, password, iterations=SCRAM_ITERATIONS)
+        errors = admin.alter_user_scram_credentials([upsert])
+    finally:
+        admin.close()
+    if errors.get(user):
+        raise InfraError(f"the broker refused the SCRAM credential of {user}: {_mask(errors[user], password)}")
+
+
+def _kafka_running(settings: KafkaSettings) -> ServiceStatus:
+    pid = _read_pid(state_dir() / "kafka" / "kafka.pid")
+    return ServiceStatus("kafka", "running" if pid else "external", settings.bootstrap, pid)
+
+
 def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
-    if kafka_answers(settings):
-        pid = _read_pid(state_dir() / "kafka" / "kafka.pid")
-        return ServiceStatus("kafka", "running" if pid else "external", settings.bootstrap, pid)
+    """Use the configured cluster if it answers; otherwise start a local broker with the configured security.
+
+    With ``kafka.security.protocol`` SSL or SASL_SSL the broker's certificate comes from the
+    local CA (``local_tls()``); with SASL_* it accepts the configured user and mechanism.
+    """
+    problem = _kafka_probe(settings)
+    if problem is None:
+        return _kafka_running(settings)
     host, port = _host_port(settings.bootstrap.split(",")[0].strip(), 9092)
     if host not in LOCAL_HOSTS:
         raise InfraError(
-            f"Kafka at {settings.bootstrap} does not answer, and patchsight only starts a broker on this machine. "
-            "Check KAFKA_BOOTSTRAP / kafka.bootstrap, or unset it to use a local broker."
+            f"Kafka at {settings.bootstrap} does not answer ({problem}), and patchsight only starts a broker on "
+            "this machine. Check KAFKA_BOOTSTRAP / kafka.bootstrap and kafka.security, "
+            "or unset it to use a local broker."
         )
+    sec = settings.security
+    tls = local_tls() if sec.protocol.endswith("SSL") else None
+    client = _trusting_local_ca(settings, tls)
+    if client is not settings:
+        problem = _kafka_probe(client)
+        if problem is None:
+            return _kafka_running(settings)
     for p in (port, port + 1):
         if _port_open(host, p):
             raise InfraError(
                 f"port {p} on {host} is taken by something that is not a Kafka broker answering at "
-                f"{settings.bootstrap}; free it or set KAFKA_BOOTSTRAP to another port (the controller uses port+1)."
+                f"{settings.bootstrap} ({problem}); free it or set KAFKA_BOOTSTRAP to another port "
+                "(the controller uses port+1). A broker that refuses the credentials or TLS settings of "
+                "kafka.security just closes the connection: check those too."
             )
     if _java_major() < 17:
         raise InfraError("Kafka 4 needs Java 17 or newer; install openjdk-17-jre-headless.")
@@ -217,59 +426,98 @@ def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
     data = home / "data"
     props = home / "server.properties"
     home.mkdir(parents=True, exist_ok=True)
-    props.write_text(_kafka_properties(host, port, data))
+    formatted = (data / "meta.properties").exists()
+    broker_secret = _broker_secret(home, data, settings) if sec.protocol.startswith("SASL") else None
+    security = _tls_properties(tls) if tls else []
+    if broker_secret:
+        security += _sasl_properties(settings, broker_secret)
+    _write_private(props, _kafka_properties(host, port, data, sec.protocol, security))
     java = ["java", "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}", "-cp", classpath]
-    if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = subprocess.run(
-            java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            capture_output=True,
-            text=True,
-        )
-        if fmt.returncode != 0:
-            raise InfraError("formatting Kafka storage failed:\n" + fmt.stdout[-1500:] + fmt.stderr[-1500:])
+    if not formatted:
+        _format_storage(java, props, broker_secret)
     logfile = open(home / "broker.log", "ab")
     proc = subprocess.Popen(
         java + ["kafka.Kafka", str(props)], stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
     )
     (home / "kafka.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (home / "broker.log").read_text(errors="replace").splitlines()[-20:]
-            raise InfraError("the Kafka broker exited during start-up:\n" + "\n".join(tail))
-        if kafka_answers(settings, timeout_s=2.0):
-            log.info("kafka is up", bootstrap=settings.bootstrap, pid=proc.pid, data=str(data))
-            return ServiceStatus("kafka", "running", settings.bootstrap, proc.pid, f"data in {data}")
-        time.sleep(0.5)
-    raise InfraError(f"Kafka did not answer within {wait_s:.0f} s; see {home / 'broker.log'}")
+    if broker_secret and (sec.sasl_mechanism or "PLAIN") != "PLAIN":
+        broker = _with_security(client, sasl_username=BROKER_USER, sasl_password=SecretStr(broker_secret))
+        _wait_for_broker(proc, home, broker, deadline)
+        _set_scram_credential(broker, client)
+    _wait_for_broker(proc, home, client, deadline)
+    log.info("kafka is up", bootstrap=settings.bootstrap, protocol=sec.protocol, pid=proc.pid, data=str(data))
+    detail = f"data in {data}" + (f"; CA {tls.ca_file}" if tls else "")
+    return ServiceStatus("kafka", "running", settings.bootstrap, proc.pid, detail)
 
 
 def kafka_down() -> bool:
     return _stop_pid(state_dir() / "kafka" / "kafka.pid", "kafka")
 
 
+def kafka_client_settings(settings: KafkaSettings) -> KafkaSettings:
+    """The settings with the local CA as ssl_cafile when TLS is on, none is configured and the local CA exists."""
+    tls = LocalTLS(state_dir() / "tls")
+    host, _ = _host_port(settings.bootstrap.split(",")[0].strip(), 9092)
+    sec = settings.security
+    if sec.protocol.endswith("SSL") and sec.ssl_cafile is None and host in LOCAL_HOSTS and tls.complete():
+        return _with_security(settings, ssl_cafile=tls.ca_file)
+    return settings
+
+
+def redis_client_settings(settings: RedisSettings) -> RedisSettings:
+    """Like ``kafka_client_settings``, for a rediss:// URL."""
+    tls = LocalTLS(state_dir() / "tls")
+    if urlparse(settings.url).hostname in LOCAL_HOSTS and settings.url.startswith("rediss://") and tls.complete():
+        return _redis_trusting_local_ca(settings, tls)
+    return settings
+
+
 def kafka_status(settings: KafkaSettings) -> ServiceStatus:
     pid = _read_pid(state_dir() / "kafka" / "kafka.pid")
-    if kafka_answers(settings, timeout_s=2.0):
+    settings = kafka_client_settings(settings)
+    problem = _kafka_probe(settings, timeout_s=2.0)
+    if problem is None:
         return ServiceStatus("kafka", "running" if pid else "external", settings.bootstrap, pid)
-    return ServiceStatus("kafka", "stopped", settings.bootstrap, pid, "process alive but not answering" if pid else "")
+    return ServiceStatus("kafka", "stopped", settings.bootstrap, pid, ("process alive, but " if pid else "") + problem)
 
 
 # --- Redis ----------------------------------------------------------------------------
 
 
-def redis_answers(settings: RedisSettings) -> bool:
+def _redis_probe(settings: RedisSettings) -> str | None:
+    """None when Redis answers PING with these credentials, else why not (log-safe)."""
     import redis
 
+    password = settings.password.get_secret_value() if settings.password else None
     try:
         client = redis.Redis.from_url(settings.url, socket_timeout=1.0, **settings.client_kwargs())
         try:
-            return bool(client.ping())
+            client.ping()
+            return None
         finally:
             client.close()
-    except (redis.RedisError, OSError, ValueError):
-        return False
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return _mask(f"{type(exc).__name__}: {exc}", password)
+
+
+def redis_answers(settings: RedisSettings) -> bool:
+    return _redis_probe(settings) is None
+
+
+def _redis_trusting_local_ca(settings: RedisSettings, tls: LocalTLS | None) -> RedisSettings:
+    if tls is None or settings.ssl_cafile is not None:
+        return settings
+    return settings.model_copy(update={"ssl_cafile": tls.ca_file})
+
+
+def _redis_tls_args(tls: LocalTLS, port: int) -> list[str]:
+    # TLS only: the plain port is closed, so nothing reaches Redis unencrypted
+    return [
+        "--port", "0", "--tls-port", str(port),
+        "--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+        "--tls-ca-cert-file", str(tls.ca_file), "--tls-auth-clients", "no",
+    ]
 
 
 def _redis_server_binary() -> str:
@@ -292,16 +540,57 @@ def _redis_server_binary() -> str:
     )
 
 
+def _redis_credentials(settings: RedisSettings) -> tuple[str | None, str | None]:
+    """The user and password clients send: redis.username/password, else those in the URL."""
+    url = urlparse(settings.url)
+    password = settings.password.get_secret_value() if settings.password else (unquote(url.password or "") or None)
+    return settings.username or (unquote(url.username or "") or None), password
+
+
+def _redis_acl(settings: RedisSettings) -> str | None:
+    """ACL file text for the configured user, or None for an open server (no password configured).
+
+    Only the SHA-256 of the password is written, and the file replaces --requirepass so the
+    password never shows in the process list. With a named user the default user is off:
+    a client that does not log in gets NOAUTH.
+    """
+    user, password = _redis_credentials(settings)
+    if not password:
+        return None
+    user = user or "default"
+    if not re.fullmatch(r"[^\s#]+", user):
+        raise InfraError("redis.username must not contain spaces or '#'.")
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    lines = [] if user == "default" else ["user default off resetchannels -@all"]
+    lines.append(f"user {user} on #{digest} ~* &* +@all")
+    return "\n".join(lines) + "\n"
+
+
 def redis_up(settings: RedisSettings, wait_s: float = 20.0) -> ServiceStatus:
-    if redis_answers(settings):
+    """Use the configured Redis if it answers; otherwise start redis-server with the configured user and TLS.
+
+    A ``rediss://`` URL starts a TLS-only server with the local CA's certificate; a password
+    (with or without ``redis.username``) starts it with an ACL file.
+    """
+    problem = _redis_probe(settings)
+    if problem is None:
         pid = _read_pid(state_dir() / "redis" / "redis.pid")
         return ServiceStatus("redis", "running" if pid else "external", redact(settings.url), pid)
     url = urlparse(settings.url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in LOCAL_HOSTS:
-        raise InfraError(f"Redis at {redact(settings.url)} does not answer; check REDIS_URL / redis.url.")
+        raise InfraError(f"Redis at {redact(settings.url)} does not answer ({problem}); check REDIS_URL / redis.url.")
+    tls = local_tls() if url.scheme == "rediss" else None
+    client = _redis_trusting_local_ca(settings, tls)
+    if client is not settings:
+        problem = _redis_probe(client)
+        if problem is None:
+            pid = _read_pid(state_dir() / "redis" / "redis.pid")
+            return ServiceStatus("redis", "running" if pid else "external", redact(settings.url), pid)
     if _port_open(host, port):
-        raise InfraError(f"port {port} on {host} is taken by something that does not answer as Redis at that URL.")
+        raise InfraError(
+            f"port {port} on {host} is taken by something that does not answer as Redis at that URL ({problem})."
+        )
     binary = _redis_server_binary()
     home = state_dir() / "redis"
     home.mkdir(parents=True, exist_ok=True)
@@ -311,19 +600,24 @@ def redis_up(settings: RedisSettings, wait_s: float = 20.0) -> ServiceStatus:
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         "--daemonize", "no", "--logfile", str(home / "redis.log"),
     ]
-    if settings.password:
-        args += ["--requirepass", settings.password.get_secret_value()]
+    acl = _redis_acl(settings)
+    if acl is not None:
+        _write_private(home / "users.acl", acl)
+        args += ["--aclfile", str(home / "users.acl")]
+    if tls is not None:
+        args += _redis_tls_args(tls, port)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     (home / "redis.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise InfraError(f"redis-server exited during start-up; see {home / 'redis.log'}")
-        if redis_answers(settings):
-            log.info("redis is up", url=redact(settings.url), pid=proc.pid)
-            return ServiceStatus("redis", "running", redact(settings.url), proc.pid, f"data in {home}")
+        if redis_answers(client):
+            log.info("redis is up", url=redact(settings.url), pid=proc.pid, tls=tls is not None, acl=acl is not None)
+            detail = f"data in {home}" + (f"; CA {tls.ca_file}" if tls else "")
+            return ServiceStatus("redis", "running", redact(settings.url), proc.pid, detail)
         time.sleep(0.2)
-    raise InfraError(f"Redis did not answer within {wait_s:.0f} s; see {home / 'redis.log'}")
+    raise InfraError(f"Redis did not answer within {wait_s:.0f} s ({_redis_probe(client)}); see {home / 'redis.log'}")
 
 
 def redis_down() -> bool:
@@ -332,6 +626,8 @@ def redis_down() -> bool:
 
 def redis_status(settings: RedisSettings) -> ServiceStatus:
     pid = _read_pid(state_dir() / "redis" / "redis.pid")
-    if redis_answers(settings):
+    settings = redis_client_settings(settings)
+    problem = _redis_probe(settings)
+    if problem is None:
         return ServiceStatus("redis", "running" if pid else "external", redact(settings.url), pid)
-    return ServiceStatus("redis", "stopped", redact(settings.url), pid)
+    return ServiceStatus("redis", "stopped", redact(settings.url), pid, problem)
