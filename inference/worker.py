@@ -1,0 +1,627 @@
+"""The inference worker: frames topic -> model -> results topic, at least once.
+
+Read top to bottom, a frame goes through::
+
+    main thread     poll frames -> parse headers -> dead-letter / skip stale live frames
+                    -> hand the JPEG to a decode thread -> commit what the broker acknowledged
+    decode threads  JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+    model thread    dynamic batcher -> encoder once per frame -> every question of the
+                    frame's line -> one InspectionResult per frame -> producer.send
+    producer IO     broker acknowledgement -> the frame's offset becomes committable
+
+Three threads of work overlap: Kafka I/O, decoding and the model never wait for
+each other. Decoding runs in a thread pool because OpenCV releases the GIL.
+
+At-least-once: an offset is committed only when the result (or dead letter)
+of that frame *and of every earlier frame of its partition* is acknowledged by
+the broker (``acks=all``). A crash anywhere repeats some results, never loses
+one. Results keep the order of their partition because frames enter the batcher
+in poll order, each with its decode future.
+
+Rebalances: partitions are assigned by the cooperative-sticky assignor, so a
+rebalance revokes only the partitions that move. For those, the worker drops
+its uncommitted work (queued, decoding, or awaiting acknowledgement) and never
+commits them again; the new owner resumes at the last commit and redoes that
+work (duplicates, never losses, never a stale commit over the new owner's).
+Acknowledged work is committed before every poll, so what is redone is at most
+the frames in flight.
+
+``Worker(config, bundle).run(stop)`` is the whole service; ``python -m
+inference.worker --config cfg.yaml`` and ``patchsight infer`` run it with
+SIGTERM/SIGINT wired to ``stop``: the worker stops polling, finishes the frames
+in flight, publishes, commits and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from inference.batcher import Batch, DynamicBatcher
+from inference.metrics import HealthServer, WorkerMetrics
+from patchsight.log import get_logger
+from patchsight.topics import ensure_topics
+from schemas.config import LineConfig, PatchsightConfig
+from schemas.dead_letter import DeadLetter
+from schemas.errors import SchemaError
+from schemas.frame import FrameMessage, FrameMode
+from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+
+if TYPE_CHECKING:
+    from inference.bundle import Bundle
+
+THUMBNAIL_JPEG_QUALITY = 80
+POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
+LAG_REFRESH_S = 1.0
+LIVENESS_S = 30.0
+SESSION_TIMEOUT_MS = 15_000
+COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it  # /healthz fails when the main loop has not turned for this long
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot go on (model failure, results the broker keeps refusing); uncommitted work is redone."""
+
+
+@dataclass
+class Frame:
+    """One polled frame record on its way through the worker."""
+
+    tp: TopicPartition
+    offset: int
+    epoch: int  # the partition's assignment epoch when polled; stale after a revoke
+    record: ConsumerRecord
+    msg: FrameMessage
+    line: LineConfig
+    polled_at: float  # time.monotonic()
+    decoded: "Future[tuple[np.ndarray, torch.Tensor, float] | str]"  # (image, pixels, decode_s) or an error
+
+
+class InFlight:
+    """Offsets polled and not yet acknowledged, per partition: what is safe to commit.
+
+    The commit point of a partition is its lowest unacknowledged offset (or one
+    past the highest offset polled when everything is acknowledged): committing
+    it can never skip a frame whose result the broker does not have.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[TopicPartition, set[int]] = defaultdict(set)
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._epoch: dict[TopicPartition, int] = defaultdict(int)
+
+    def add(self, tp: TopicPartition, offset: int) -> int:
+        with self._lock:
+            self._pending[tp].add(offset)
+            self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+            return self._epoch[tp]
+
+    def done(self, tp: TopicPartition, offset: int, epoch: int) -> bool:
+        """Mark acknowledged; False when the partition was revoked since (the ack no longer counts)."""
+        with self._lock:
+            if self._epoch[tp] != epoch:
+                return False
+            self._pending[tp].discard(offset)
+            return True
+
+    def is_current(self, tp: TopicPartition, epoch: int) -> bool:
+        with self._lock:
+            return self._epoch[tp] == epoch
+
+    def revoke(self, tps: set[TopicPartition]) -> int:
+        """Forget the partitions' uncommitted work; returns how many frames were in flight."""
+        with self._lock:
+            dropped = 0
+            for tp in tps:
+                self._epoch[tp] += 1
+                dropped += len(self._pending.pop(tp, ()))
+                self._next.pop(tp, None)
+                self._committed.pop(tp, None)
+            return dropped
+
+    def commit_points(self) -> dict[TopicPartition, int]:
+        """Partitions whose commit point moved since the last commit."""
+        with self._lock:
+            out = {}
+            for tp, nxt in self._next.items():
+                point = min(self._pending[tp]) if self._pending[tp] else nxt
+                if point > self._committed.get(tp, -1):
+                    out[tp] = point
+            return out
+
+    def committed(self, points: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            for tp, point in points.items():
+                if tp in self._next:  # not revoked meanwhile
+                    self._committed[tp] = max(point, self._committed.get(tp, -1))
+
+    def commit_point(self, tp: TopicPartition) -> int | None:
+        with self._lock:
+            if tp not in self._next:
+                return None
+            return min(self._pending[tp]) if self._pending[tp] else self._next[tp]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(p) for p in self._pending.values())
+
+
+class Worker:
+    def __init__(self, config: PatchsightConfig, bundle: "Bundle", worker_id: str | None = None) -> None:
+        self.config = config
+        self.settings = config.inference
+        self.bundle = bundle
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.log = get_logger("inference.worker", worker=self.worker_id, model=bundle.model_id)
+        self.lines = {line.id: line for line in config.lines}
+        self.thresholds = {line.id: bundle.thresholds_for(line.questions) for line in config.lines}
+        self.metrics = WorkerMetrics()
+        self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
+        self.in_flight = InFlight()
+        # Enough frames polled ahead to have the next batch decoded while one runs and the
+        # last one is acknowledged; beyond that, polling pauses: a backlog waits in Kafka,
+        # not in memory, and a rebalance has little uncommitted work to redo.
+        self.max_in_flight = 3 * self.settings.max_batch + 2 * self.settings.decode_threads
+        self.metrics_port: int | None = None
+        self.device = bundle.encoder.device
+        self._assignment: set[TopicPartition] = set()
+        self._loop_turned = time.monotonic()
+        self._fatal: BaseException | None = None
+        self._draining = threading.Event()  # no more frames will be put in the batcher
+        self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
+
+    # --- health ------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._assignment) and self._fatal is None
+
+    def is_live(self) -> bool:
+        return self._fatal is None and time.monotonic() - self._loop_turned < LIVENESS_S
+
+    # --- the main thread: Kafka in, commits out -----------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set, then drain, publish, commit and return."""
+        kafka, topics = self.config.kafka, self.config.kafka.topics
+        ensure_topics(kafka)
+        producer = KafkaProducer(
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}",
+            acks="all", linger_ms=2,
+        )
+        consumer = KafkaConsumer(
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}",
+            group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=self.max_in_flight, partition_assignment_strategy=(CooperativeStickyAssignor,),
+            # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
+            # short session moves a crashed worker's partitions to the others within seconds.
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+            metadata_max_age_ms=30_000,  # notice added partitions within 30 s
+        )
+        # Join the group only once this client's metadata has the topic's partitions: a
+        # member that joins without them is assigned nothing until its next metadata
+        # refresh (minutes), however many partitions the topic has.
+        deadline = time.monotonic() + 60
+        while not consumer.partitions_for_topic(topics.frames) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        consumer.subscribe([topics.frames], listener=_Rebalance(self))
+        health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
+        health.start()
+        self.metrics_port = health.port
+        decoder = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        model = threading.Thread(target=self._model_loop, args=(producer,), name="model", daemon=True)
+        model.start()
+        self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
+                      max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
+                      device=str(self.device), metrics_port=self.metrics_port)
+        lag_at = 0.0
+        try:
+            while not stop.is_set() and self._fatal is None:
+                self._loop_turned = time.monotonic()
+                self._commit(consumer)
+                room = self.max_in_flight - len(self.in_flight)
+                if room <= 0:
+                    consumer.pause(*consumer.assignment())  # still poll: rebalances happen in poll()
+                elif consumer.paused():
+                    consumer.resume(*consumer.paused())
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max(room, 1))
+                for records in polled.values():
+                    for record in records:
+                        self._intake(record, decoder, producer)
+                if time.monotonic() - lag_at > LAG_REFRESH_S:
+                    self._report_lag(consumer)
+                    lag_at = time.monotonic()
+            # Stop: everything polled is decoded, scored, published, acknowledged, committed.
+            decoder.shutdown(wait=True)
+            self._draining.set()
+            self.batcher.drain()
+            model.join()
+            producer.flush()
+            self._commit(consumer)
+            if self._fatal is not None:
+                raise WorkerError(str(self._fatal)) from self._fatal
+            self.log.info("worker stopped", in_flight=len(self.in_flight))
+        finally:
+            self._draining.set()
+            self.batcher.drain()
+            decoder.shutdown(wait=False, cancel_futures=True)
+            consumer.close(autocommit=False)
+            producer.close(timeout=5)
+            health.stop()
+            self._assignment = set()
+            self.metrics.ready.set(0)
+
+    def _intake(self, record: ConsumerRecord, decoder: ThreadPoolExecutor, producer: KafkaProducer) -> None:
+        """One polled record: dead-letter, skip, or send to a decode thread. Never raises on bad data."""
+        self.metrics.frames_in.inc()
+        tp = TopicPartition(record.topic, record.partition)
+        epoch = self.in_flight.add(tp, record.offset)
+        try:
+            msg = FrameMessage.from_record(record.key, record.value, record.headers)
+        except SchemaError as exc:
+            self._dead_letter(producer, record, epoch, exc.reason, str(exc))
+            return
+        line = self.lines.get(msg.line_id)
+        if line is None:
+            self._dead_letter(producer, record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
+            return
+        if all(camera.id != msg.camera_id for camera in line.cameras):
+            self._dead_letter(producer, record, epoch, "unknown-camera",
+                              f"camera {msg.camera_id!r} is not a camera of line {msg.line_id!r}")
+            return
+        age_s = (time.time_ns() - msg.capture_ns) / 1e9
+        if msg.mode == FrameMode.live and age_s > self.settings.max_frame_age_s:
+            # The part has left the camera: an answer is worthless, but the frame still gets its result.
+            reason = f"stale: {age_s:.1f}s old, live limit {self.settings.max_frame_age_s:g}s"
+            result = self._result(msg, ResultStatus.skipped, skip_reason=reason)
+            self.metrics.frames_skipped.labels("stale").inc()
+            self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
+            return
+        decoded = decoder.submit(self._decode, msg)
+        self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, time.monotonic(), decoded))
+
+    def _commit(self, consumer: KafkaConsumer) -> None:
+        points = self.in_flight.commit_points()
+        if not points:
+            return
+        try:
+            consumer.commit({tp: OffsetAndMetadata(point, "", -1) for tp, point in points.items()},
+                            timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:
+            # A rebalance took the partitions: their new owner redoes the uncommitted frames.
+            self.metrics.commits_failed.inc()
+            self.log.warning("commit refused", error=str(exc), partitions=len(points))
+            return
+        self.in_flight.committed(points)
+        self.metrics.in_flight.set(len(self.in_flight))
+
+    def _report_lag(self, consumer: KafkaConsumer) -> None:
+        for tp in list(self._assignment):
+            try:
+                end = consumer.highwater(tp)
+            except KafkaError:
+                continue
+            point = self.in_flight.commit_point(tp)
+            if end is not None and point is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(end - point, 0))
+
+    # --- rebalance (runs on the consumer's IO thread, inside poll()) --------------
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assignment |= set(assigned)
+        self.metrics.ready.set(1 if self.ready else 0)
+        self.log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned),
+                      total=len(self._assignment))
+
+    def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        revoked = set(revoked)
+        dropped = self.in_flight.revoke(revoked)
+        self.batcher.discard(lambda frame: frame.tp in revoked)
+        self._assignment -= revoked
+        for tp in revoked:
+            try:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        self.metrics.frames_dropped_on_revoke.inc(dropped)
+        self.metrics.ready.set(1 if self.ready else 0)
+        self.log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked),
+                      uncommitted_frames_dropped=dropped)
+
+    # --- decode threads ------------------------------------------------------------
+
+    def _decode(self, msg: FrameMessage) -> tuple[np.ndarray, torch.Tensor, float] | str:
+        """JPEG -> BGR -> model input, or the reason it cannot be (the frame is dead-lettered)."""
+        start = time.perf_counter()
+        # [reliability, issue #9] OpenCV allocates whatever size the JPEG's frame header claims before
+        # reading any pixel data: a 300-byte record claiming 30000x30000 cost 5.9 GB and 16 s. Check
+        # the claim against the (bounded) ps-width/ps-height headers first.
+        declared = jpeg_size(msg.payload)
+        if declared is None:
+            return "the payload is not a JPEG (no frame header before the image data)"
+        if declared != (msg.width, msg.height):
+            return f"the JPEG is {declared[0]}x{declared[1]}, the headers say {msg.width}x{msg.height}"
+        try:
+            image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                return "the payload is not a decodable JPEG"
+            pixels = self.bundle.encoder.preprocess([image])[0]
+        except (cv2.error, ValueError) as exc:
+            return f"decoding failed: {exc}"
+        return image, pixels, time.perf_counter() - start
+
+    # --- the model thread: batches in, results out ------------------------------------
+
+    def _model_loop(self, producer: KafkaProducer) -> None:
+        try:
+            while True:
+                batch = self.batcher.next_batch(timeout=0.1)
+                if batch is not None:
+                    self._run_batch(batch, producer)
+                elif self._draining.is_set() and len(self.batcher) == 0:
+                    return
+        except BaseException as exc:  # a model failure must stop the worker, not hang it
+            self._fatal = exc
+            self.log.exception("model thread failed")
+
+    def _run_batch(self, batch: Batch[Frame], producer: KafkaProducer) -> None:
+        frames, queue_s, ready = [], [], []
+        for frame, waited in zip(batch.items, batch.queue_s):
+            if not self.in_flight.is_current(frame.tp, frame.epoch):
+                continue  # revoked while queued: the new owner redoes it
+            decoded = frame.decoded.result()
+            if isinstance(decoded, str):
+                self._dead_letter(producer, frame.record, frame.epoch, "undecodable", decoded)
+                continue
+            frames.append(frame)
+            queue_s.append(waited)
+            ready.append(decoded)
+        if not frames:
+            return
+        self.metrics.batch_size.observe(len(frames))
+        self.metrics.batches.labels(batch.closed_by).inc()
+
+        start = time.perf_counter()
+        pixels = self._to_device([pixels for _, pixels, _ in ready])
+        encoded = self.bundle.encoder(pixels, pooled=False)  # each frame through the encoder once
+        by_line: dict[str, list[int]] = defaultdict(list)
+        for i, frame in enumerate(frames):
+            by_line[frame.line.id].append(i)
+        scores: dict[int, np.ndarray] = {}
+        for line_id, rows in by_line.items():
+            line_scores = self.bundle.score_encoded(encoded.select(rows), self.lines[line_id].questions)
+            scores.update(zip(rows, line_scores))
+        model_s = time.perf_counter() - start
+        self.metrics.model_time.observe(model_s)
+
+        for i, (frame, waited, (image, _, decode_s)) in enumerate(zip(frames, queue_s, ready)):
+            self.metrics.queue_delay.observe(waited)
+            self.metrics.decode_time.observe(decode_s)
+            timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
+                            batch_size=len(frames))
+            result = self._result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image)
+            self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+
+    def _to_device(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.stack(pixels)
+        # Page-locked staging lets the copy run asynchronously; the next batch reuses the
+        # buffer only after score_encoded has synchronised on this one's scores.
+        if self._staging is None or self._staging.shape[0] < len(pixels):
+            self._staging = torch.empty((self.settings.max_batch, *pixels[0].shape), pin_memory=True)
+        staged = torch.stack(pixels, out=self._staging[: len(pixels)])
+        return staged.to(self.device, non_blocking=True)
+
+    # --- results and dead letters -------------------------------------------------------
+
+    def _result(
+        self,
+        msg: FrameMessage,
+        status: ResultStatus,
+        *,
+        skip_reason: str | None = None,
+        scores: np.ndarray | None = None,
+        timing: Timing | None = None,
+        image: np.ndarray | None = None,
+    ) -> InspectionResult:
+        line = self.lines[msg.line_id]
+        question_scores = []
+        if scores is not None:
+            for question, score, threshold in zip(line.questions, scores, self.thresholds[line.id]):
+                score = min(max(float(score), 0.0), 1.0)
+                question_scores.append(QuestionScore(
+                    question_id=question.id, score=score, threshold=float(threshold),
+                    defect_type=question.defect_type, above_threshold=score >= threshold,
+                ))
+        thumbnail = None
+        if image is not None and any(q.above_threshold for q in question_scores):
+            thumbnail = _thumbnail(image, self.settings.thumbnail_px)
+        return InspectionResult(
+            line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
+            status=status, skip_reason=skip_reason, model_id=self.bundle.model_id, worker_id=self.worker_id,
+            scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
+        )
+
+    def _publish(
+        self, producer: KafkaProducer, result: InspectionResult, tp: TopicPartition, offset: int, epoch: int,
+        capture_ns: int,
+    ) -> None:
+        key, value, headers = result.to_record()
+
+        def acknowledged(_: object) -> None:
+            self.in_flight.done(tp, offset, epoch)
+            self.metrics.frames_out.labels(result.status.value).inc()
+            self.metrics.end_to_end.observe(max(time.time_ns() - capture_ns, 0) / 1e9)
+
+        self._send(producer, self.config.kafka.topics.results, key, value, headers, acknowledged)
+
+    def _dead_letter(self, producer: KafkaProducer, record: ConsumerRecord, epoch: int, reason: str, error: str) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        self.log.warning("frame dead-lettered", reason=reason, error=error, partition=record.partition,
+                         offset=record.offset)
+        letter = DeadLetter(
+            reason=reason, error=error, source_topic=record.topic, source_partition=record.partition,
+            source_offset=record.offset, service=f"inference/{self.worker_id}", key=record.key,
+            value=record.value, headers=[(k, v) for k, v in record.headers or () if v is not None],
+        )
+        key, value, headers = letter.to_record()
+
+        def acknowledged(_: object) -> None:
+            self.in_flight.done(tp, record.offset, epoch)
+            self.metrics.frames_dead_lettered.labels(reason).inc()
+
+        self._send(producer, self.config.kafka.topics.dead_letter, key, value, headers, acknowledged)
+
+    def _send(self, producer: KafkaProducer, topic: str, key, value, headers, acknowledged) -> None:  # type: ignore[no-untyped-def]
+        def failed(exc: BaseException) -> None:
+            # The producer has exhausted its retries. The offset stays uncommitted, so
+            # stopping lets a restart (or another worker) redo the frame.
+            self._fatal = WorkerError(f"the broker did not acknowledge a record for {topic}: {exc}")
+            self.log.error("publish failed", topic=topic, error=str(exc))
+
+        try:
+            producer.send(topic, value=value, key=key, headers=headers).add_callback(acknowledged).add_errback(failed)
+        except KafkaError as exc:
+            failed(exc)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
+        self.worker.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
+        self.worker.on_assigned(assigned)
+
+
+# [reliability, issue #9] JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding; None if there is none before the scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header came first
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data) or length < 7:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _thumbnail(image: np.ndarray, px: int) -> str:
+    h, w = image.shape[:2]
+    scale = px / max(h, w)
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_JPEG_QUALITY])
+    return base64.b64encode(jpeg.tobytes()).decode() if ok else ""
+
+
+# --- process entry point ------------------------------------------------------------------
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model bundle cannot be loaded; the message says which file and why."""
+
+
+def load_model(config: PatchsightConfig) -> "Bundle":
+    from inference.bundle import load_bundle
+
+    path = Path(config.model.bundle)
+    if not path.exists():
+        raise ModelLoadError(
+            f"model bundle {path} does not exist (model.bundle in the config, or PATCHSIGHT__MODEL__BUNDLE)"
+        )
+    try:
+        bundle = load_bundle(path, config.model.device)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+        raise ModelLoadError(f"cannot load model bundle {path} on device {config.model.device!r}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    bundle.encoder.eval()
+    bundle.head.eval()
+    return bundle
+
+
+def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
+    """Load the model, run one worker until SIGTERM/SIGINT, exit after draining."""
+    log = get_logger("inference.worker")
+    bundle = load_model(config)
+    worker = Worker(config, bundle, worker_id)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    worker.run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from patchsight.log import configure_logging
+    from schemas.config import load_config
+    from schemas.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m inference.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", type=Path, default=os.environ.get("PATCHSIGHT_CONFIG"))
+    parser.add_argument("--worker-id", default=None)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        config = load_config(args.config)
+        serve(config, args.worker_id)
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"worker failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The inference worker against the real broker, with a tiny random-weight bundle.
+
+Each test has its own topics and consumer group. Workers run in a thread
+(``Worker.run(stop)``) or, where a crash is the point, as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from transformers import CLIPModel
+
+from inference.bundle import Bundle, load_bundle
+from inference.encoder import EncoderConfig, FrameEncoder
+from inference.head import HeadConfig, MLLMHead
+from inference.worker import Worker
+from patchsight.topics import ensure_topics
+from schemas.config import PatchsightConfig
+from schemas.dead_letter import DeadLetter
+from schemas.frame import FrameMessage, FrameMode
+from schemas.result import InspectionResult, ResultStatus
+from tests.inference.conftest import TINY_DECODER, tiny_clip_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+LINES = [
+    {
+        "id": "line-a",
+        "cameras": [{"id": "cam-a1"}, {"id": "cam-a2"}],
+        "questions": [
+            # threshold 0: always above, so every result of this line carries a thumbnail
+            {"id": "scratch", "text": "Is there a scratch on the part?", "defect_type": "scratch", "threshold": 0.0},
+            {"id": "label", "text": "Is the label missing?", "defect_type": "missing-label", "threshold": 1.0},
+        ],
+    },
+    {
+        "id": "line-b",
+        "cameras": [{"id": "cam-b1"}],
+        "questions": [{"id": "holes", "text": "Are there fewer than four holes?", "defect_type": "holes",
+                       "threshold": 1.0}],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory, clip_tok) -> Path:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    clip = CLIPModel(tiny_clip_config(len(clip_tok))).eval().requires_grad_(False)
+    encoder = FrameEncoder.from_clip(clip, EncoderConfig())
+    head = MLLMHead.create(HeadConfig.tiny(decoder=TINY_DECODER), encoder=encoder, device="cpu")
+    bundle = Bundle.create(encoder, head, model_id="tiny-test", clip=clip, clip_tokenizer=clip_tok)
+    return bundle.save(tmp_path_factory.mktemp("bundle"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:
+    return load_bundle(bundle_dir, device="cpu")
+
+
+@pytest.fixture
+def config(make_config: Callable[..., PatchsightConfig], unique: Callable[[str], str], bundle_dir: Path):
+    def build(**inference: object) -> PatchsightConfig:
+        cfg = make_config(
+            lines=LINES,
+            model={"bundle": str(bundle_dir), "device": "cpu"},
+            inference={"group_id": unique("infer"), "metrics_port": 0, "decode_threads": 1, **inference},
+        )
+        ensure_topics(cfg.kafka)
+        return cfg
+
+    return build
+
+
+def jpeg(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def frame(camera: str, line: str, seq: int, mode: FrameMode = FrameMode.replay, capture_ns: int | None = None,
+          payload: bytes | None = None) -> FrameMessage:
+    return FrameMessage(line_id=line, camera_id=camera, seq=seq, capture_ns=capture_ns or time.time_ns(),
+                        width=96, height=64, mode=mode, payload=payload or jpeg(seq))
+
+
+def replay_frames(count: int) -> list[FrameMessage]:
+    cameras = [("cam-a1", "line-a"), ("cam-a2", "line-a"), ("cam-b1", "line-b")]
+    return [frame(cam, line, seq) for seq in range(count) for cam, line in cameras]
+
+
+def publish(cfg: PatchsightConfig, records: list[tuple[bytes | None, bytes, list]]) -> None:
+    producer = KafkaProducer(**cfg.kafka.client_kwargs(), acks="all")
+    for key, value, headers in records:
+        producer.send(cfg.kafka.topics.frames, key=key, value=value, headers=headers)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(cfg: PatchsightConfig, topic: str, until: Callable[[list], bool], timeout: float = 60) -> list:
+    consumer = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False)
+    parts = [TopicPartition(topic, p) for p in range(cfg.kafka.topics.partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    records: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def results(cfg: PatchsightConfig, until: Callable[[list[InspectionResult]], bool], timeout: float = 60):
+    records = read_topic(cfg, cfg.kafka.topics.results,
+                         lambda rs: until([InspectionResult.from_record(r.value, r.headers) for r in rs]), timeout)
+    return [InspectionResult.from_record(r.value, r.headers) for r in records]
+
+
+def committed_total(cfg: PatchsightConfig) -> int:
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:
+        offsets = admin.list_group_offsets({cfg.inference.group_id: None}).get(cfg.inference.group_id, {})
+    finally:
+        admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == cfg.kafka.topics.frames)
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[Worker]:
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bundle: Bundle) -> None:
+    cfg = config(max_batch=4, max_delay_ms=20)
+    frames = replay_frames(8)  # 24 frames over three cameras, two lines
+    publish(cfg, [f.to_record() for f in frames])
+    worker = Worker(cfg, bundle, worker_id="w-test")
+    with running(worker):
+        got = results(cfg, lambda rs: len(rs) >= len(frames))
+        deadline = time.monotonic() + 10
+        while committed_total(cfg) < len(frames) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        assert httpx.get(f"http://127.0.0.1:{worker.metrics_port}/readyz").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{worker.metrics_port}/healthz").status_code == 200
+
+    keys = Counter((r.camera_id, r.seq) for r in got)
+    assert set(keys) == {(f.camera_id, f.seq) for f in frames}
+    assert max(keys.values()) == 1, "a frame was inspected twice in a clean run"
+    assert committed_total(cfg) == len(frames)
+    for r in got:
+        assert r.status == ResultStatus.ok and r.model_id == "tiny-test" and r.worker_id == "w-test"
+        line = next(line for line in cfg.lines if line.id == r.line_id)
+        assert [s.question_id for s in r.scores] == [q.id for q in line.questions]
+        assert all(0.0 <= s.score <= 1.0 and s.above_threshold == (s.score >= s.threshold) for s in r.scores)
+        # line-a asks a question with threshold 0 (always above): a thumbnail; line-b never is above
+        assert (r.thumbnail_jpeg_b64 is not None) == (r.line_id == "line-a")
+        assert 1 <= r.timing.batch_size <= 4 and r.timing.model_ms > 0
+    # results of a camera come out in capture order
+    for camera in ("cam-a1", "cam-a2", "cam-b1"):
+        seqs = [r.seq for r in got if r.camera_id == camera]
+        assert seqs == sorted(seqs)
+    assert "patchsight_inference_frames_in_total 24.0" in metrics
+    assert 'patchsight_inference_frames_out_total{status="ok"} 24.0' in metrics
+    assert "patchsight_inference_batch_size_count" in metrics
+
+
+def test_bad_frames_are_dead_lettered_and_the_worker_goes_on(config, bundle: Bundle) -> None:
+    cfg = config()
+    good = frame("cam-a1", "line-a", 0)
+    key, value, headers = good.to_record()
+    future = [(n, b"2" if n == "ps-schema" else v) for n, v in headers]
+    bad = {
+        "undecodable": frame("cam-a1", "line-a", 1, payload=b"\xff\xd8 not really a jpeg").to_record(),
+        "unknown-line": frame("cam-x", "line-x", 2).to_record(),
+        "unknown-camera": frame("cam-b1", "line-a", 3).to_record(),
+        "unsupported-version": (key, value, future),
+        "malformed": (key, value, [(n, v) for n, v in headers if n != "ps-seq"]),
+    }
+    after = frame("cam-a2", "line-a", 4)
+    publish(cfg, [good.to_record(), *bad.values(), after.to_record()])
+    with running(Worker(cfg, bundle)):
+        got = results(cfg, lambda rs: len(rs) >= 2)
+        letters = read_topic(cfg, cfg.kafka.topics.dead_letter, lambda rs: len(rs) >= len(bad))
+        time.sleep(0.5)  # let the last commit land
+    assert sorted((r.camera_id, r.seq) for r in got) == [("cam-a1", 0), ("cam-a2", 4)]
+    parsed = [DeadLetter.from_record(r.key, r.value, r.headers) for r in letters]
+    assert sorted(d.reason for d in parsed) == sorted(bad)
+    for letter in parsed:
+        assert letter.source_topic == cfg.kafka.topics.frames and letter.source_offset >= 0 and letter.error
+        assert letter.value == bad[letter.reason][1]  # the original payload, untouched, for a re-publish
+    assert committed_total(cfg) == 2 + len(bad)
+
+
+def test_stale_live_frames_get_a_skipped_result_and_replay_frames_never_do(config, bundle: Bundle) -> None:
+    cfg = config(max_frame_age_s=2.0)
+    old = time.time_ns() - 60 * 10**9
+    frames = [
+        frame("cam-a1", "line-a", 0, FrameMode.live, capture_ns=old),
+        frame("cam-a1", "line-a", 1, FrameMode.live),
+        frame("cam-a2", "line-a", 0, FrameMode.replay, capture_ns=old),
+    ]
+    publish(cfg, [f.to_record() for f in frames])
+    with running(Worker(cfg, bundle)) as worker:
+        got = {(r.camera_id, r.seq): r for r in results(cfg, lambda rs: len(rs) >= 3)}
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+    stale = got[("cam-a1", 0)]
+    assert stale.status == ResultStatus.skipped and "stale" in stale.skip_reason and stale.scores == []
+    assert got[("cam-a1", 1)].status == ResultStatus.ok
+    assert got[("cam-a2", 0)].status == ResultStatus.ok  # replay: age does not matter
+    assert 'patchsight_inference_frames_skipped_total{reason="stale"} 1.0' in metrics
+
+
+def test_batches_close_on_size_with_a_backlog_and_on_delay_with_a_trickle(config, bundle: Bundle) -> None:
+    cfg = config(max_batch=4, max_delay_ms=150)
+    with running(Worker(cfg, bundle)) as worker:
+        deadline = time.monotonic() + 60
+        while not worker.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        publish(cfg, [frame("cam-b1", "line-b", 0).to_record()])  # alone: waits out the delay
+        results(cfg, lambda rs: len(rs) >= 1)
+        publish(cfg, [f.to_record() for f in replay_frames(8)])  # a backlog of 24: full batches
+        got = results(cfg, lambda rs: len(rs) >= 25)
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+    single = next(r for r in got if r.camera_id == "cam-b1" and r.seq == 0 and r.timing.batch_size == 1)
+    assert 140 <= single.timing.queue_ms < 150 + 250  # waited out the delay, and not much longer
+    assert max(r.timing.batch_size for r in got) == 4
+    assert 'patchsight_inference_batches_total{closed_by="size"}' in metrics
+    assert 'patchsight_inference_batches_total{closed_by="delay"}' in metrics
+
+
+def write_config(cfg: PatchsightConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def start_worker(config_path: Path, worker_id: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATCHSIGHT_LOG_FORMAT": "json", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "inference.worker", "--config", str(config_path), "--worker-id", worker_id],
+        cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+
+
+def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) -> None:
+    cfg = config(max_batch=2, max_delay_ms=5)
+    frames = replay_frames(60)  # 180 frames
+    publish(cfg, [f.to_record() for f in frames])
+    path = write_config(cfg, tmp_path / "worker.yaml")
+    first = start_worker(path, "w-killed", tmp_path / "worker.log")
+    try:
+        before = results(cfg, lambda rs: len(rs) >= 20, timeout=180)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    assert 20 <= len(before) < len(frames), (tmp_path / "worker.log").read_text()[-3000:]
+
+    second = start_worker(path, "w-restarted", tmp_path / "worker.log")
+    try:
+        want = {(f.camera_id, f.seq) for f in frames}
+        got = results(cfg, lambda rs: want <= {(r.camera_id, r.seq) for r in rs}, timeout=120)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert want <= {(r.camera_id, r.seq) for r in got}, "a frame lost its result across the crash"
+    assert {r.worker_id for r in got} == {"w-killed", "w-restarted"}
+
+
+def test_sigterm_drains_publishes_and_commits_exactly_what_it_published(config, tmp_path: Path) -> None:
+    cfg = config(max_batch=2, max_delay_ms=5)
+    frames = replay_frames(60)
+    publish(cfg, [f.to_record() for f in frames])
+    worker = start_worker(write_config(cfg, tmp_path / "worker.yaml"), "w-term", tmp_path / "worker.log")
+    try:
+        results(cfg, lambda rs: len(rs) >= 20, timeout=180)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    got = results(cfg, lambda rs: False, timeout=2)
+    keys = Counter((r.camera_id, r.seq) for r in got)
+    assert max(keys.values()) == 1
+    # Every committed frame has its result and every published result is committed:
+    # nothing in flight was abandoned or committed early.
+    assert committed_total(cfg) == len(keys) < len(frames)
+
+
+def test_model_loading_errors_name_the_bundle_and_the_reason(tmp_path: Path) -> None:
+    from inference.worker import ModelLoadError, load_model
+    from schemas.config import validate_config
+
+    missing = validate_config({"model": {"bundle": str(tmp_path / "nope"), "device": "cpu"}})
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(missing)
+    (tmp_path / "empty").mkdir()
+    not_a_bundle = validate_config({"model": {"bundle": str(tmp_path / "empty"), "device": "cpu"}})
+    with pytest.raises(ModelLoadError, match=r"empty.*not a model bundle"):
+        load_model(not_a_bundle)
