@@ -8,14 +8,23 @@ them, so ``patchsight --help`` stays instant.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from alerts import cli as alerts_cli
+from inference import cli as inference_cli
+from ingest import cli as ingest_cli
+from ingest import synth_cli
 from patchsight.cli_options import ConfigOption, config_or_exit
-from patchsight.log import configure_logging
+from patchsight.log import configure_logging, redact
+from patchsight.infra import InfraError
+from schemas.config import PatchsightConfig
+from schemas.errors import ConfigError
 
 app = typer.Typer(
     name="patchsight",
@@ -26,8 +35,18 @@ app = typer.Typer(
 )
 infra_app = typer.Typer(help="Local Kafka (KRaft) and Redis for development, tests and the demo.", no_args_is_help=True)
 config_app = typer.Typer(help="Validate and show the configuration.", no_args_is_help=True)
+# Listed in pipeline order: set-up, cameras, inference, alerts.
 app.add_typer(infra_app, name="infra")
 app.add_typer(config_app, name="config")
+app.command("synth")(synth_cli.synth)
+app.command("ingest", help="Run the configured cameras, one process each, publishing frames to Kafka.")(ingest_cli.run)
+app.command("record")(ingest_cli.record)
+app.command("replay")(ingest_cli.replay)
+app.command("label")(ingest_cli.label)
+app.command("infer")(inference_cli.infer)
+app.add_typer(inference_cli.model_app, name="model")
+app.add_typer(alerts_cli.app, name="alerts")
+app.command("dashboard")(alerts_cli.dashboard)
 
 console = Console()
 
@@ -37,6 +56,10 @@ def main(
     log_format: str = typer.Option("auto", "--log-format", help="json, console, or auto (console on a terminal)."),
     log_level: str = typer.Option("INFO", "--log-level", envvar="PATCHSIGHT_LOG_LEVEL", help="Log level."),
 ) -> None:
+    # Child processes (cameras, demo services) inherit the choice through the environment.
+    if log_format != "auto":
+        os.environ["PATCHSIGHT_LOG_FORMAT"] = log_format
+    os.environ["PATCHSIGHT_LOG_LEVEL"] = log_level
     configure_logging(log_format, log_level)  # type: ignore[arg-type]
 
 
@@ -54,16 +77,53 @@ def infra_up(config: ConfigOption = None) -> None:
     from patchsight import infra
     from patchsight.topics import ensure_topics
 
+    from kafka.errors import KafkaError
+
     cfg = config_or_exit(config)
     try:
         kafka = infra.kafka_up(cfg.kafka)
         redis = infra.redis_up(cfg.redis)
-        ensure_topics(cfg.kafka)
+        ensure_topics(infra.kafka_client_settings(cfg.kafka))
     except infra.InfraError as exc:
         typer.secho(f"infra up failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    except KafkaError as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}")
+        typer.secho(f"infra up failed creating topics: {reason}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     _print_status([kafka, redis])
     console.print(f"KAFKA_BOOTSTRAP={cfg.kafka.bootstrap}  state: {infra.state_dir()}")
+    _print_ca_hints(cfg)
+
+
+def _print_ca_hints(cfg: PatchsightConfig) -> None:
+    """Tell the user which CA file clients of a local TLS server must trust, when the config lacks it."""
+    from patchsight import infra
+
+    ca = infra.local_tls().ca_file if (infra.state_dir() / "tls").exists() else None
+    if ca is None:
+        return
+    if cfg.kafka.security.protocol.endswith("SSL") and cfg.kafka.security.ssl_cafile is None:
+        typer.echo(f"PATCHSIGHT__KAFKA__SECURITY__SSL_CAFILE={ca}")
+    if cfg.redis.url.startswith("rediss://") and cfg.redis.ssl_cafile is None:
+        typer.echo(f"PATCHSIGHT__REDIS__SSL_CAFILE={ca}")
+
+
+@infra_app.command("certs")
+def infra_certs() -> None:
+    """Create (once) the local CA and server certificate for TLS listeners, and print where they are."""
+    from patchsight import infra
+
+    try:
+        tls = infra.local_tls()
+    except infra.InfraError as exc:
+        typer.secho(f"infra certs failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"CA (clients trust this): {tls.ca_file}")
+    typer.echo(f"server certificate: {tls.server_cert}  key: {tls.server_key}")
+    # plain echo: rich would wrap long paths, and these lines are meant to be pasted
+    typer.echo(f"PATCHSIGHT__KAFKA__SECURITY__SSL_CAFILE={tls.ca_file}")
+    typer.echo(f"PATCHSIGHT__REDIS__SSL_CAFILE={tls.ca_file}")
 
 
 @infra_app.command("down")
@@ -101,7 +161,40 @@ def config_show(config: ConfigOption = None) -> None:
     import yaml
 
     cfg = config_or_exit(config)
-    console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", markup=False)
+    # SecretStr fields dump as ********; URLs (redis.url, camera sources) may carry user:password@
+    shown = _redact_tree(cfg.model_dump(mode="json"))
+    console.print(yaml.safe_dump(shown, sort_keys=False), end="", markup=False)
+
+
+def _redact_tree(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _redact_tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact_tree(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
+
+
+@app.command("demo")
+def demo(
+    config: Path = typer.Option(Path("config/demo.yaml"), "--config", "-c", help="Lines, cameras and questions."),
+    frames: int = typer.Option(300, help="Frames per camera in the synthetic recordings (10 fps)."),
+    seed: int = typer.Option(1000, help="Synthetic line seed; 1000+ were never used for training."),
+    speed: float = typer.Option(1.0, help="Replay speed: 1 = real time, 0 = as fast as possible."),
+    workers: int = typer.Option(2, min=1, help="Inference worker processes."),
+    dashboard_port: int = typer.Option(8080, help="Dashboard port (a free one is used if taken)."),
+    keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack up after the summary."),
+) -> None:
+    """Run the whole pipeline on 3 synthetic lines x 2 cameras and score the alerts against ground truth."""
+    from patchsight.demo import DemoOptions, run_demo
+
+    options = DemoOptions(config=config, frames_per_camera=frames, seed=seed, speed=speed, workers=workers,
+                          dashboard_port=dashboard_port, keep_running=keep_running)
+    try:
+        code = run_demo(options)
+    except (ConfigError, InfraError) as exc:
+        typer.secho(f"demo failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    raise typer.Exit(code)
 
 
 def run() -> None:

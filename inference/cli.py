@@ -1,0 +1,218 @@
+"""The inference CLI: ``patchsight inference ...``.
+
+``model_app`` holds the ``model ...`` commands; other modules add theirs to it
+(``@model_app.command("finetune")`` etc.), so every model command lives under one group.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Inference: model bundles and scoring.", no_args_is_help=True)
+model_app = typer.Typer(help="Model bundles: inspect, train, evaluate.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("info")
+def model_info(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda | mps"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Print what a bundle contains: encoder, head, questions, thresholds, provenance."""
+    from transformers.utils import logging as hf_logging
+
+    from inference.bundle import BundleError, load_bundle
+
+    hf_logging.disable_progress_bar()
+    console = Console()
+    try:
+        info = load_bundle(bundle, device=device).describe()
+    except (BundleError, FileNotFoundError, OSError) as exc:
+        console.print(f"[red]cannot read bundle:[/red] {exc}")
+        raise typer.Exit(1) from None
+    info["size_mb"] = round(sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6, 2)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+
+    summary = Table(title=f"bundle {info['model_id']}", show_header=False)
+    for key in ("model_id", "directory", "created_at", "size_mb", "device", "dtype", "clip_baseline", "linear_probe"):
+        summary.add_row(key, str(info[key]))
+    for part in ("encoder", "head"):
+        for key, value in info[part].items():
+            summary.add_row(f"{part}.{key}", str(value))
+    console.print(summary)
+
+    questions = Table(title="questions")
+    for col in ("id", "text", "defect_type", "threshold"):
+        questions.add_column(col)
+    for q in info["questions"]:
+        threshold = q.get("threshold", info["thresholds"].get(q["id"], info["default_threshold"]))
+        questions.add_row(q["id"], q["text"], q["defect_type"], f"{threshold:.3f}")
+    console.print(questions)
+    extra = {k: v for k, v in info["thresholds"].items() if k not in {q["id"] for q in info["questions"]}}
+    if extra:
+        console.print(f"other thresholds: {extra}")
+    console.print(f"default threshold: {info['default_threshold']}")
+    if info["provenance"]:
+        console.print("provenance:")
+        console.print_json(json.dumps(info["provenance"], default=str))
+
+
+@app.command("infer")
+def infer(
+    config: Path = typer.Option(None, "--config", "-c", envvar="PATCHSIGHT_CONFIG",
+                                help="YAML configuration file (env: PATCHSIGHT_CONFIG)."),
+    worker_id: str = typer.Option(None, "--worker-id", help="Name in results and logs (default: host-pid)."),
+) -> None:
+    """Run one inference worker: frames topic -> model -> results topic, until SIGTERM/SIGINT.
+
+    Start several (processes or machines) with the same inference.group_id to share
+    the frames topic; they scale up to its partition count. Live or replay is per frame.
+    """
+    from patchsight.cli_options import config_or_exit
+    from inference.worker import ModelLoadError, WorkerError, serve
+
+    cfg = config_or_exit(config)
+    try:
+        serve(cfg, worker_id)
+    except ModelLoadError as exc:
+        typer.secho(f"model error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except WorkerError as exc:
+        typer.secho(f"worker failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+# --- Training and evaluation (inference/pretrain.py, finetune.py, evaluate.py) ---------------
+
+
+def _recordings(paths: list[Path]) -> list[Path]:
+    """Recording folders: each path is one, or a folder searched for them (in name order)."""
+    found: list[Path] = []
+    for p in paths:
+        if (p / "meta.json").is_file():
+            found.append(p)
+        else:
+            found += sorted(m.parent for m in p.rglob("meta.json"))
+    if not found:
+        raise typer.BadParameter(f"no recordings under {', '.join(map(str, paths))}", param_hint="--data")
+    return found
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@model_app.command("pretrain-encoder")
+def pretrain_encoder(
+    out: Path = typer.Option(..., "--out", help="folder for the CLIP (config, weights, tokenizer, pretrain.json)"),
+    time_limit_min: float = typer.Option(26.0, help="training stops (and its schedule ends) by this wall time"),
+    max_steps: int = typer.Option(1200, help="at most this many steps"),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(8e-4),
+    image_size: int = typer.Option(128),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(2, help="torch threads (the renderer runs in one more process)"),
+) -> None:
+    """Pretrain a compact CLIP contrastively on synthetic frames with web-style captions."""
+    from inference.pretrain import PretrainConfig, pretrain
+
+    _quiet_transformers()
+    console = Console(stderr=True)
+    cfg = PretrainConfig(time_limit_s=time_limit_min * 60, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                         image_size=image_size, seed=seed, threads=threads, warmup_steps=30)
+    record = pretrain(cfg, out, log=console.print)
+    console.print(f"{record['steps']} steps, {record['images_seen']} images, {record['wall_s']}s")
+    typer.echo(str(out))
+
+
+@model_app.command("finetune")
+def finetune_command(
+    encoder: Path = typer.Option(..., "--encoder", help="a pretrained CLIP folder, or a bundle to adapt"),
+    data: list[Path] = typer.Option(..., "--data", help="labelled recordings (or folders of them); repeat"),
+    out: Path = typer.Option(..., "--out", help="where to write the bundle (or, with --head-only, the head)"),
+    variant: str = typer.Option("full", help="full | cls_only | no_position | question_blind (ablations)"),
+    head_only: bool = typer.Option(False, "--head-only", help="write only the head (ablations)"),
+    init_head: bool = typer.Option(False, "--init-head", help="start from the --encoder bundle's head"),
+    model_id: str = typer.Option("patchsight-compact", help="the bundle's model id"),
+    config: Path = typer.Option(None, "--config", help="take the questions from this config's --line"),
+    line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
+    max_steps: int = typer.Option(3000),
+    batch_frames: int = typer.Option(24, help="frames per step (every question is asked of each)"),
+    lr: float = typer.Option(1e-3),
+    eval_every: int = typer.Option(40),
+    patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
+    frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
+    time_limit_min: float = typer.Option(30.0),
+    cache: Path = typer.Option(None, "--cache", help="keep encoded frames here (several heads, one encoding)"),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(2),
+) -> None:
+    """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
+    from inference.finetune import VARIANTS, FinetuneConfig, finetune
+    from schemas.errors import ConfigError
+
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
+    _quiet_transformers()
+    console = Console(stderr=True)
+    questions = None
+    if config is not None:
+        from schemas.config import load_config
+
+        try:
+            cfg_file = load_config(config)
+        except ConfigError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from None
+        chosen = cfg_file.line(line) if line else (cfg_file.lines[0] if cfg_file.lines else None)
+        if chosen is None:
+            console.print(f"[red]no line {line!r} in {config}[/]")
+            raise typer.Exit(1)
+        questions = chosen.questions
+    cfg = FinetuneConfig(variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
+                         patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
+                         threads=threads)
+    try:
+        record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
+                          log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache)
+    except ValueError as exc:
+        console.print(f"[red]finetune failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"best step {record['best_step']} of {record['steps']} ({record['stopped']}), "
+                  f"val loss {record['best_val_loss']}, val AUROC {record['best_val_auroc']}")
+    typer.echo(str(out))
+
+
+@model_app.command("eval")
+def eval_command(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    data: list[Path] = typer.Option(..., "--data", help="held-out labelled recordings (or folders); repeat"),
+    out: Path = typer.Option(None, "--out", help="report folder (default runs/eval-<time>)"),
+    ablations: Path = typer.Option(None, "--ablations", help="folder of ablation heads (finetune --head-only)"),
+    pairs: int = typer.Option(40, help="image pairs per question"),
+    pair_seed: int = typer.Option(9001, help="seed of the rendered pairs: never a training seed"),
+    threads: int = typer.Option(2),
+) -> None:
+    """CLIP zero-shot vs linear probe vs MLLM head (and ablations): markdown, JSON and plots."""
+    import time as _time
+
+    from inference.evaluate import evaluate
+
+    _quiet_transformers()
+    console = Console(stderr=True)
+    out = out or Path("runs") / f"eval-{_time.strftime('%Y%m%d-%H%M%S')}"
+    evaluate(bundle, _recordings(data), out, ablations=ablations, pairs_per_question=pairs, pair_seed=pair_seed,
+             threads=threads, log=console.print)
+    console.print((out / "report.md").read_text())
+    typer.echo(str(out))

@@ -1,0 +1,441 @@
+"""``patchsight demo``: the whole pipeline on synthetic lines, scored against ground truth.
+
+What it does, in order:
+
+1. starts (or reuses) Kafka and Redis;
+2. writes synthetic recordings for every camera of config/demo.yaml (cached by seed);
+3. gives this run its own topics, consumer groups and Redis prefix, so runs never mix;
+4. starts each service as its own process: 2 inference workers, the alert service,
+   the dashboard, then one replay process per recording;
+5. follows results and alerts live until every frame has a result and the alert
+   service has caught up;
+6. prints a summary: frames, alerts per defect type against ground truth (caught,
+   missed, false alerts) and capture-to-alert latency; then stops every process it
+   started, also on Ctrl-C, unless ``--keep-running``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ingest.recording import Recording
+from patchsight import infra
+from patchsight.topics import ensure_topics
+from schemas.alert import DefectAlert
+from schemas.config import PatchsightConfig, load_config
+from schemas.result import InspectionResult, ResultStatus
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "demo.yaml"
+# Seeds 1000+ are never used for training (see models/default/bundle.json provenance).
+DEFAULT_SEED = 1000
+
+console = Console()
+
+
+@dataclass
+class DemoOptions:
+    config: Path = DEFAULT_CONFIG
+    frames_per_camera: int = 300
+    seed: int = DEFAULT_SEED
+    speed: float = 1.0  # 1.0 = the recordings' own 10 fps, as live cameras would send
+    workers: int = 2
+    dashboard_port: int = 8080
+    keep_running: bool = False
+    timeout_s: float = 480.0
+    run_dir: Path | None = None
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+class ProcessGroup:
+    """The processes the demo started; stops them all, whatever happens."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: list[ServiceProcess] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        log = self.log_dir / f"{name}.log"
+        handle = open(log, "ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "patchsight.cli", "--log-format", "json", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})},
+            cwd=REPO_ROOT,
+            # own process group: Ctrl-C reaches the demo, which then stops them in order
+            start_new_session=True,
+        )
+        proc = ServiceProcess(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def failed(self) -> list[ServiceProcess]:
+        return [p for p in self.procs if p.popen.poll() not in (None, 0)]
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        # Producers of work first, so that what is in flight can drain.
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                proc.popen.wait(remaining)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+# --- ground truth -----------------------------------------------------------------------
+
+
+@dataclass
+class DefectEvent:
+    """One defective part passing one camera, for one question: what an alert should catch."""
+
+    line_id: str
+    camera_id: str
+    question_id: str
+    part_id: int
+    seqs: tuple[int, int]  # first and last frame showing it
+
+
+@dataclass
+class TypeScore:
+    caught: int = 0
+    missed: int = 0
+    false_alerts: int = 0
+    duplicates: int = 0
+
+
+def defect_events(recordings: Iterable[Recording], question_ids: set[str]) -> list[DefectEvent]:
+    events: dict[tuple[str, str, int], DefectEvent] = {}
+    for rec in recordings:
+        for entry in rec.entries:
+            truth = entry.truth
+            if truth is None or truth.part_id is None:
+                continue
+            for qid, yes in truth.answers.items():
+                if not yes or qid not in question_ids:
+                    continue
+                key = (rec.meta.camera_id, qid, truth.part_id)
+                if key in events:
+                    first, _ = events[key].seqs
+                    events[key].seqs = (first, entry.seq)
+                else:
+                    events[key] = DefectEvent(rec.meta.line_id, rec.meta.camera_id, qid, truth.part_id,
+                                              (entry.seq, entry.seq))
+    return list(events.values())
+
+
+def score_alerts(
+    alerts: list[DefectAlert], events: list[DefectEvent], defect_type_of: dict[str, str]
+) -> dict[str, TypeScore]:
+    """Match alerts to defect events: same camera and question, overlapping frames.
+
+    A second alert for an event already caught counts as a duplicate: the one
+    thing operators must never see.
+    """
+    scores: dict[str, TypeScore] = {}
+    caught: set[int] = set()
+    for alert in sorted(alerts, key=lambda a: (a.camera_id, a.first_seq)):
+        score = scores.setdefault(alert.defect_type, TypeScore())
+        match = next(
+            (
+                i
+                for i, ev in enumerate(events)
+                if ev.camera_id == alert.camera_id
+                and ev.question_id == alert.question_id
+                # the k-of-n window may start a frame or two before the part is judged in view
+                and alert.first_seq <= ev.seqs[1] + 2
+                and alert.last_seq >= ev.seqs[0]
+            ),
+            None,
+        )
+        if match is None:
+            score.false_alerts += 1
+        elif match in caught:
+            score.duplicates += 1
+        else:
+            caught.add(match)
+            score.caught += 1
+    for i, ev in enumerate(events):
+        if i not in caught:
+            scores.setdefault(defect_type_of.get(ev.question_id, ev.question_id), TypeScore()).missed += 1
+    return scores
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _run_config(base: PatchsightConfig, run_id: str, options: DemoOptions) -> dict:
+    raw = base.model_dump(mode="json", exclude_none=True)
+    raw["kafka"]["topics"].update(
+        frames=f"demo-{run_id}.frames", results=f"demo-{run_id}.results", dead_letter=f"demo-{run_id}.dlq"
+    )
+    raw["inference"]["group_id"] = f"demo-{run_id}-inference"
+    raw["inference"]["metrics_port"] = 0
+    raw["alerts"]["group_id"] = f"demo-{run_id}-alerts"
+    raw["alerts"]["key_prefix"] = f"ps:demo:{run_id}"
+    raw["alerts"]["metrics_port"] = 0
+    raw["dashboard"]["port"] = options.dashboard_port
+    # secrets are masked by model_dump; the demo has none, and must not write "**********"
+    raw.get("dashboard", {}).pop("token", None)
+    return raw
+
+
+def make_recordings(cfg: PatchsightConfig, out: Path, options: DemoOptions, env: dict[str, str]) -> list[Path]:
+    """Synthetic recordings for the config's lines (line-a, line-b, ...), cached by seed and length."""
+    lines = cfg.lines
+    cameras = max(len(line.cameras) for line in lines)
+    done = out / ".complete"
+    if not done.exists():
+        console.print(f"writing synthetic recordings to {out} (seed {options.seed}) ...")
+        subprocess.run(
+            [sys.executable, "-m", "patchsight.cli", "synth", "--out", str(out), "--lines", str(len(lines)),
+             "--cameras", str(cameras), "--frames", str(options.frames_per_camera), "--seed", str(options.seed)],
+            check=True, env=env, cwd=REPO_ROOT,
+        )
+        done.write_text("ok\n")
+    return sorted(p.parent for p in out.glob("**/meta.json"))
+
+
+def run_demo(options: DemoOptions) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from alerts.store import RedisAlertStore, connect
+
+    base = load_config(options.config)
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = options.run_dir or REPO_ROOT / "runs" / f"demo-{run_id}"
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    console.rule("[bold]patchsight demo")
+    kafka = infra.kafka_up(base.kafka)
+    redis_status = infra.redis_up(base.redis)
+    console.print(f"kafka {kafka.address} ({kafka.state}), redis {redis_status.address} ({redis_status.state})")
+
+    raw = _run_config(base, run_id, options)
+    if not _port_free(options.dashboard_port):
+        raw["dashboard"]["port"] = _free_port()
+    cfg_path = run_dir / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(cfg_path)
+    ensure_topics(cfg.kafka)
+
+    env = {**os.environ, "PATCHSIGHT_CONFIG": str(cfg_path), "PYTHONUNBUFFERED": "1"}
+    rec_dir = infra.state_dir() / "demo-recordings" / f"seed-{options.seed}-n{options.frames_per_camera}"
+    recordings = make_recordings(cfg, rec_dir, options, env)
+    if not recordings:
+        console.print("[red]no recordings were written[/]")
+        return 1
+
+    procs = ProcessGroup(run_dir / "logs", env)
+    interrupted = False
+
+    def on_sigint(*_: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        for i in range(options.workers):
+            procs.start(f"infer-{i + 1}", "infer", "--worker-id", f"worker-{i + 1}")
+        procs.start("alerts", "alerts", "serve")
+        procs.start("dashboard", "dashboard")
+        console.print(f"dashboard: [bold]http://127.0.0.1:{cfg.dashboard.port}[/]   logs: {run_dir / 'logs'}")
+        speed = [] if options.speed <= 0 else ["--speed", str(options.speed)]
+        for rec in recordings:
+            procs.start(f"replay-{rec.name}", "replay", str(rec), *speed)
+
+        store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+        results = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False, consumer_timeout_ms=200)
+        parts = [TopicPartition(cfg.kafka.topics.results, p)
+                 for p in (results.partitions_for_topic(cfg.kafka.topics.results) or [])]
+        results.assign(parts)
+        results.seek_to_beginning()
+
+        total = sum(len(Recording(r)) for r in recordings)
+        seen: set[tuple[str, int]] = set()
+        skipped = duplicates_results = 0
+        alerts: dict[str, DefectAlert] = {}
+        started = time.monotonic()
+        status = "running"
+
+        def table() -> Table:
+            t = Table(title=f"patchsight demo - {status}", show_header=False)
+            t.add_row("frames inspected", f"{len(seen)} / {total}")
+            t.add_row("skipped", str(skipped))
+            t.add_row("alerts", str(len(alerts)))
+            t.add_row("elapsed", f"{time.monotonic() - started:.0f} s")
+            return t
+
+        with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
+            while not interrupted:
+                for record in results:
+                    try:
+                        res = InspectionResult.from_record(record.value, record.headers)
+                    except ValueError:
+                        continue
+                    key = (res.camera_id, res.seq)
+                    if key in seen:
+                        duplicates_results += 1
+                    seen.add(key)
+                    skipped += res.status is ResultStatus.skipped
+                for alert in store.list_alerts(unresolved_only=False, limit=10_000):
+                    if alert.alert_id not in alerts:
+                        alerts[alert.alert_id] = alert
+                        live.console.print(
+                            f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
+                            f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
+                        )
+                live.update(table())
+                if procs.failed():
+                    status = "a service failed"
+                    break
+                replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
+                if replays_done and len(seen) >= total and _alerts_caught_up(cfg, results):
+                    status = "done"
+                    break
+                if time.monotonic() - started > options.timeout_s:
+                    status = "timed out"
+                    break
+            live.update(table())
+        elapsed = time.monotonic() - started
+        results.close()
+
+        for proc in procs.failed():
+            console.print(f"[red]{proc.name} exited with {proc.popen.returncode}; see {proc.log}[/]")
+        dead_letters = _topic_size(cfg, cfg.kafka.topics.dead_letter)
+        summary = _summary(cfg, recordings, list(alerts.values()), total, len(seen), skipped, dead_letters,
+                           duplicates_results, elapsed, run_dir)
+        console.print(summary)
+        console.print(f"evaluation report: {REPO_ROOT / 'docs' / 'evaluation.md'}   logs: {run_dir / 'logs'}")
+        if options.keep_running and not interrupted:
+            console.print(f"services keep running (config {cfg_path}); stop them with Ctrl-C")
+            while not interrupted:
+                time.sleep(0.5)
+        ok = status == "done" and not interrupted
+        return 0 if ok else 1
+    finally:
+        procs.stop()
+        signal.signal(signal.SIGINT, previous)
+        console.print("stopped every process the demo started")
+
+
+def _topic_size(cfg: PatchsightConfig, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**cfg.kafka.client_kwargs())
+    try:
+        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
+        if not parts:
+            return 0
+        ends = consumer.end_offsets(parts)
+        starts = consumer.beginning_offsets(parts)
+        return sum(ends[p] - starts[p] for p in parts)
+    finally:
+        consumer.close()
+
+
+def _alerts_caught_up(cfg: PatchsightConfig, consumer) -> bool:  # type: ignore[no-untyped-def]
+    """True when the alert service's committed offsets reach the end of the results topic."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    topic = cfg.kafka.topics.results
+    parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
+    ends = consumer.end_offsets(parts)
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:
+        committed = admin.list_consumer_group_offsets(cfg.alerts.group_id)
+    finally:
+        admin.close()
+    return all((committed.get(tp).offset if committed.get(tp) else 0) >= ends[tp] for tp in parts)
+
+
+def _summary(
+    cfg: PatchsightConfig, recordings: list[Path], alerts: list[DefectAlert], total: int, inspected: int,
+    skipped: int, dead_letters: int, duplicate_results: int, elapsed: float, run_dir: Path,
+) -> Table:
+    questions = {q.id: q for line in cfg.lines for q in line.questions}
+    events = defect_events((Recording(r) for r in recordings), set(questions))
+    scores = score_alerts(alerts, events, {q.id: q.defect_type for q in questions.values()})
+    latencies = [(a.raised_ns - a.trigger_capture_ns) / 1e6 for a in alerts]
+
+    table = Table(title=f"summary ({elapsed:.0f} s)")
+    table.add_column("defect type")
+    for name in ("caught", "missed", "false alerts", "duplicate alerts"):
+        table.add_column(name, justify="right")
+    for name, s in sorted(scores.items()):
+        table.add_row(name, str(s.caught), str(s.missed), str(s.false_alerts), str(s.duplicates))
+    all_ = TypeScore(*(sum(getattr(s, f) for s in scores.values())
+                       for f in ("caught", "missed", "false_alerts", "duplicates")))
+    table.add_row("[bold]all", str(all_.caught), str(all_.missed), str(all_.false_alerts), str(all_.duplicates))
+    table.caption = (
+        f"frames published {total}, inspected {inspected - skipped}, skipped {skipped}, "
+        f"dead-lettered {dead_letters}, redelivered results {duplicate_results}\n"
+        f"capture-to-alert latency p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms"
+    )
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "frames": total, "inspected": inspected - skipped, "skipped": skipped,
+                "dead_lettered": dead_letters, "redelivered_results": duplicate_results,
+                "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)},
+                "by_defect_type": {k: vars(v) for k, v in scores.items()},
+                "elapsed_s": elapsed,
+            },
+            indent=2,
+        )
+    )
+    return table
