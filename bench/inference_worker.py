@@ -50,7 +50,6 @@ from patchsight.log import configure_logging  # noqa: E402
 from patchsight.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, validate_config  # noqa: E402
 from schemas.frame import FrameMessage, FrameMode  # noqa: E402
-from schemas.result import InspectionResult  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 CAMERAS = [f"cam-{i}" for i in range(4)]

@@ -39,7 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import CLIPModel, CLIPTokenizer
 
 from inference.clip_baseline import ClipBaseline, LinearProbe
-from inference.encoder import EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, load_clip, resolve_device
+from inference.encoder import (
+    EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, hub_kwargs, load_clip, resolve_device,
+)
 from inference.head import MLLMHead
 from schemas.config import Question
 
@@ -276,3 +278,36 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: to
     if (directory / "probe.safetensors").is_file():
         probe = LinearProbe.load(directory / "probe.safetensors").to(device)
     return Bundle(spec, encoder, head, baseline, clip_model, probe, directory)
+
+
+def bundle_from_llava(
+    llava_source: str | Path,
+    clip_source: str | Path,
+    questions: Sequence[Question] = (),
+    model_id: str | None = None,
+    device: str | torch.device = "auto",
+) -> Bundle:
+    """A zero-shot bundle around a Hugging Face LLaVA checkpoint and the CLIP it was built on.
+
+    The paper's pair is ``llava-hf/llava-1.5-7b-hf`` with ``openai/clip-vit-large-patch14-336``:
+    LLaVA-1.5 kept that CLIP tower frozen, so one tower serves the CLIP baseline and the head
+    and every frame is encoded once. Sources are hub ids or local folders; a hub id is fetched
+    only where the environment allows it and is later read from the local Hugging Face cache.
+    A local CLIP folder is copied into the bundle; a hub id is only named.
+    """
+    device = resolve_device(device)
+    clip_model = load_clip(clip_source, device)
+    preprocess = None
+    if Path(clip_source).is_dir() and (Path(clip_source) / "preprocessor_config.json").is_file():
+        preprocess = FramePreprocessor.from_pretrained(clip_source)
+    tokenizer = CLIPTokenizer.from_pretrained(str(clip_source), **hub_kwargs(clip_source))
+    # LLaVA-1.5 reads the penultimate layer's patch tokens: the encoder's default selection.
+    encoder = FrameEncoder.from_clip(clip_model, EncoderConfig(), preprocess)
+    head = MLLMHead.from_llava(llava_source, encoder=encoder, device=device)
+    source = "encoder" if Path(clip_source).is_dir() else str(clip_source)
+    return Bundle.create(
+        encoder, head, model_id or f"llava:{Path(str(llava_source)).name}", clip=clip_model,
+        clip_tokenizer=tokenizer, questions=questions, encoder_source=source,
+        provenance={"made_by": "patchsight model from-llava", "llava": str(llava_source), "clip": str(clip_source),
+                    "training": "none (zero-shot)"},
+    )

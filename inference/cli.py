@@ -216,3 +216,30 @@ def eval_command(
              threads=threads, log=console.print)
     console.print((out / "report.md").read_text())
     typer.echo(str(out))
+
+
+@model_app.command("from-llava")
+def from_llava(
+    llava: str = typer.Option("llava-hf/llava-1.5-7b-hf", help="LLaVA checkpoint: hub id or local folder"),
+    clip: str = typer.Option("openai/clip-vit-large-patch14-336", help="the CLIP its vision tower came from"),
+    config: Path = typer.Option(None, "--questions", help="config file whose lines' questions the bundle lists"),
+    out: Path = typer.Option(..., "--out", help="bundle folder to write"),
+    model_id: str = typer.Option(None, help="model id carried by every result (default: llava:<name>)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Build a zero-shot bundle from a Hugging Face LLaVA checkpoint and its CLIP (the paper's pair)."""
+    from inference.bundle import bundle_from_llava
+    from schemas.config import load_config
+
+    questions = []
+    if config is not None:
+        seen: set[str] = set()
+        for line in load_config(config).lines:
+            questions += [q for q in line.questions if not (q.id in seen or seen.add(q.id))]
+    try:
+        bundle = bundle_from_llava(llava, clip, questions, model_id, device)
+    except OSError as exc:
+        typer.secho(f"cannot load the checkpoints: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    bundle.save(out, dtype=None)
+    Console().print(f"wrote {out} ({bundle.model_id}); check it with `patchsight model info {out}`")

@@ -4,32 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPModel, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from inference.encoder import EncoderConfig, FrameEncoder
-from inference.head import HeadConfig, MLLMHead, compact_tokenizer
-
-
-@pytest.fixture()
-def llava_dir(tmp_path, clip, encoder):
-    tokenizer = compact_tokenizer()
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=clip.config.vision_config.to_dict(), text_config=text.to_dict(),
-        image_token_index=len(tokenizer) - 1, vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(1)
-    llava = LlavaForConditionalGeneration(config).eval()
-    # LLaVA-1.5 keeps CLIP's tower frozen: its weights are the encoder's.
-    llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
-    llava.save_pretrained(tmp_path / "llava")
-    tokenizer.save_pretrained(tmp_path / "llava")
-    encoder.preprocess.save_pretrained(tmp_path / "llava")
-    return tmp_path / "llava"
+from inference.head import HeadConfig, MLLMHead
 
 
 def test_loads_offline_and_shares_the_encoder(llava_dir, clip, encoder, frames, questions, monkeypatch):
