@@ -18,11 +18,15 @@ the broker (``acks=all``). A crash anywhere repeats some results, never loses
 one. Results keep the order of their partition because frames enter the batcher
 in poll order, each with its decode future.
 
-Rebalances: partitions are assigned by the cooperative-sticky assignor, so a
-rebalance revokes only the partitions that move. For those, the worker drops
-its uncommitted work (queued, decoding, or awaiting acknowledgement) and never
-commits them again; the new owner resumes at the last commit and redoes that
-work (duplicates, never losses, never a stale commit over the new owner's).
+Rebalances: partitions are assigned by the eager round-robin assignor. (With
+kafka-python 3.0.12, a cooperative-sticky member that already held partitions did
+not rejoin when a second worker joined: its commits were refused with
+RebalanceInProgress until the broker evicted it, and all its work was redone.)
+A rebalance revokes all partitions and assigns them again. For those that move
+to another worker, this one drops its uncommitted work (queued, decoding, or
+awaiting acknowledgement) and never commits them again; the new owner resumes at
+the last commit and redoes that work (duplicates, never losses, never a stale
+commit over the new owner's). Partitions that come back keep their work.
 Acknowledged work is committed before every poll, so what is redone is at most
 the frames in flight.
 
@@ -53,7 +57,7 @@ import numpy as np
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -186,6 +190,7 @@ class Worker:
         self.metrics_port: int | None = None
         self.device = bundle.encoder.device
         self._assignment: set[TopicPartition] = set()
+        self._revoked: set[TopicPartition] = set()  # revoked in this rebalance, maybe coming back
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
@@ -213,7 +218,7 @@ class Worker:
         consumer = KafkaConsumer(
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}",
             group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.max_in_flight, partition_assignment_strategy=(CooperativeStickyAssignor,),
+            max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
             # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
             # short session moves a crashed worker's partitions to the others within seconds.
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
@@ -328,25 +333,35 @@ class Worker:
 
     # --- rebalance (runs on the consumer's IO thread, inside poll()) --------------
 
+    def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The eager protocol revokes everything at every rebalance, then assigns again
+        # within the same poll(). Work is dropped only for partitions that do not come
+        # back (in on_assigned): no other member can own a partition in between, so what
+        # is in flight for a returning partition stays valid.
+        self._revoked |= set(revoked)
+        self._assignment -= set(revoked)
+        self.metrics.ready.set(1 if self.ready else 0)
+
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        lost, self._revoked = self._revoked - set(assigned), set()
+        if lost:
+            self._drop(lost)
         self._assignment |= set(assigned)
         self.metrics.ready.set(1 if self.ready else 0)
         self.log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned),
-                      total=len(self._assignment))
+                      total=len(self._assignment), lost=sorted(tp.partition for tp in lost))
 
-    def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        revoked = set(revoked)
-        dropped = self.in_flight.revoke(revoked)
-        self.batcher.discard(lambda frame: frame.tp in revoked)
-        self._assignment -= revoked
-        for tp in revoked:
+    def _drop(self, lost: set[TopicPartition]) -> None:
+        """Forget the uncommitted work of partitions another member now owns; it redoes it."""
+        dropped = self.in_flight.revoke(lost)
+        self.batcher.discard(lambda frame: frame.tp in lost)
+        for tp in lost:
             try:
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             except KeyError:
                 pass
         self.metrics.frames_dropped_on_revoke.inc(dropped)
-        self.metrics.ready.set(1 if self.ready else 0)
-        self.log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked),
+        self.log.info("partitions lost", partitions=sorted(tp.partition for tp in lost),
                       uncommitted_frames_dropped=dropped)
 
     # --- decode threads ------------------------------------------------------------
@@ -419,7 +434,8 @@ class Worker:
             self.metrics.queue_delay.observe(waited)
             self.metrics.decode_time.observe(decode_s)
             timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
-                            batch_size=len(frames))
+                            batch_size=len(frames),
+                            capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
             result = self._result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image)
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
@@ -588,6 +604,8 @@ def load_model(config: PatchsightConfig) -> "Bundle":
 def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
     """Load the model, run one worker until SIGTERM/SIGINT, exit after draining."""
     log = get_logger("inference.worker")
+    if config.inference.torch_threads:
+        torch.set_num_threads(config.inference.torch_threads)
     bundle = load_model(config)
     worker = Worker(config, bundle, worker_id)
     stop = threading.Event()

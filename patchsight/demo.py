@@ -17,6 +17,7 @@ What it does, in order:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import yaml
 from rich.console import Console
@@ -38,6 +39,9 @@ from patchsight.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config
 from schemas.result import InspectionResult, ResultStatus
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "demo.yaml"
@@ -254,6 +258,8 @@ def run_demo(options: DemoOptions) -> int:
 
     from alerts.store import RedisAlertStore, connect
 
+    # kafka-python's own warnings (rebalances, slow poll loops) would scroll the live view away
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     base = load_config(options.config)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     run_dir = options.run_dir or REPO_ROOT / "runs" / f"demo-{run_id}"
@@ -289,21 +295,39 @@ def run_demo(options: DemoOptions) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigint)
     try:
+        health_urls = []
         for i in range(options.workers):
-            procs.start(f"infer-{i + 1}", "infer", "--worker-id", f"worker-{i + 1}")
-        procs.start("alerts", "alerts", "serve")
+            port = _free_port()
+            # workers share this machine's cores: oversubscribed torch threads cost more than they give
+            threads = max(1, (os.cpu_count() or 1) // options.workers)
+            procs.start(f"infer-{i + 1}", "infer", "--worker-id", f"worker-{i + 1}",
+                        env={"PATCHSIGHT__INFERENCE__METRICS_PORT": str(port),
+                             "PATCHSIGHT__INFERENCE__TORCH_THREADS": str(threads)})
+            health_urls.append(f"http://127.0.0.1:{port}/readyz")
+        port = _free_port()
+        procs.start("alerts", "alerts", "serve", env={"PATCHSIGHT__ALERTS__METRICS_PORT": str(port)})
+        health_urls.append(f"http://127.0.0.1:{port}/healthz")
         procs.start("dashboard", "dashboard")
         console.print(f"dashboard: [bold]http://127.0.0.1:{cfg.dashboard.port}[/]   logs: {run_dir / 'logs'}")
+        # Cameras start once the workers have loaded the model and joined the group, so the
+        # latency figures measure the pipeline, not start-up.
+        with console.status("waiting for the workers and the alert service to be ready ..."):
+            if not _wait_ready(health_urls, procs, timeout_s=180) or interrupted:
+                console.print("[red]services did not become ready; see the logs[/]")
+                return 1
         speed = [] if options.speed <= 0 else ["--speed", str(options.speed)]
         for rec in recordings:
             procs.start(f"replay-{rec.name}", "replay", str(rec), *speed)
 
         store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+        topic = cfg.kafka.topics.results
         results = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False, consumer_timeout_ms=200)
-        parts = [TopicPartition(cfg.kafka.topics.results, p)
-                 for p in (results.partitions_for_topic(cfg.kafka.topics.results) or [])]
+        parts = [TopicPartition(topic, p) for p in (results.partitions_for_topic(topic) or [])]
         results.assign(parts)
         results.seek_to_beginning()
+        # Reads the alert service's committed offsets; never joins its group.
+        alerts_group = KafkaConsumer(**cfg.kafka.client_kwargs(), group_id=cfg.alerts.group_id,
+                                     enable_auto_commit=False)
 
         total = sum(len(Recording(r)) for r in recordings)
         seen: set[tuple[str, int]] = set()
@@ -344,7 +368,7 @@ def run_demo(options: DemoOptions) -> int:
                     status = "a service failed"
                     break
                 replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
-                if replays_done and len(seen) >= total and _alerts_caught_up(cfg, results):
+                if replays_done and len(seen) >= total and _alerts_caught_up(results, alerts_group, topic):
                     status = "done"
                     break
                 if time.monotonic() - started > options.timeout_s:
@@ -353,6 +377,7 @@ def run_demo(options: DemoOptions) -> int:
             live.update(table())
         elapsed = time.monotonic() - started
         results.close()
+        alerts_group.close()
 
         for proc in procs.failed():
             console.print(f"[red]{proc.name} exited with {proc.popen.returncode}; see {proc.log}[/]")
@@ -373,6 +398,24 @@ def run_demo(options: DemoOptions) -> int:
         console.print("stopped every process the demo started")
 
 
+def _wait_ready(urls: list[str], procs: ProcessGroup, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(urls)
+    while pending and time.monotonic() < deadline:
+        if procs.failed():
+            return False
+        try:
+            if httpx.get(pending[0], timeout=1.0).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return not pending
+
+
 def _topic_size(cfg: PatchsightConfig, topic: str) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
@@ -388,19 +431,13 @@ def _topic_size(cfg: PatchsightConfig, topic: str) -> int:
         consumer.close()
 
 
-def _alerts_caught_up(cfg: PatchsightConfig, consumer) -> bool:  # type: ignore[no-untyped-def]
+def _alerts_caught_up(results: "KafkaConsumer", alerts_group: "KafkaConsumer", topic: str) -> bool:
     """True when the alert service's committed offsets reach the end of the results topic."""
-    from kafka import KafkaAdminClient, TopicPartition
+    from kafka import TopicPartition
 
-    topic = cfg.kafka.topics.results
-    parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
-    ends = consumer.end_offsets(parts)
-    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
-    try:
-        committed = admin.list_consumer_group_offsets(cfg.alerts.group_id)
-    finally:
-        admin.close()
-    return all((committed.get(tp).offset if committed.get(tp) else 0) >= ends[tp] for tp in parts)
+    parts = [TopicPartition(topic, p) for p in (results.partitions_for_topic(topic) or [])]
+    ends = results.end_offsets(parts)
+    return all((alerts_group.committed(tp) or 0) >= ends[tp] for tp in parts)
 
 
 def _summary(

@@ -244,6 +244,9 @@ class InferenceSettings(Section):
     max_delay_ms: float = Field(20.0, ge=0, description="... or when its oldest frame has waited this long")
     max_frame_age_s: float = Field(5.0, gt=0, description="live frames older than this are skipped")
     decode_threads: int = Field(2, ge=1, description="JPEG decoding threads, overlapping model work")
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads for the model; 0 = all cores. Set cores / workers when several share a host"
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
     thumbnail_px: int = Field(160, ge=32, description="longest side of the thumbnail sent with above-threshold results")
 
@@ -329,7 +332,7 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str
             continue
         try:
             value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # PyYAML recurses per nesting level
             value = text
         _set_path(out, path, value)
     return out
@@ -370,8 +373,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raw = yaml.safe_load(p.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"configuration file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not UTF-8 text
+            raise ConfigError(f"cannot read configuration file {p}: {type(exc).__name__}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {_yaml_problem(exc)}") from None
+        except RecursionError:  # PyYAML recurses once per nesting level: a few thousand "[" exhaust the stack
+            raise ConfigError(f"{p} is not valid YAML: nested too deeply") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     return validate_config(apply_env_overrides(raw, env), source=source)
