@@ -10,41 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from infra_helpers import cli, free_port_pair  # noqa: F401  (used by the fixtures below)
 
 from patchsight.infra import REPO_ROOT
 from schemas.config import KafkaSettings, RedisSettings
 
-PATCHSIGHT = [sys.executable, "-m", "patchsight.cli"]
 KAFKA_USER, KAFKA_PASSWORD = "alice", 'kpw-7Hq"x\\z-SECRET'
 REDIS_USER, REDIS_PASSWORD = "patch", "rpw-Lm2-SECRET"
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free (Kafka's controller listens on p+1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free port pair")
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(PATCHSIGHT + list(args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @dataclass
