@@ -7,6 +7,7 @@ decorated on ``app`` so ``patchsight`` can also register them at top level
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Optional
@@ -142,6 +143,8 @@ def replay(
         typer.secho(f"replay failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     stop = threading.Event()
+    # SIGTERM (a supervisor, the demo) stops like Ctrl-C: what was sent is flushed first.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     progress, task = _progress(total, f"replaying {len(recordings)} recording(s)")
     try:
         with progress:

@@ -315,7 +315,7 @@ def run_demo(options: DemoOptions) -> int:
             if not _wait_ready(health_urls, procs, timeout_s=180) or interrupted:
                 console.print("[red]services did not become ready; see the logs[/]")
                 return 1
-        speed = [] if options.speed <= 0 else ["--speed", str(options.speed)]
+        speed = ["--fast"] if options.speed <= 0 else ["--speed", str(options.speed)]
         for rec in recordings:
             procs.start(f"replay-{rec.name}", "replay", str(rec), *speed)
 

@@ -42,10 +42,17 @@ class DeadLetter(BaseModel):
             reason=found.get("ps-dlq-reason", "unknown"),
             error=found.get("ps-dlq-error", ""),
             source_topic=source[0],
-            source_partition=int(source[1]) if len(source) > 1 and source[1].lstrip("-").isdigit() else -1,
-            source_offset=int(source[2]) if len(source) > 2 and source[2].lstrip("-").isdigit() else -1,
+            source_partition=_integer(source[1]) if len(source) > 1 else -1,
+            source_offset=_integer(source[2]) if len(source) > 2 else -1,
             service=found.get("ps-dlq-service", ""),
             key=key,
             value=value,
-            headers=[(k, v) for k, v in headers if not k.startswith("ps-dlq-")],
+            # Kafka allows null header values; the model keeps bytes only
+            headers=[(k, v) for k, v in headers if not k.startswith("ps-dlq-") and v is not None],
         )
+
+
+def _integer(text: str) -> int:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    digits = text[1:] if text.startswith("-") else text
+    return int(text) if digits.isascii() and digits.isdigit() else -1

@@ -108,7 +108,8 @@ class FrameMessage(BaseModel):
 
         def integer(name: str) -> int:
             text = header(name)
-            if not text.isdigit():
+            # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only
+            if not (text.isascii() and text.isdigit()):
                 raise MalformedMessage(f"not a non-negative integer: {text[:32]!r}", field=name)
             return int(text)
 
