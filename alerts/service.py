@@ -114,7 +114,13 @@ class AlertService:
             # A new group starts at the oldest retained result: missing a defect is worse than a late alert.
             auto_offset_reset="earliest",
             max_poll_records=500,
+            metadata_max_age_ms=30_000,
         )
+        # Join only once this client knows the topic's partitions: a member that joins
+        # without them is assigned nothing until its next metadata refresh.
+        deadline = time.monotonic() + 60
+        while not self._consumer.partitions_for_topic(kafka.topics.results) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._consumer.subscribe([kafka.topics.results], listener=_ForgetOnRevoke(self))
         self._start_http()
         if self.settings.webhooks:

@@ -212,11 +212,11 @@ class Worker:
         kafka, topics = self.config.kafka, self.config.kafka.topics
         ensure_topics(kafka)
         producer = KafkaProducer(
-            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}",
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-results",
             acks="all", linger_ms=2,
         )
         consumer = KafkaConsumer(
-            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}",
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-frames",
             group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
             # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a

@@ -295,7 +295,12 @@ def run_demo(options: DemoOptions) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigint)
     try:
-        health_urls = []
+        # Workers join the group one after the other: members joining during another's first
+        # rebalance have been seen to stall in kafka-python 3.0.12 (docs/operations.md).
+        port = _free_port()
+        procs.start("alerts", "alerts", "serve", env={"PATCHSIGHT__ALERTS__METRICS_PORT": str(port)})
+        health_urls = [f"http://127.0.0.1:{port}/healthz"]
+        procs.start("dashboard", "dashboard")
         for i in range(options.workers):
             port = _free_port()
             # workers share this machine's cores: oversubscribed torch threads cost more than they give
@@ -304,15 +309,15 @@ def run_demo(options: DemoOptions) -> int:
                         env={"PATCHSIGHT__INFERENCE__METRICS_PORT": str(port),
                              "PATCHSIGHT__INFERENCE__TORCH_THREADS": str(threads)})
             health_urls.append(f"http://127.0.0.1:{port}/readyz")
-        port = _free_port()
-        procs.start("alerts", "alerts", "serve", env={"PATCHSIGHT__ALERTS__METRICS_PORT": str(port)})
-        health_urls.append(f"http://127.0.0.1:{port}/healthz")
-        procs.start("dashboard", "dashboard")
+            with console.status(f"waiting for worker {i + 1} to load the model and join ..."):
+                if not _wait_ready(health_urls[-1:], procs, timeout_s=180) or interrupted:
+                    console.print("[red]a worker did not become ready; see the logs[/]")
+                    return 1
         console.print(f"dashboard: [bold]http://127.0.0.1:{cfg.dashboard.port}[/]   logs: {run_dir / 'logs'}")
         # Cameras start once the workers have loaded the model and joined the group, so the
         # latency figures measure the pipeline, not start-up.
-        with console.status("waiting for the workers and the alert service to be ready ..."):
-            if not _wait_ready(health_urls, procs, timeout_s=180) or interrupted:
+        with console.status("waiting for every service to be ready ..."):
+            if not _wait_ready(health_urls, procs, timeout_s=120) or interrupted:
                 console.print("[red]services did not become ready; see the logs[/]")
                 return 1
         speed = ["--fast"] if options.speed <= 0 else ["--speed", str(options.speed)]
