@@ -1,0 +1,392 @@
+"""Evaluate a bundle on held-out recordings: CLIP zero-shot, CLIP linear probe and the MLLM head.
+
+All three read the same frozen encoder, so differences come from how they read it:
+
+* CLIP zero-shot: the pooled embedding against two captions per question;
+* CLIP linear probe: a logistic regression per question on the pooled embedding;
+* MLLM head: patch tokens, with position embeddings, weighted by the question.
+
+Per question category (fine detail, spatial relation, counting, and relations between two
+features that no caption or label ever stated) it reports accuracy and balanced accuracy at the
+threshold each scorer uses, AUROC, and pair accuracy as Li, Koh & Du (2024) define it: an image
+pair that differs only in the asked property counts as correct only if both images are
+answered correctly. Pairs are rendered by ``ingest.synth`` from the seed given (never a
+training seed), with a held-out camera look per pair, through JPEG like recorded frames.
+
+Ablation heads (trained by ``patchsight model finetune --variant ...``) reproduce the paper's
+decomposition: CLS token only, position embeddings removed, question not visible to the
+image-token weighting.
+
+Output: ``report.md``, ``report.json`` (the same numbers) and PNG plots in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from inference.encoder import EncoderOutput
+from inference.finetune import auroc, decode, encode_recordings, questions_of
+from ingest import synth
+from schemas.config import Question, QuestionCategory
+
+Log = Callable[[str], None]
+CATEGORIES = [c.value for c in QuestionCategory]
+TARGETS = {"spatial_pair_accuracy": 0.90, "overall_pair_accuracy": 0.95, "fine_detail_auroc": 0.98}
+
+
+@dataclass
+class Scored:
+    """Scores of one scorer: frames (N, Q) and pairs (positive, negative) per question, with thresholds (Q,)."""
+
+    frames: np.ndarray
+    pairs_pos: np.ndarray  # (P, Q): the image with the property (answer yes)
+    pairs_neg: np.ndarray  # (P, Q): the same image without it (answer no)
+    thresholds: np.ndarray
+
+
+# --- Pairs -------------------------------------------------------------------------------
+
+
+def render_pairs(questions: Sequence[Question], n: int, seed: int, size: tuple[int, int] = (640, 480)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` pairs per question: (yes image, no image), identical but for the asked property.
+
+    Returns two lists of Q*n frames, ordered question-major.
+    """
+    from inference.pretrain import random_look
+
+    rng = np.random.default_rng([seed, 0xE7A1])
+    pos, neg = [], []
+    for q in questions:
+        for _ in range(n):
+            base = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), defect_rate=0.0)
+            no = synth.clear_defect(base, q.id, rng)
+            if q.id == "label_near_gap":  # both images need an empty screw position, on opposite sides
+                no = synth.clear_defect(base.replace(label_side=str(rng.choice(["left", "right"]))), q.id, rng)
+            yes = synth.set_defect(no, q.id, rng)
+            look = random_look(rng, size[0] / synth.BASE_WIDTH)
+            x = float(rng.uniform(*synth.inspected_x_range(size, look.scale)))
+            y = size[1] / 2 + float(rng.uniform(-0.04, 0.04)) * size[1]
+            noise_seed = int(rng.integers(2**31))
+            for spec, out in ((yes, pos), (no, neg)):
+                image = synth.render_part_frame(spec, np.random.default_rng(noise_seed), (x, y), look, size)
+                ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                out.append(decode(jpeg.tobytes()))
+    return pos, neg
+
+
+# --- Metrics ------------------------------------------------------------------------------
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores, kind="mergesort")
+    y = labels[order]
+    tpr = np.concatenate([[0], np.cumsum(y == 1) / max(1, (y == 1).sum())])
+    fpr = np.concatenate([[0], np.cumsum(y == 0) / max(1, (y == 0).sum())])
+    return fpr, tpr
+
+
+def question_metrics(s: Scored, labels: np.ndarray, j: int) -> dict[str, float]:
+    y = labels[:, j]
+    keep = y >= 0
+    score, y = s.frames[keep, j], y[keep]
+    t = float(s.thresholds[j])
+    pred = score >= t
+    pos, neg = y == 1, y == 0
+    pair_ok = (s.pairs_pos[:, j] >= t) & (s.pairs_neg[:, j] < t)
+    return {
+        "threshold": round(t, 4),
+        "frames": int(len(y)),
+        "positives": int(pos.sum()),
+        "accuracy": float((pred == (y == 1)).mean()) if len(y) else float("nan"),
+        "balanced_accuracy": float(0.5 * (pred[pos].mean() + (~pred[neg]).mean())) if pos.any() and neg.any() else float("nan"),
+        "auroc": auroc(np.concatenate([score, s.pairs_pos[:, j], s.pairs_neg[:, j]]),
+                       np.concatenate([y, np.ones(len(s.pairs_pos)), np.zeros(len(s.pairs_neg))])),
+        "auroc_frames": auroc(score, y),
+        "pair_accuracy": float(pair_ok.mean()) if len(pair_ok) else float("nan"),
+        "pairs": int(len(pair_ok)),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    v = [x for x in values if not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def summarise(per_question: dict[str, dict[str, float]], questions: Sequence[Question]) -> dict[str, dict[str, float]]:
+    """Per-category means of the per-question numbers, and 'overall' over the non-relation questions."""
+    out: dict[str, dict[str, float]] = {}
+    groups = {c: [q.id for q in questions if q.category.value == c] for c in CATEGORIES}
+    groups["overall"] = [q.id for q in questions if q.category != QuestionCategory.relation]
+    for name, ids in groups.items():
+        ids = [i for i in ids if i in per_question]
+        if not ids:
+            continue
+        out[name] = {k: _mean([per_question[i][k] for i in ids]) for k in ("accuracy", "balanced_accuracy", "auroc", "pair_accuracy")}
+        out[name]["questions"] = len(ids)
+    return out
+
+
+# --- Evaluation ---------------------------------------------------------------------------
+
+
+def load_ablations(directory: str | Path | None, encoder) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from inference.head import MLLMHead
+
+    heads: dict[str, object] = {}
+    if directory is None:
+        return heads
+    for sub in sorted(Path(directory).iterdir()):
+        info = sub / "finetune.json"
+        if sub.is_dir() and info.is_file():
+            variant = json.loads(info.read_text())["variant"]
+            heads[variant] = MLLMHead.from_pretrained(sub, encoder=encoder, device="cpu", dtype=torch.float32)
+    return heads
+
+
+def evaluate(
+    bundle_path: str | Path,
+    recordings: Sequence[str | Path],
+    out: str | Path,
+    ablations: str | Path | None = None,
+    pairs_per_question: int = 40,
+    pair_seed: int = 9001,
+    threads: int = 2,
+    log: Log = print,
+) -> dict:
+    """Score everything, write ``out/report.md``, ``out/report.json`` and plots; returns the report dict."""
+    from inference.bundle import load_bundle
+    from inference.finetune import head_margins
+
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(bundle_path, device="cpu", dtype=torch.float32)
+    questions = questions_of(recordings, include_relations=True) or list(bundle.spec.questions)
+    trained = {q.id for q in bundle.spec.questions}
+    log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
+    data = encode_recordings(bundle.encoder, recordings, questions, log=log)
+    labels = data.labels.numpy()
+    pos_frames, neg_frames = render_pairs(questions, pairs_per_question, pair_seed)
+    log(f"rendered {len(pos_frames)} image pairs (seed {pair_seed})")
+
+    def encode(frames: list[np.ndarray]) -> EncoderOutput:
+        return EncoderOutput.cat([bundle.encoder.encode_frames(frames[i : i + 64]) for i in range(0, len(frames), 64)])
+
+    enc_pos, enc_neg = encode(pos_frames), encode(neg_frames)
+    Q, n = len(questions), pairs_per_question
+
+    def pair_view(scores_all: np.ndarray) -> np.ndarray:
+        """(Q*n, Q) scores of pair images -> (n, Q): question j's pairs scored on question j."""
+        return np.stack([scores_all[j * n : (j + 1) * n, j] for j in range(Q)], axis=1)
+
+    def head_scores(head, tokens: EncoderOutput) -> np.ndarray:  # type: ignore[no-untyped-def]
+        return torch.sigmoid(head_margins(head, tokens, questions)).numpy()
+
+    def run_head(head, frames_tok, pos_tok, neg_tok, thresholds) -> Scored:  # type: ignore[no-untyped-def]
+        return Scored(head_scores(head, frames_tok), pair_view(head_scores(head, pos_tok)),
+                      pair_view(head_scores(head, neg_tok)), thresholds)
+
+    head_thr = np.array([bundle.spec.thresholds.get(q.id, bundle.spec.default_threshold) for q in questions])
+    scorers: dict[str, Scored] = {}
+    log("scoring: MLLM head")
+    scorers["mllm_head"] = run_head(bundle.head, data.tokens, enc_pos, enc_neg, head_thr)
+    log("scoring: CLIP zero-shot")
+    clip = lambda tok: bundle.clip.score(tok, questions).float().numpy()  # noqa: E731
+    scorers["clip_zero_shot"] = Scored(clip(data.tokens), pair_view(clip(enc_pos)), pair_view(clip(enc_neg)), np.full(Q, 0.5))
+    if bundle.probe is not None:
+        log("scoring: CLIP linear probe")
+        ids = [q.id for q in questions if q.id in bundle.probe.question_ids]
+
+        def probe(tok: EncoderOutput) -> np.ndarray:
+            full = np.full((len(tok), Q), np.nan, dtype=np.float32)
+            p = bundle.probe.predict(tok.image_embeds).numpy()
+            for j, q in enumerate(questions):
+                if q.id in ids:
+                    full[:, j] = p[:, bundle.probe.question_ids.index(q.id)]
+            return full
+
+        scorers["clip_linear_probe"] = Scored(probe(data.tokens), pair_view(probe(enc_pos)), pair_view(probe(enc_neg)), np.full(Q, 0.5))
+
+    for variant, head in load_ablations(ablations, bundle.encoder).items():
+        log(f"scoring: ablation {variant}")
+        thr = np.array([float(json.loads((Path(ablations) / variant / "finetune.json").read_text())["thresholds"].get(q.id, 0.5)) for q in questions])
+        if variant == "no_position":
+            with bundle.encoder.without_position_embeddings():
+                data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
+                scorers[f"ablation_{variant}"] = run_head(head, data_np.tokens, encode(pos_frames), encode(neg_frames), thr)
+        else:
+            scorers[f"ablation_{variant}"] = run_head(head, data.tokens, enc_pos, enc_neg, thr)
+
+    report: dict = {
+        "bundle": str(bundle_path),
+        "model_id": bundle.model_id,
+        "recordings": [str(p) for p in recordings],
+        "frames": int(len(labels)),
+        "pair_seed": pair_seed,
+        "pairs_per_question": pairs_per_question,
+        "questions": [q.model_dump(mode="json", exclude_none=True) | {"trained": q.id in trained} for q in questions],
+        "scorers": {},
+    }
+    for name, s in scorers.items():
+        per_q = {}
+        for j, q in enumerate(questions):
+            if np.isnan(s.frames[:, j]).all():
+                continue  # a probe has no answer to a question it never had labels for
+            per_q[q.id] = question_metrics(s, labels, j)
+        report["scorers"][name] = {"per_question": per_q, "per_category": summarise(per_q, questions)}
+    report["targets"] = check_targets(report)
+    report["wall_s"] = round(time.time() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    plot(report, scorers, labels, questions, out)
+    (out / "report.md").write_text(markdown(report))
+    log(f"report -> {out}")
+    return report
+
+
+def check_targets(report: dict) -> dict:
+    head = report["scorers"]["mllm_head"]["per_category"]
+    checks = {
+        "spatial_pair_accuracy": (head.get("spatial", {}).get("pair_accuracy", float("nan")), TARGETS["spatial_pair_accuracy"]),
+        "overall_pair_accuracy": (head.get("overall", {}).get("pair_accuracy", float("nan")), TARGETS["overall_pair_accuracy"]),
+        "fine_detail_auroc": (head.get("fine_detail", {}).get("auroc", float("nan")), TARGETS["fine_detail_auroc"]),
+    }
+    out = {k: {"value": v, "target": t, "met": bool(v >= t)} for k, (v, t) in checks.items()}
+    full = head.get("overall", {}).get("pair_accuracy", float("nan"))
+    for name, sc in report["scorers"].items():
+        if name.startswith("ablation_"):
+            v = sc["per_category"].get("overall", {}).get("pair_accuracy", float("nan"))
+            out[f"{name}_below_full"] = {"value": v, "target": full, "met": bool(v < full)}
+    return out
+
+
+# --- Output -------------------------------------------------------------------------------
+
+LABELS = {
+    "clip_zero_shot": "CLIP zero-shot", "clip_linear_probe": "CLIP linear probe", "mllm_head": "MLLM head",
+    "ablation_cls_only": "head: CLS only", "ablation_no_position": "head: no position emb.",
+    "ablation_question_blind": "head: question-blind pooling",
+}
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _auc(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(report: dict) -> str:
+    sc = report["scorers"]
+    main = [k for k in ("clip_zero_shot", "clip_linear_probe", "mllm_head") if k in sc]
+    abl = [k for k in sc if k.startswith("ablation_")]
+    cats = ["fine_detail", "spatial", "counting", "overall", "relation"]
+    lines = [
+        f"# Evaluation of `{report['model_id']}`",
+        "",
+        f"Held-out data: {report['frames']} frames from {len(report['recordings'])} recordings; "
+        f"{report['pairs_per_question']} image pairs per question (seed {report['pair_seed']}). "
+        "Accuracy and balanced accuracy are per frame at the scorer's threshold; AUROC pools frames and pair images; "
+        "pair accuracy counts a pair correct only if both images are answered correctly. "
+        "`overall` averages the fine-detail, spatial and counting questions; `relation` questions were never "
+        "stated by a caption nor trained on.",
+        "",
+        "## Per category",
+        "",
+        "| category | scorer | accuracy | balanced acc. | pair acc. | AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cats:
+        for k in main:
+            m = sc[k]["per_category"].get(c)
+            if m:
+                lines.append(f"| {c} | {LABELS[k]} | {_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | "
+                             f"{_pct(m['pair_accuracy'])} | {_auc(m['auroc'])} |")
+    if abl:
+        lines += ["", "## Ablations (the paper's decomposition)", "",
+                  "| category | head | pair acc. | AUROC | balanced acc. |", "|---|---|---|---|---|"]
+        for c in cats:
+            for k in ["mllm_head"] + abl:
+                m = sc[k]["per_category"].get(c)
+                if m:
+                    lines.append(f"| {c} | {LABELS.get(k, k)} | {_pct(m['pair_accuracy'])} | {_auc(m['auroc'])} | "
+                                 f"{_pct(m['balanced_accuracy'])} |")
+    lines += ["", "## Per question", "",
+              "| question | category | scorer | threshold | accuracy | balanced acc. | pair acc. | AUROC | positives/frames |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    cat_of = {q["id"]: q["category"] for q in report["questions"]}
+    for q in report["questions"]:
+        for k in main + abl:
+            m = sc[k]["per_question"].get(q["id"])
+            if m:
+                lines.append(f"| {q['id']} | {cat_of[q['id']]} | {LABELS.get(k, k)} | {m['threshold']:.3f} | "
+                             f"{_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | {_pct(m['pair_accuracy'])} | "
+                             f"{_auc(m['auroc'])} | {m['positives']}/{m['frames']} |")
+    lines += ["", "## Targets (MLLM head)", "", "| target | value | required | met |", "|---|---|---|---|"]
+    for name, t in report["targets"].items():
+        fmt = _auc if "auroc" in name else _pct
+        lines.append(f"| {name} | {fmt(t['value'])} | {fmt(t['target'])} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "Plots: `roc.png` (ROC per category), `categories.png` (pair accuracy and AUROC per category).", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, scorers: dict[str, Scored], labels: np.ndarray, questions: Sequence[Question], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = [c for c in ["fine_detail", "spatial", "counting", "relation"] if any(q.category.value == c for q in questions)]
+    fig, axes = plt.subplots(1, len(cats), figsize=(4.2 * len(cats), 4), squeeze=False)
+    for ax, c in zip(axes[0], cats):
+        cols = [j for j, q in enumerate(questions) if q.category.value == c]
+        for name, s in scorers.items():
+            sc, ys = [], []
+            for j in cols:
+                if np.isnan(s.frames[:, j]).all():
+                    continue
+                keep = labels[:, j] >= 0
+                sc += [s.frames[keep, j], s.pairs_pos[:, j], s.pairs_neg[:, j]]
+                ys += [labels[keep, j], np.ones(len(s.pairs_pos)), np.zeros(len(s.pairs_neg))]
+            if not sc:
+                continue
+            fpr, tpr = roc_curve(np.concatenate(sc), np.concatenate(ys))
+            auc = report["scorers"][name]["per_category"].get(c, {}).get("auroc", float("nan"))
+            ax.plot(fpr, tpr, label=f"{LABELS.get(name, name)} ({_auc(auc)})", linestyle="-" if not name.startswith("ablation") else ":")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+        ax.set_title(c.replace("_", " "))
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=110)
+    plt.close(fig)
+
+    cats = ["fine_detail", "spatial", "counting", "relation", "overall"]
+    names = list(report["scorers"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(names)
+    for k, metric in enumerate(("pair_accuracy", "auroc")):
+        ax = axes[k]
+        for i, name in enumerate(names):
+            vals = [report["scorers"][name]["per_category"].get(c, {}).get(metric, float("nan")) for c in cats]
+            ax.bar(np.arange(len(cats)) + i * width, [0 if math.isnan(v) else v for v in vals], width, label=LABELS.get(name, name))
+        ax.set_xticks(np.arange(len(cats)) + width * (len(names) - 1) / 2)
+        ax.set_xticklabels([c.replace("_", "\n") for c in cats])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(metric.replace("_", " "))
+        if k == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "categories.png", dpi=110)
+    plt.close(fig)

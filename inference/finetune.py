@@ -1,0 +1,482 @@
+"""Train the MLLM head on labelled recordings, with the encoder frozen, and write a bundle.
+
+Every labelled frame answers every question of its line (``FrameTruth.answers``), so a frame
+is a row of yes/no questions. Frames are encoded once (the encoder is frozen) and the head is
+trained on the cached tokens: each step asks every question of a batch of frames, sharing the
+image prefix, with defective frames oversampled and a per-question weighting that makes
+positives and negatives count equally. Validation is on parts held out from training (split by
+part, not by frame: consecutive frames of one part are near duplicates); training stops when
+the validation loss has not improved for ``patience`` evaluations and keeps the best weights.
+
+The same code trains the ablation heads of the evaluation (``variant``): CLS token only,
+position embeddings removed, question not visible to the image-token weighting.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from inference.encoder import EncoderOutput, FrameEncoder
+from inference.head import HeadConfig, MLLMHead
+from ingest.recording import Recording
+from schemas.config import Question, QuestionCategory
+
+Variant = Literal["full", "cls_only", "no_position", "question_blind"]
+VARIANTS: dict[str, str] = {
+    "full": "patch tokens, position embeddings, question-aware (the shipped head)",
+    "cls_only": "CLS token only instead of patch tokens",
+    "no_position": "position embeddings removed from the encoder",
+    "question_blind": "image tokens pooled before the head sees the question",
+}
+Log = Callable[[str], None]
+
+
+class FinetuneConfig(BaseModel):
+    head: HeadConfig = HeadConfig.tiny()
+    variant: Variant = "full"
+    batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
+    defect_oversample: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from frames with a defect")
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    max_steps: int = 3000
+    eval_every: int = 40
+    patience: int = Field(6, description="evaluations without improvement before stopping")
+    min_delta: float = 1e-3
+    val_fraction: float = 0.15
+    max_val_frames: int = 320
+    frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
+    time_limit_s: float = 1800.0
+    # A fresh head starts with its projected image tokens at the scale of its text embeddings:
+    # at the LM's default init the image tokens are ~20x larger and swamp the question tokens,
+    # which the head must read to answer the right question.
+    balance_projector_init: bool = True
+    threads: int = 2
+    seed: int = 0
+
+    def head_config(self) -> HeadConfig:
+        cfg = self.head
+        if self.variant == "cls_only":
+            cfg = cfg.model_copy(update={"image_tokens": "cls"})
+        elif self.variant == "question_blind":
+            cfg = cfg.model_copy(update={"question_aware": False})
+        return cfg
+
+
+# --- Data -------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledSet:
+    """Encoded frames with their answers: labels (N, Q) in {0, 1}, -1 where a frame has no answer."""
+
+    tokens: EncoderOutput
+    labels: torch.Tensor
+    groups: list[str]  # one id per physical part (or per empty-belt stretch): the unit of the split
+    questions: list[Question]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return LabelledSet(
+            self.tokens.select(idx), self.labels[idx], [self.groups[i] for i in idx.tolist()], self.questions, self.sources
+        )
+
+
+def questions_of(recordings: Sequence[str | Path], include_relations: bool = False) -> list[Question]:
+    """The questions stored in the recordings' metadata (synth writes its catalog there)."""
+    seen: dict[str, Question] = {}
+    for path in recordings:
+        for raw in getattr(Recording(path).meta, "questions", None) or []:
+            q = Question.model_validate(raw)
+            if include_relations or q.category != QuestionCategory.relation:
+                seen.setdefault(q.id, q)
+    return list(seen.values())
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return image
+
+
+def encode_recordings(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int = 1,
+    batch: int = 64,
+    log: Log = print,
+) -> LabelledSet:
+    """Decode and encode every ``stride``-th labelled frame of the recordings (with the pooled embedding)."""
+    ids = [q.id for q in questions]
+    parts: list[EncoderOutput] = []
+    labels: list[list[float]] = []
+    groups: list[str] = []
+    pending: list[np.ndarray] = []
+    t0 = time.time()
+    skipped = 0
+
+    def flush() -> None:
+        if pending:
+            enc = encoder.encode_frames(pending, pooled=True).to("cpu")
+            # out of inference mode, so that training can use them as ordinary tensors
+            parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+            pending.clear()
+
+    for path in recordings:
+        rec = Recording(path)
+        if not rec.meta.labelled:
+            raise ValueError(f"{path} has no ground truth: record it with labels (e.g. `patchsight synth`)")
+        name = f"{rec.meta.line_id}/{rec.meta.camera_id}@{Path(path).name}"
+        empty_run = 0
+        for n, (entry, jpeg) in enumerate(rec.frames()):
+            truth = entry.truth
+            if truth is None or n % stride:
+                continue
+            if truth.part_id is None:
+                empty_run += 1
+            try:
+                image = decode(jpeg)
+            except ValueError:
+                skipped += 1
+                continue
+            pending.append(image)
+            labels.append([float(truth.answers[i]) if i in truth.answers else -1.0 for i in ids])
+            groups.append(f"{name}#part{truth.part_id}" if truth.part_id is not None else f"{name}#empty{empty_run // 20}")
+            if len(pending) >= batch:
+                flush()
+                log(f"encoded {len(groups)} frames ({len(groups) / (time.time() - t0):.0f}/s)")
+    flush()
+    if not groups:
+        raise ValueError("no labelled frames in the given recordings")
+    if skipped:
+        log(f"skipped {skipped} undecodable frames")
+    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [str(p) for p in recordings])
+
+
+def cached_encoding(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int,
+    cache_dir: str | Path | None,
+    log: Log = print,
+) -> LabelledSet:
+    """``encode_recordings``, kept in ``cache_dir`` so that several heads can train on one encoding."""
+    if cache_dir is None:
+        return encode_recordings(encoder, recordings, questions, stride, log=log)
+    import hashlib
+
+    key = json.dumps({
+        "recordings": [str(Path(p).resolve()) for p in recordings],
+        "sizes": [(Path(p) / "frames.bin").stat().st_size for p in recordings],
+        "questions": [q.id for q in questions], "stride": stride,
+        "positions": encoder._saved_positions is None,
+        "weights": float(encoder.vision.embeddings.patch_embedding.weight.float().sum()),
+    }, sort_keys=True)
+    path = Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        log(f"using cached encoding {path}")
+        saved = torch.load(path, weights_only=False)
+        return LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"], list(questions), saved["sources"])
+    data = encode_recordings(encoder, recordings, questions, stride, log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = data.tokens
+    torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
+                "groups": data.groups, "sources": data.sources}, path)
+    return data
+
+
+def split_by_group(data: LabelledSet, val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
+    rng = np.random.default_rng(seed)
+    names = sorted(set(data.groups))
+    rng.shuffle(names)
+    val_names = set(names[: max(1, int(round(len(names) * val_fraction)))])
+    val = [i for i, g in enumerate(data.groups) if g in val_names]
+    train = [i for i, g in enumerate(data.groups) if g not in val_names]
+    return data.subset(train), data.subset(val)
+
+
+# --- Metrics ----------------------------------------------------------------------------
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); nan without both classes."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    values = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(values):  # average ranks over ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = 5) -> float:
+    """The threshold with the best balanced accuracy on held-out frames; ``default`` if too few of either class."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) < min_each or len(neg) < min_each:
+        return default
+    candidates = np.unique(np.concatenate([scores, [default]]))
+    best, best_t = -1.0, default
+    for t in candidates:
+        acc = 0.5 * ((pos >= t).mean() + (neg < t).mean())
+        # ties: prefer the one nearer the default, so thresholds do not sit on a single frame
+        if acc > best + 1e-9 or (abs(acc - best) <= 1e-9 and abs(t - default) < abs(best_t - default)):
+            best, best_t = acc, float(t)
+    # midway between the chosen score and the next lower one: a margin for unseen frames
+    lower = scores[scores < best_t]
+    return float((best_t + lower.max()) / 2) if len(lower) else best_t
+
+
+# --- Training ---------------------------------------------------------------------------
+
+
+def class_weights(labels: torch.Tensor, defect_share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-question weights (Q,) for positives and negatives so that both count half, under our sampling."""
+    known = labels >= 0
+    any_defect = ((labels == 1) & known).any(dim=1)
+    # expected positive rate per question when a share of each batch comes from defective frames
+    rate_all = ((labels == 1) & known).float().sum(0) / known.float().sum(0).clamp(min=1)
+    d = labels[any_defect]
+    dk = d >= 0
+    rate_def = ((d == 1) & dk).float().sum(0) / dk.float().sum(0).clamp(min=1) if len(d) else rate_all
+    p = (defect_share * rate_def + (1 - defect_share) * rate_all).clamp(1e-3, 1 - 1e-3)
+    return 0.5 / p, 0.5 / (1 - p)
+
+
+def balanced_loss(margin: torch.Tensor, labels: torch.Tensor, w_pos: torch.Tensor, w_neg: torch.Tensor) -> torch.Tensor:
+    keep = labels >= 0
+    weight = torch.where(labels == 1, w_pos.expand_as(labels), w_neg.expand_as(labels))
+    loss = F.binary_cross_entropy_with_logits(margin, labels.clamp(min=0), weight=weight * keep, reduction="sum")
+    return loss / (weight * keep).sum().clamp(min=1e-6)
+
+
+def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Question], batch: int = 32) -> torch.Tensor:
+    """logit_yes - logit_no for every question of every frame, (N, Q), no grad."""
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(tokens), batch):
+            logits = head.logits(tokens.select(slice(s, s + batch)), list(questions))
+            out.append((logits[..., 0] - logits[..., 1]).float())
+    return torch.cat(out)
+
+
+def evaluate_head(head: MLLMHead, data: LabelledSet, w_pos: torch.Tensor, w_neg: torch.Tensor) -> dict[str, float]:
+    head.eval()
+    margin = head_margins(head, data.tokens, data.questions)
+    loss = float(balanced_loss(margin, data.labels, w_pos, w_neg))
+    scores = torch.sigmoid(margin).numpy()
+    aucs = [auroc(scores[:, j], data.labels[:, j].numpy()) for j in range(len(data.questions))]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return {"loss": loss, "auroc": float(np.mean(aucs)) if aucs else float("nan")}
+
+
+def train_head(
+    cfg: FinetuneConfig,
+    encoder: FrameEncoder,
+    train: LabelledSet,
+    val: LabelledSet,
+    log: Log = print,
+    init: MLLMHead | None = None,
+) -> tuple[MLLMHead, dict]:
+    """Train a head on cached tokens; returns the best head (by validation loss) and the run record."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    head = init
+    if head is None:
+        head = MLLMHead.create(cfg.head_config(), encoder=encoder, device="cpu", dtype=torch.float32)
+        if cfg.balance_projector_init:
+            with torch.no_grad():
+                sample = head.projector(head.image_tokens(train.tokens.select(slice(0, 64))).float())
+                scale = head.body.embed_tokens.weight.std() / sample.std()
+                head.projector.linear_2.weight.mul_(scale)
+                head.projector.linear_2.bias.mul_(scale)
+    head.train()
+    params = head.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    questions = train.questions
+    w_pos, w_neg = class_weights(train.labels, cfg.defect_oversample)
+    defective = np.nonzero(((train.labels == 1).any(dim=1)).numpy())[0]
+    everything = np.arange(len(train))
+    if len(val) > cfg.max_val_frames:
+        val = val.subset(np.sort(rng.choice(len(val), cfg.max_val_frames, replace=False)))
+
+    best = evaluate_head(head, val, w_pos, w_neg)
+    best_state, best_step, bad_evals = copy.deepcopy(head.state_dict()), 0, 0
+    history = [{"step": 0, "val_loss": best["loss"], "val_auroc": best["auroc"]}]
+    log(f"step     0 val loss {best['loss']:.4f} auroc {best['auroc']:.3f}")
+    t0 = time.time()
+    running = None
+    step = 0
+    stopped = "max_steps"
+    for step in range(1, cfg.max_steps + 1):
+        lr = cfg.lr * min(1.0, step / cfg.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        n_def = int(round(cfg.batch_frames * cfg.defect_oversample)) if len(defective) else 0
+        idx = np.concatenate([rng.choice(defective, n_def), rng.choice(everything, cfg.batch_frames - n_def)])
+        batch = train.tokens.select(torch.as_tensor(idx))
+        head.train()
+        logits = head.logits(batch, questions)
+        loss = balanced_loss(logits[..., 0] - logits[..., 1], train.labels[idx], w_pos, w_neg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if step % cfg.eval_every == 0:
+            metrics = evaluate_head(head, val, w_pos, w_neg)
+            history.append({"step": step, "train_loss": round(running, 4), "val_loss": round(metrics["loss"], 4),
+                            "val_auroc": round(metrics["auroc"], 4), "elapsed_s": round(time.time() - t0, 1)})
+            improved = metrics["loss"] < best["loss"] - cfg.min_delta
+            log(f"step {step:5d} train loss {running:.4f} val loss {metrics['loss']:.4f} "
+                f"auroc {metrics['auroc']:.3f} {'*' if improved else ' '} {time.time() - t0:.0f}s")
+            if improved:
+                best, best_step, bad_evals = metrics, step, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg.patience:
+                    stopped = "early_stop"
+                    break
+        if time.time() - t0 > cfg.time_limit_s:
+            stopped = "time_limit"
+            break
+    head.load_state_dict(best_state)
+    head.eval()
+    record = {
+        "variant": cfg.variant,
+        "description": VARIANTS[cfg.variant],
+        "steps": step,
+        "best_step": best_step,
+        "stopped": stopped,
+        "best_val_loss": round(best["loss"], 4),
+        "best_val_auroc": round(best["auroc"], 4),
+        "wall_s": round(time.time() - t0, 1),
+        "train_frames": len(train),
+        "val_frames": len(val),
+        "history": history,
+    }
+    return head, record
+
+
+def val_thresholds(head: MLLMHead, val: LabelledSet) -> dict[str, float]:
+    scores = torch.sigmoid(head_margins(head, val.tokens, val.questions)).numpy()
+    return {q.id: round(best_threshold(scores[:, j], val.labels[:, j].numpy()), 4) for j, q in enumerate(val.questions)}
+
+
+# --- The command --------------------------------------------------------------------------
+
+
+def load_encoder(source: str | Path, variant: Variant = "full"):  # type: ignore[no-untyped-def]
+    """(encoder, clip_model, clip_tokenizer, base_bundle_or_None) from a CLIP folder or a bundle."""
+    from transformers import CLIPTokenizer
+
+    from inference.bundle import BUNDLE_FILE, load_bundle
+    from inference.encoder import EncoderConfig, FramePreprocessor, load_clip
+
+    source = Path(source)
+    if (source / BUNDLE_FILE).is_file():
+        bundle = load_bundle(source, device="cpu", dtype=torch.float32)
+        encoder, clip, tok = bundle.encoder, bundle.clip_model, bundle.clip.tokenizer if bundle.clip else None
+    else:
+        bundle = None
+        clip = load_clip(source, device="cpu", dtype=torch.float32, local_files_only=True)
+        preprocess = FramePreprocessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
+        encoder = FrameEncoder.from_clip(clip, EncoderConfig(), preprocess)
+        tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
+    encoder.set_position_embeddings(variant != "no_position")
+    return encoder, clip, tok, bundle
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    encoder_source: str | Path,
+    recordings: Sequence[str | Path],
+    out: str | Path,
+    questions: Sequence[Question] | None = None,
+    model_id: str = "patchsight-compact",
+    log: Log = print,
+    init_head: bool = False,
+    head_only: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Encode the recordings, train the head, and write a bundle (or, ``head_only``, just the head) to ``out``."""
+    from inference.bundle import Bundle
+    from inference.clip_baseline import LinearProbe
+
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant)
+    questions = list(questions or questions_of(recordings))
+    if not questions:
+        raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
+    log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
+    data = cached_encoding(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
+    for j, q in enumerate(questions):
+        col = data.labels[:, j]
+        log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
+    train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
+    log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
+    init = base.head if (init_head and base is not None and cfg.variant == "full") else None
+    head, record = train_head(cfg, encoder, train, val, log, init=init)
+    thresholds = val_thresholds(head, val)
+    out = Path(out)
+    record.update({
+        "command": " ".join(sys.argv),
+        "config": cfg.model_dump(mode="json"),
+        "encoder_source": str(encoder_source),
+        "data": [{"path": str(p), "source": Recording(p).meta.source} for p in recordings],
+        "frames": len(data),
+        "thresholds": thresholds,
+        "total_wall_s": round(time.time() - t_start, 1),
+        "torch": torch.__version__,
+        "threads": cfg.threads,
+    })
+    if head_only:
+        head.save_pretrained(out, dtype=torch.float16)
+        (out / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
+        log(f"wrote head ({cfg.variant}) -> {out}")
+        return record
+    probe = LinearProbe(data.tokens.image_embeds.shape[1], [q.id for q in questions])
+    probe.fit(train.tokens.image_embeds, train.labels)
+    provenance = {"finetune": {k: v for k, v in record.items() if k != "history"}, "finetune_history": record["history"]}
+    pretrain_file = Path(encoder_source) / "pretrain.json"
+    if pretrain_file.is_file():
+        pre = json.loads(pretrain_file.read_text())
+        provenance["encoder_pretraining"] = {k: v for k, v in pre.items() if k != "history"}
+    elif base is not None:
+        provenance["encoder_pretraining"] = base.spec.provenance.get("encoder_pretraining")
+    bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
+                           thresholds=thresholds, provenance=provenance, probe=probe)
+    bundle.save(out, dtype=torch.float16)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"wrote bundle {model_id} ({size / 1e6:.1f} MB) -> {out}")
+    record["bundle_bytes"] = size
+    return record

@@ -1,0 +1,176 @@
+"""Pretraining, finetuning and evaluation, end to end on tiny models and tiny recordings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference import finetune as ft
+from inference.head import HeadConfig, TinyDecoderConfig
+from inference.pretrain import PretrainConfig, make_caption, pretrain
+from ingest import synth
+
+TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(workdir) -> Path:
+    cfg = PretrainConfig(
+        image_size=32, patch_size=16, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+        text_heads=2, text_merges=2000, projection_dim=16, batch_size=8, max_steps=3, render_width=160,
+        log_every=1, threads=1, warmup_steps=1,
+    )
+    out = workdir / "clip"
+    record = pretrain(cfg, out, log=lambda m: None)
+    assert record["steps"] == 3 and all(np.isfinite(h["loss"]) for h in record["history"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def recordings(workdir) -> list[Path]:
+    return synth.write_recordings(workdir / "rec", lines=1, cameras=2, frames=40, seed=5, size=(320, 240), defect_rate=0.8)
+
+
+def tiny_config(**kw) -> ft.FinetuneConfig:
+    base = dict(head=TINY_HEAD, max_steps=30, eval_every=10, batch_frames=8, lr=3e-3, patience=100, threads=1,
+                val_fraction=0.3, warmup_steps=1)
+    return ft.FinetuneConfig(**{**base, **kw})
+
+
+def test_pretrain_writes_a_clip_that_loads_offline(tiny_clip):
+    from inference.encoder import load_clip
+
+    files = {p.name for p in tiny_clip.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "pretrain.json"} <= files
+    clip = load_clip(tiny_clip, device="cpu", local_files_only=True)
+    assert clip.config.vision_config.image_size == 32
+    captions = json.loads((tiny_clip / "pretrain.json").read_text())["captions"]
+    # web-style captions: the defect words are common, exact layout is rare
+    fractions = captions["fraction_of_part_captions"]
+    layout = sum(v for k, v in fractions.items() if k.startswith("layout:"))
+    assert layout < 0.1 and fractions.get("defect_word:scratch", 0) > layout / 3
+
+
+def test_captions_seldom_state_layout():
+    from collections import Counter
+
+    rng = np.random.default_rng(0)
+    stats: Counter = Counter()
+    caps = [make_caption(synth.PartSpec("bracket", label_side="left"), rng, 0.03, stats) for _ in range(2000)]
+    assert 0 < sum("left" in c for c in caps) < 150
+    assert all("bracket" in c for c in caps)
+
+
+def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, recordings, workdir):
+    from inference.bundle import load_bundle
+
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    questions = ft.questions_of(recordings)
+    data = ft.encode_recordings(encoder, recordings, questions, log=lambda m: None)
+    assert len(data) == 80 and data.labels.shape == (80, len(questions))
+    head, record = ft.train_head(tiny_config(), encoder, data, data, log=lambda m: None)
+    assert record["best_val_loss"] < record["history"][0]["val_loss"]
+
+    out = workdir / "bundle"
+    record = ft.finetune(tiny_config(max_steps=10), tiny_clip, recordings, out, log=lambda m: None, cache_dir=workdir / "cache")
+    assert (workdir / "cache").is_dir() and any((workdir / "cache").iterdir())
+    bundle = load_bundle(out, device="cpu")
+    prov = bundle.spec.provenance
+    assert prov["finetune"]["config"]["seed"] == 0 and len(prov["finetune"]["data"]) == 2
+    assert "captions" in prov["encoder_pretraining"]
+    assert set(bundle.spec.thresholds) == {q.id for q in questions}
+    frame = synth.render_part_frame(synth.PartSpec("bracket"), np.random.default_rng(0), None, synth.CLEAN_LOOK, (320, 240))
+    for scorer in ("head", "clip", "probe"):
+        scores = bundle.score_frames([frame, frame], bundle.spec.questions, scorer=scorer)
+        assert scores.shape == (2, len(questions)) and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
+    from inference.evaluate import evaluate
+
+    bundle = workdir / "bundle"
+    if not bundle.is_dir():
+        ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
+    ablations = workdir / "ablations"
+    for variant in ("cls_only", "question_blind", "no_position"):
+        ft.finetune(tiny_config(max_steps=3, variant=variant), tiny_clip, recordings, ablations / variant,
+                    log=lambda m: None, head_only=True)
+    out = workdir / "eval"
+    report = evaluate(bundle, recordings[:1], out, ablations=ablations, pairs_per_question=2, threads=1, log=lambda m: None)
+    assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "roc.png", "categories.png"}
+    scorers = {"clip_zero_shot", "clip_linear_probe", "mllm_head", "ablation_cls_only", "ablation_question_blind",
+               "ablation_no_position"}
+    assert set(report["scorers"]) == scorers
+    for name in scorers:
+        cats = report["scorers"][name]["per_category"]
+        assert {"fine_detail", "spatial", "counting", "overall"} <= set(cats)
+        # the relation question was never trained: the head and CLIP still answer it, the probe cannot
+        assert ("relation" in cats) == (name != "clip_linear_probe")
+    md = (out / "report.md").read_text()
+    for label in ("CLIP zero-shot", "CLIP linear probe", "MLLM head", "head: CLS only", "head: no position emb.",
+                  "head: question-blind pooling", "label_near_gap", "spatial_pair_accuracy"):
+        assert label in md
+    assert json.loads((out / "report.json").read_text())["targets"] == report["targets"]
+
+
+def test_pair_images_differ_only_in_the_asked_property():
+    from inference.evaluate import render_pairs
+
+    qs = [q for q in synth.SYNTH_QUESTIONS if q.id in ("label_left", "scratch")]
+    pos, neg = render_pairs(qs, 2, seed=1, size=(320, 240))
+    assert len(pos) == len(neg) == 4
+    for a, b in zip(pos, neg):
+        diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 40
+        assert 0 < diff.mean() < 0.1  # a small region changed, the rest is the same scene
+
+
+def test_auroc_and_threshold():
+    y = np.array([0, 0, 0, 1, 1])
+    assert ft.auroc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
+    assert ft.auroc(np.array([0.9, 0.8, 0.3, 0.2, 0.1]), y) == 0.0
+    assert ft.auroc(np.array([0.5] * 5), y) == 0.5
+    assert np.isnan(ft.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
+    t = ft.best_threshold(np.array([0.1] * 6 + [0.3] * 6), np.array([0] * 6 + [1] * 6))
+    assert 0.1 < t <= 0.3
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+@pytest.mark.skipif(not (SHIPPED / "bundle.json").is_file(), reason="models/default not built yet")
+def test_shipped_bundle_loads_offline_and_scores_sensibly(monkeypatch):
+    from inference.bundle import load_bundle
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20
+    bundle = load_bundle(SHIPPED, device="cpu")
+    questions = {q.id: q for q in bundle.spec.questions}
+    rng = np.random.default_rng(77)
+    look = synth.CameraLook(noise_sigma=3)
+    clean = synth.PartSpec("bracket", seed=3)
+    frames = [synth.render_part_frame(s, rng, None, look) for s in (
+        clean,
+        clean.replace(scratch=True, crack=True, stain=True),
+        clean.replace(label_side="left"),
+        clean.replace(holes=5),
+    )]
+    scores = bundle.score_frames(frames, list(questions.values()))
+    col = {q: i for i, q in enumerate(questions)}
+    for q in ("scratch", "crack", "stain"):
+        assert scores[1, col[q]] > scores[0, col[q]], q
+    assert scores[2, col["label_left"]] > scores[0, col["label_left"]]
+    assert scores[3, col["hole_count"]] > scores[0, col["hole_count"]]
+    provenance = bundle.spec.provenance
+    assert provenance["finetune"]["command"] and provenance["encoder_pretraining"]["captions"]
