@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from alerts.policy import DebounceState, decide
 from alerts.store import RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
+from patchsight.kafka_wakeup import keep_awake
 from patchsight.log import get_logger
 from patchsight.topics import ensure_topics
 from schemas.alert import DefectAlert
@@ -122,6 +123,8 @@ class AlertService:
         while not self._consumer.partitions_for_topic(kafka.topics.results) and time.monotonic() < deadline:
             time.sleep(0.1)
         self._consumer.subscribe([kafka.topics.results], listener=_ForgetOnRevoke(self))
+        self._awake = threading.Event()
+        keep_awake(self._consumer, self._awake)
         self._start_http()
         if self.settings.webhooks:
             sender = WebhookSender(self.store, on_outcome=lambda o: self.metrics.webhooks.labels(o).inc())
@@ -139,6 +142,7 @@ class AlertService:
         if self._webhook_thread:
             self._webhook_thread.join(timeout=30)
         if self._consumer:
+            self._awake.set()
             self._consumer.close(autocommit=False)
         if self._producer:
             self._producer.close(timeout=5)

@@ -63,6 +63,7 @@ from kafka.structs import OffsetAndMetadata
 
 from inference.batcher import Batch, DynamicBatcher
 from inference.metrics import HealthServer, WorkerMetrics
+from patchsight.kafka_wakeup import keep_awake
 from patchsight.log import get_logger
 from patchsight.topics import ensure_topics
 from schemas.config import LineConfig, PatchsightConfig
@@ -231,6 +232,8 @@ class Worker:
         while not consumer.partitions_for_topic(topics.frames) and time.monotonic() < deadline:
             time.sleep(0.1)
         consumer.subscribe([topics.frames], listener=_Rebalance(self))
+        awake = threading.Event()
+        keep_awake(consumer, awake)
         health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
         health.start()
         self.metrics_port = health.port
@@ -268,6 +271,7 @@ class Worker:
                 raise WorkerError(str(self._fatal)) from self._fatal
             self.log.info("worker stopped", in_flight=len(self.in_flight))
         finally:
+            awake.set()
             self._draining.set()
             self.batcher.drain()
             decoder.shutdown(wait=False, cancel_futures=True)
