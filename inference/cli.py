@@ -148,6 +148,8 @@ def finetune_command(
     config: Path = typer.Option(None, "--config", help="take the questions from this config's --line"),
     line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
     max_steps: int = typer.Option(3000),
+    decoder_width: int = typer.Option(192, help="tiny decoder: hidden size"),
+    decoder_layers: int = typer.Option(3, help="tiny decoder: layers"),
     batch_frames: int = typer.Option(24, help="frames per step (every question is asked of each)"),
     lr: float = typer.Option(1e-3),
     eval_every: int = typer.Option(40),
@@ -180,7 +182,11 @@ def finetune_command(
             console.print(f"[red]no line {line!r} in {config}[/]")
             raise typer.Exit(1)
         questions = chosen.questions
-    cfg = FinetuneConfig(variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
+    from inference.head import HeadConfig, TinyDecoderConfig
+
+    decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
+                                intermediate_size=3 * decoder_width)
+    cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads)
     try:
