@@ -80,6 +80,7 @@ POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for th
 LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0
 SESSION_TIMEOUT_MS = 15_000
+FINAL_COMMIT_S = 10.0  # how long a stopping worker keeps trying to commit what it published
 COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it  # /healthz fails when the main loop has not turned for this long
 
 
@@ -192,6 +193,7 @@ class Worker:
         self.device = bundle.encoder.device
         self._assignment: set[TopicPartition] = set()
         self._revoked: set[TopicPartition] = set()  # revoked in this rebalance, maybe coming back
+        self._joined = False
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
@@ -201,7 +203,10 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return bool(self._assignment) and self._fatal is None
+        # Ready once the group has been joined: a rebalance empties the assignment for a
+        # moment, and a worker left without partitions (more workers than partitions) is a
+        # healthy standby, not a failure.
+        return self._joined and self._fatal is None
 
     def is_live(self) -> bool:
         return self._fatal is None and time.monotonic() - self._loop_turned < LIVENESS_S
@@ -266,7 +271,7 @@ class Worker:
             self.batcher.drain()
             model.join()
             producer.flush()
-            self._commit(consumer)
+            self._final_commit(consumer)
             if self._fatal is not None:
                 raise WorkerError(str(self._fatal)) from self._fatal
             self.log.info("worker stopped", in_flight=len(self.in_flight))
@@ -325,6 +330,19 @@ class Worker:
         self.in_flight.committed(points)
         self.metrics.in_flight.set(len(self.in_flight))
 
+    def _final_commit(self, consumer: KafkaConsumer) -> None:
+        """Commit everything published before exiting.
+
+        A rebalance in progress refuses commits; poll() completes it (with every
+        partition paused, so nothing new is fetched) and the commit is tried again.
+        """
+        deadline = time.monotonic() + FINAL_COMMIT_S
+        self._commit(consumer)
+        while self.in_flight.commit_points() and time.monotonic() < deadline:
+            consumer.pause(*consumer.assignment())
+            consumer.poll(timeout_ms=200)
+            self._commit(consumer)
+
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         for tp in list(self._assignment):
             try:
@@ -347,6 +365,7 @@ class Worker:
         self.metrics.ready.set(1 if self.ready else 0)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._joined = True
         lost, self._revoked = self._revoked - set(assigned), set()
         if lost:
             self._drop(lost)
