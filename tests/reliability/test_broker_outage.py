@@ -14,7 +14,6 @@ raised before the outage is not raised a second time by the redelivered results.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections import Counter
@@ -40,28 +39,13 @@ from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
 from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
 from tests.inference.test_worker import bundle, bundle_dir  # noqa: F401  (fixtures)
+from tests.infra.infra_helpers import free_port_pair
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 20.0
 REPLAY_FRAMES = 300  # 30 s at 10 fps: the outage falls in the middle
 QUESTION = {"id": "q", "text": "Is there a defect?", "defect_type": "defect", "threshold": 0.0}  # always above
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free (Kafka's controller listens on p+1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free port pair")
 
 
 def make_recording(path: Path, frames: int) -> Path:
