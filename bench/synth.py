@@ -12,11 +12,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import cv2
 
-from ingest.synth import benchmark
+# bench/ingest.py would shadow the ingest package: import from the repository root instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+from ingest.synth import benchmark  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -263,7 +263,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
     )
     loader = torch.utils.data.DataLoader(
-        SceneStream(cfg, cfg.seed), batch_size=cfg.batch_size, num_workers=1, prefetch_factor=4, persistent_workers=True
+        SceneStream(cfg, cfg.seed), batch_size=cfg.batch_size, num_workers=1, prefetch_factor=4, persistent_workers=True,
+        # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools mid-state and can hang
+        multiprocessing_context="spawn",
     )
     t0 = time.time()
     history = []

@@ -156,21 +156,23 @@ def test_shipped_bundle_loads_offline_and_scores_sensibly(monkeypatch):
     size = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
     assert size <= 25 * 2**20
     bundle = load_bundle(SHIPPED, device="cpu")
-    questions = {q.id: q for q in bundle.spec.questions}
+    questions = list(bundle.spec.questions)
+    col = {q.id: i for i, q in enumerate(questions)}
+    thresholds = bundle.thresholds_for(questions)
     rng = np.random.default_rng(77)
     look = synth.CameraLook(noise_sigma=3)
-    clean = synth.PartSpec("bracket", seed=3)
-    frames = [synth.render_part_frame(s, rng, None, look) for s in (
-        clean,
-        clean.replace(scratch=True, crack=True, stain=True),
-        clean.replace(label_side="left"),
-        clean.replace(holes=5),
-    )]
-    scores = bundle.score_frames(frames, list(questions.values()))
-    col = {q: i for i, q in enumerate(questions)}
-    for q in ("scratch", "crack", "stain"):
-        assert scores[1, col[q]] > scores[0, col[q]], q
-    assert scores[2, col["label_left"]] > scores[0, col["label_left"]]
-    assert scores[3, col["hole_count"]] > scores[0, col["hole_count"]]
+    diffs: dict[str, list[float]] = {"scratch": [], "stain": [], "label_left": []}
+    for i, part_type in enumerate(sorted(synth.PART_TYPES) * 2):
+        clean = synth.PartSpec(part_type, seed=100 + i)
+        obvious = clean.replace(scratch=True, crack=True, stain=True, label_side="left", holes=5)
+        specs = [clean, obvious] + [synth.set_defect(clean, d) for d in diffs]
+        scores = bundle.score_frames([synth.render_part_frame(s, rng, None, look) for s in specs], questions)
+        # a clearly defective part is flagged more strongly than the same part without defects
+        assert (scores[1] / thresholds).max() > (scores[0] / thresholds).max()
+        for k, d in enumerate(diffs, start=2):
+            diffs[d].append(float(scores[k, col[d]] - scores[0, col[d]]))
+    # each planted defect raises its own question's score on average over ten parts
+    assert all(np.mean(v) > 0 for v in diffs.values()), {d: np.mean(v) for d, v in diffs.items()}
+    assert np.mean(diffs["label_left"]) > 0.3  # the spatial question the head reads best (docs/evaluation.md)
     provenance = bundle.spec.provenance
     assert provenance["finetune"]["command"] and provenance["encoder_pretraining"]["captions"]
