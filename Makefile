@@ -38,8 +38,12 @@ infra-up: setup
 infra-down:
 	-$(BIN)/patchsight infra down
 
+# Failed tests are run once more: the worker's group tests hit a known kafka-python 3.0.12
+# rebalance stall now and then (docs/operations.md); a second failure fails the run.
 test: setup infra-up
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { \
+	  echo "== retrying the failed tests once (known kafka-python rebalance stall, docs/operations.md) =="; \
+	  $(BIN)/python -m pytest --last-failed --last-failed-no-failures none $(PYTEST_ARGS); }
 
 demo: setup
 	$(BIN)/patchsight demo
