@@ -337,15 +337,8 @@ class Worker:
         partition paused, so nothing new is fetched) and the commit is tried again.
         """
         deadline = time.monotonic() + FINAL_COMMIT_S
-        rejoined = False
         self._commit(consumer)
         while self.in_flight.commit_points() and time.monotonic() < deadline:
-            if not rejoined and time.monotonic() > deadline - FINAL_COMMIT_S / 2:
-                # kafka-python 3.0.12 can stay in a rebalance for good (docs/operations.md):
-                # leave and join again; partitions that come back keep their work.
-                consumer.unsubscribe()
-                consumer.subscribe([self.config.kafka.topics.frames], listener=_Rebalance(self))
-                rejoined = True
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=200)
             self._commit(consumer)
