@@ -9,7 +9,9 @@ import pytest
 from kafka import KafkaProducer
 
 from alerts.service import AlertService
+from alerts.store import RedisAlertStore, connect
 from patchsight.topics import ensure_topics
+from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult, QuestionScore, ResultStatus
 
@@ -85,6 +87,17 @@ def publish(config: PatchsightConfig, results: list[InspectionResult | tuple[byt
         producer.flush(timeout=30)
     finally:
         producer.close(timeout=5)
+
+
+def raise_one_alert(cfg: PatchsightConfig) -> tuple[RedisAlertStore, DefectAlert]:
+    """Run a short defect through the service; return the store and the one alert it raised."""
+    results = defect_run(first=0, frames=4)
+    publish(cfg, results)
+    with AlertService(cfg, "t1") as service:
+        drain(service, len(results))
+    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+    (alert,) = store.list_alerts(LINE)
+    return store, alert
 
 
 def drain(service: AlertService, expect: int, timeout_s: float = 30.0) -> int:

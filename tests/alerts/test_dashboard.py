@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 import uvicorn
-from alert_helpers import CAMERA, LINE, defect_run, drain, publish
+from alert_helpers import CAMERA, LINE, defect_run, drain, publish, raise_one_alert
 from fastapi.testclient import TestClient
 
 from alerts.dashboard import create_app
@@ -25,12 +25,7 @@ TOKEN = "dash-token-123"
 @pytest.fixture
 def with_alert(alert_config):
     cfg = alert_config(dashboard={"token": TOKEN})
-    results = defect_run(first=0, frames=4)
-    publish(cfg, results)
-    with AlertService(cfg, "t1") as service:
-        drain(service, len(results))
-    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
-    (alert,) = store.list_alerts(LINE)
+    store, alert = raise_one_alert(cfg)
     return cfg, store, alert
 
 

@@ -8,7 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from alert_helpers import LINE, defect_run, drain, publish
+from alert_helpers import LINE, defect_run, drain, publish, raise_one_alert
 from typer.testing import CliRunner
 
 from alerts.cli import app as alerts_app
@@ -137,12 +137,7 @@ def test_a_4xx_answer_is_not_retried(alert_config, receiver_factory):
 @pytest.fixture
 def raised_alert(alert_config):
     cfg = alert_config()
-    results = defect_run(first=0, frames=4)
-    publish(cfg, results)
-    with AlertService(cfg, "t1") as service:
-        drain(service, len(results))
-    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
-    (alert,) = store.list_alerts(LINE)
+    store, alert = raise_one_alert(cfg)
     return cfg, store, alert
 
 
