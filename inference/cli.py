@@ -123,6 +123,8 @@ def pretrain_encoder(
     image_size: int = typer.Option(128),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2, help="torch threads (the renderer runs in one more process)"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto (the defaults are sized for 2 CPU cores)"),
+    data_workers: int = typer.Option(1, help="rendering processes (a GPU needs about 10 to keep up)"),
 ) -> None:
     """Pretrain a compact CLIP contrastively on synthetic frames with web-style captions."""
     from inference.pretrain import PretrainConfig, pretrain
@@ -130,7 +132,8 @@ def pretrain_encoder(
     _quiet_transformers()
     console = Console(stderr=True)
     cfg = PretrainConfig(time_limit_s=time_limit_min * 60, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                         image_size=image_size, seed=seed, threads=threads, warmup_steps=30)
+                         image_size=image_size, seed=seed, threads=threads, warmup_steps=30, device=device,
+                         data_workers=data_workers)
     record = pretrain(cfg, out, log=console.print)
     console.print(f"{record['steps']} steps, {record['images_seen']} images, {record['wall_s']}s")
     typer.echo(str(out))
@@ -159,6 +162,7 @@ def finetune_command(
     cache: Path = typer.Option(None, "--cache", help="keep encoded frames here (several heads, one encoding)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the encoder and the head train"),
 ) -> None:
     """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
     from inference.finetune import VARIANTS, FinetuneConfig, finetune
@@ -188,7 +192,7 @@ def finetune_command(
                                 intermediate_size=3 * decoder_width)
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
-                         threads=threads)
+                         threads=threads, device=device)
     try:
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache)

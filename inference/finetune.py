@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class FinetuneConfig(BaseModel):
     # which the head must read to answer the right question.
     balance_projector_init: bool = True
     threads: int = 2
+    device: str = Field("cpu", description="cpu | cuda | auto: where the frames are encoded and the head trains")
     seed: int = 0
 
     def head_config(self) -> HeadConfig:
@@ -200,8 +202,11 @@ def cached_encoding(
     data = encode_recordings(encoder, recordings, questions, stride, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = data.tokens
+    # write then rename: heads trained side by side may share (and race for) one cache file
+    partial = path.with_suffix(f".{os.getpid()}.partial")
     torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
-                "groups": data.groups, "sources": data.sources}, path)
+                "groups": data.groups, "sources": data.sources}, partial)
+    partial.replace(path)
     return data
 
 
@@ -282,7 +287,7 @@ def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Ques
     with torch.inference_mode():
         for s in range(0, len(tokens), batch):
             logits = head.logits(tokens.select(slice(s, s + batch)), list(questions))
-            out.append((logits[..., 0] - logits[..., 1]).float())
+            out.append((logits[..., 0] - logits[..., 1]).float().cpu())
     return torch.cat(out)
 
 
@@ -309,11 +314,11 @@ def train_head(
     rng = np.random.default_rng(cfg.seed)
     head = init
     if head is None:
-        head = MLLMHead.create(cfg.head_config(), encoder=encoder, device="cpu", dtype=torch.float32)
+        head = MLLMHead.create(cfg.head_config(), encoder=encoder, device=cfg.device, dtype=torch.float32)
         if cfg.balance_projector_init:
             with torch.no_grad():
                 sample = head.projector(head.image_tokens(train.tokens.select(slice(0, 64))).float())
-                scale = head.body.embed_tokens.weight.std() / sample.std()
+                scale = head.body.embed_tokens.weight.std() / sample.std().to(head.device)
                 head.projector.linear_2.weight.mul_(scale)
                 head.projector.linear_2.bias.mul_(scale)
     head.train()
@@ -343,7 +348,8 @@ def train_head(
         batch = train.tokens.select(torch.as_tensor(idx))
         head.train()
         logits = head.logits(batch, questions)
-        loss = balanced_loss(logits[..., 0] - logits[..., 1], train.labels[idx], w_pos, w_neg)
+        loss = balanced_loss(logits[..., 0] - logits[..., 1], train.labels[idx].to(head.device),
+                             w_pos.to(head.device), w_neg.to(head.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -393,7 +399,7 @@ def val_thresholds(head: MLLMHead, val: LabelledSet) -> dict[str, float]:
 # --- The command --------------------------------------------------------------------------
 
 
-def load_encoder(source: str | Path, variant: Variant = "full"):  # type: ignore[no-untyped-def]
+def load_encoder(source: str | Path, variant: Variant = "full", device: str = "cpu"):  # type: ignore[no-untyped-def]
     """(encoder, clip_model, clip_tokenizer, base_bundle_or_None) from a CLIP folder or a bundle."""
     from transformers import CLIPTokenizer
 
@@ -402,11 +408,11 @@ def load_encoder(source: str | Path, variant: Variant = "full"):  # type: ignore
 
     source = Path(source)
     if (source / BUNDLE_FILE).is_file():
-        bundle = load_bundle(source, device="cpu", dtype=torch.float32)
+        bundle = load_bundle(source, device=device, dtype=torch.float32)
         encoder, clip, tok = bundle.encoder, bundle.clip_model, bundle.clip.tokenizer if bundle.clip else None
     else:
         bundle = None
-        clip = load_clip(source, device="cpu", dtype=torch.float32, local_files_only=True)
+        clip = load_clip(source, device=device, dtype=torch.float32, local_files_only=True)
         preprocess = FramePreprocessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
         encoder = FrameEncoder.from_clip(clip, EncoderConfig(), preprocess)
         tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
@@ -432,7 +438,7 @@ def finetune(
 
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant)
+    encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
     questions = list(questions or questions_of(recordings))
     if not questions:
         raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
@@ -445,7 +451,12 @@ def finetune(
     log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
     init = base.head if (init_head and base is not None and cfg.variant == "full") else None
     head, record = train_head(cfg, encoder, train, val, log, init=init)
+    head_device = head.device
     thresholds = val_thresholds(head, val)
+    # bundles are written from the host, whatever trained them
+    head, encoder = head.to("cpu"), encoder.to("cpu")
+    if clip is not None:
+        clip = clip.to("cpu")
     out = Path(out)
     record.update({
         "command": " ".join(sys.argv),
@@ -457,6 +468,7 @@ def finetune(
         "total_wall_s": round(time.time() - t_start, 1),
         "torch": torch.__version__,
         "threads": cfg.threads,
+        "device": torch.cuda.get_device_name() if str(head_device).startswith("cuda") else str(head_device),
     })
     if head_only:
         head.save_pretrained(out, dtype=torch.float16)

@@ -58,6 +58,8 @@ class PretrainConfig(BaseModel):
     warmup_steps: int = 40
     weight_decay: float = 0.1
     threads: int = 2
+    device: str = Field("cpu", description="cpu | cuda | auto; the default run is sized for 2 CPU cores")
+    data_workers: int = Field(1, ge=1, description="rendering processes (one keeps up with 2 CPU cores; a GPU needs many)")
     seed: int = 0
     # data
     render_width: int = 320  # frames are drawn at 320x240 (4x cheaper than 640x480), then preprocessed as usual
@@ -226,11 +228,11 @@ def build_clip(cfg: PretrainConfig, vocab_size: int):  # type: ignore[no-untyped
 
 def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """Symmetric InfoNCE; identical captions in a batch are all positives (soft targets), not negatives."""
-    img = F.normalize(image_embeds, dim=-1)
-    txt = F.normalize(text_embeds, dim=-1)
+    img = F.normalize(image_embeds.float(), dim=-1)
+    txt = F.normalize(text_embeds.float(), dim=-1)
     logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    key = torch.tensor([ids[c] for c in captions])
+    key = torch.tensor([ids[c] for c in captions], device=logits.device)
     same = (key[:, None] == key[None, :]).float()
     target = same / same.sum(1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
@@ -247,14 +249,17 @@ def lr_at(cfg: PretrainConfig, step: int, progress: float) -> float:
 
 def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Train and save ``out/`` (CLIPModel + tokenizer + pretrain.json); returns the run record."""
+    from inference.encoder import resolve_device
+
     out = Path(out)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     tokenizer = clip_tokenizer(num_merges=cfg.text_merges)
-    model = build_clip(cfg, len(tokenizer))
+    model = build_clip(cfg, len(tokenizer)).to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"pretrain: {n_params / 1e6:.2f}M parameters, image {cfg.image_size}px patch {cfg.patch_size}")
+    log(f"pretrain: {n_params / 1e6:.2f}M parameters, image {cfg.image_size}px patch {cfg.patch_size}, on {device}")
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -263,7 +268,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
     )
     loader = torch.utils.data.DataLoader(
-        SceneStream(cfg, cfg.seed), batch_size=cfg.batch_size, num_workers=1, prefetch_factor=4, persistent_workers=True,
+        SceneStream(cfg, cfg.seed), batch_size=cfg.batch_size, num_workers=cfg.data_workers, prefetch_factor=4,
+        persistent_workers=True, pin_memory=device.type == "cuda",
         # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools mid-state and can hang
         multiprocessing_context="spawn",
     )
@@ -280,7 +286,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         for g in opt.param_groups:
             g["lr"] = lr
         tokens = tokenizer(list(captions), padding="max_length", truncation=True, max_length=cfg.context_length, return_tensors="pt")
-        output = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        output = model(input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device),
+                       pixel_values=pixels.to(device, non_blocking=True))
         loss = clip_loss(output.image_embeds, output.text_embeds, model.logit_scale, list(captions))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -296,7 +303,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
 
     wall = time.time() - t0
     model.eval()
-    model.half().save_pretrained(out)  # fp16 on disk: the encoder is frozen downstream
+    model.to("cpu").half().save_pretrained(out)  # fp16 on disk: the encoder is frozen downstream
     tokenizer.save_pretrained(out)
     FramePreprocessor(cfg.image_size).save_pretrained(out)
     record = {
@@ -305,6 +312,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         "images_seen": images_seen,
         "wall_s": round(wall, 1),
         "threads": cfg.threads,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "captions": caption_distribution(cfg),

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Make the default bundle from nothing: training recordings, encoder pretraining, the head,
+# the three ablation heads and (when the held-out recordings exist) the evaluation.
+# Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
+#
+#   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
+#   DEVICE=cuda DATA_WORKERS=10 JOBS=4 PRETRAIN_MIN=4 FINETUNE_MIN=3 \
+#     PRETRAIN_BATCH=512 TRAIN_SEEDS="$(seq -s' ' 1 48)" bash scripts/train-default-bundle.sh
+#
+# Knobs (environment): RUNS (work folder, default runs), BUNDLE (default models/default),
+# TRAIN_SEEDS, FRAMES, STRIDE, DEVICE, DATA_WORKERS, JOBS (heads trained side by side), SYNTH_JOBS,
+# PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, FINETUNE_MIN, BATCH_FRAMES, SKIP_EVAL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+ps() { "$PY" -m patchsight.cli "$@"; }
+RUNS=${RUNS:-runs}
+BUNDLE=${BUNDLE:-models/default}
+TRAIN_SEEDS=${TRAIN_SEEDS:-1 2 3 4 5 6}
+FRAMES=${FRAMES:-160}
+STRIDE=${STRIDE:-2}
+DEVICE=${DEVICE:-cpu}
+DATA_WORKERS=${DATA_WORKERS:-1}
+JOBS=${JOBS:-1}
+SYNTH_JOBS=${SYNTH_JOBS:-$JOBS}
+PRETRAIN_MIN=${PRETRAIN_MIN:-26}
+PRETRAIN_BATCH=${PRETRAIN_BATCH:-128}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-20000}
+FINETUNE_MIN=${FINETUNE_MIN:-30}
+BATCH_FRAMES=${BATCH_FRAMES:-32}
+THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
+export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+patchsight() { "$PY" -m patchsight.cli "$@"; }
+mkdir -p "$RUNS/data" "$RUNS/ablations"
+
+# Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
+running=0 failed=0
+limited() {
+  if [ "$running" -ge "$JOBS" ]; then wait -n || failed=1; running=$((running - 1)); fi
+  "$@" &
+  running=$((running + 1))
+}
+wait_all() {
+  while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
+  return "$failed"
+}
+
+synth_seed() {  # $1 kind (train|heldout), $2 seed, $3 frames, $4 defect rate
+  local dir="$RUNS/data/$1-s$2"
+  [ -f "$dir/.done" ] && return 0
+  patchsight synth --out "$dir" --lines 3 --cameras 2 --frames "$3" --seed "$2" --defect-rate "$4" >/dev/null
+  touch "$dir/.done"
+}
+
+# Training recordings use seeds the evaluation never sees (it uses 1001, 1002 and pairs from 9001).
+# They render while the encoder pretrains, which needs none of them.
+(
+  JOBS=$SYNTH_JOBS
+  for seed in $TRAIN_SEEDS; do limited synth_seed train "$seed" "$FRAMES" 0.6; done
+  wait_all
+) &
+synth_pid=$!
+patchsight model pretrain-encoder --out "$RUNS/encoder" --time-limit-min "$PRETRAIN_MIN" --max-steps "$PRETRAIN_STEPS" \
+  --batch-size "$PRETRAIN_BATCH" --lr 8e-4 --seed 0 --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
+wait "$synth_pid"
+
+data=()
+for seed in $TRAIN_SEEDS; do data+=(--data "$RUNS/data/train-s$seed"); done
+head_args=(--encoder "$RUNS/encoder" "${data[@]}" --frame-stride "$STRIDE" --cache "$RUNS/cache" --seed 0
+  --batch-frames "$BATCH_FRAMES" --lr 1e-3 --decoder-width 192 --decoder-layers 3 --eval-every 50 --patience 20
+  --max-steps 100000 --threads "$THREADS" --time-limit-min "$FINETUNE_MIN" --device "$DEVICE")
+train_head() {  # $1 variant: the shipped head (full) or an ablation
+  local log="$RUNS/finetune-$1.log"
+  if [ "$1" = full ]; then
+    patchsight model finetune "${head_args[@]}" --out "$BUNDLE" --model-id patchsight-compact-v2 >"$log" 2>&1
+  else
+    patchsight model finetune "${head_args[@]}" --variant "$1" --head-only --out "$RUNS/ablations/$1" >"$log" 2>&1
+  fi || { echo "finetune $1 failed:" >&2; tail -20 "$log" >&2; return 1; }
+  echo "$1: $(tail -2 "$log" | head -1)"
+}
+# The shipped head and its three ablations train side by side when JOBS allows (a GPU has room for all).
+for variant in full cls_only no_position question_blind; do limited train_head "$variant"; done
+wait_all
+
+[ -n "${SKIP_EVAL:-}" ] && exit 0
+synth_seed heldout 1001 150 0.25
+synth_seed heldout 1002 150 0.25
+patchsight model eval "$BUNDLE" --data "$RUNS/data/heldout-s1001" --data "$RUNS/data/heldout-s1002" \
+  --ablations "$RUNS/ablations" --out "$RUNS/eval-default" --pairs 40 --pair-seed 9001
