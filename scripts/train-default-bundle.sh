@@ -9,7 +9,8 @@
 #
 # Knobs (environment): RUNS (work folder, default runs), BUNDLE (default models/default),
 # TRAIN_SEEDS, FRAMES, STRIDE, DEVICE, DATA_WORKERS, JOBS (heads trained side by side), SYNTH_JOBS,
-# PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, FINETUNE_MIN, BATCH_FRAMES, SKIP_EVAL.
+# PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, ENCODER (an encoder folder to reuse instead of
+# pretraining one), FINETUNE_MIN, BATCH_FRAMES, SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -61,13 +62,17 @@ synth_seed() {  # $1 kind (train|heldout), $2 seed, $3 frames, $4 defect rate
   wait_all
 ) &
 synth_pid=$!
-patchsight model pretrain-encoder --out "$RUNS/encoder" --time-limit-min "$PRETRAIN_MIN" --max-steps "$PRETRAIN_STEPS" \
-  --batch-size "$PRETRAIN_BATCH" --lr 8e-4 --seed 0 --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
+ENCODER=${ENCODER:-}
+if [ -z "$ENCODER" ]; then
+  ENCODER=$RUNS/encoder
+  patchsight model pretrain-encoder --out "$ENCODER" --time-limit-min "$PRETRAIN_MIN" --max-steps "$PRETRAIN_STEPS" \
+    --batch-size "$PRETRAIN_BATCH" --lr 8e-4 --seed 0 --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
+fi
 wait "$synth_pid"
 
 data=()
 for seed in $TRAIN_SEEDS; do data+=(--data "$RUNS/data/train-s$seed"); done
-head_args=(--encoder "$RUNS/encoder" "${data[@]}" --frame-stride "$STRIDE" --cache "$RUNS/cache" --seed 0
+head_args=(--encoder "$ENCODER" "${data[@]}" --frame-stride "$STRIDE" --cache "$RUNS/cache" --seed 0
   --batch-frames "$BATCH_FRAMES" --lr 1e-3 --decoder-width 192 --decoder-layers 3 --eval-every 50 --patience 20
   --max-steps 100000 --threads "$THREADS" --time-limit-min "$FINETUNE_MIN" --device "$DEVICE")
 train_head() {  # $1 variant: the shipped head (full) or an ablation
