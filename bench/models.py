@@ -24,7 +24,8 @@ SIZES = {
                   text_layers=2, text_heads=2, text_max_positions=32, projection_dim=16),
         decoder=TinyDecoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=256),
     ),
-    "compact": dict(clip={}, decoder=TinyDecoderConfig()),  # the default bundle's sizes
+    # the default bundle's sizes (models/default/head/head_config.json)
+    "compact": dict(clip={}, decoder=TinyDecoderConfig(intermediate_size=576)),
 }
 
 QUESTIONS = [

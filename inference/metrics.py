@@ -67,6 +67,9 @@ class WorkerMetrics:
         self.commits_failed = Counter(
             p + "commits_failed", "Offset commits the group coordinator refused (usually a rebalance).", registry=r
         )
+        self.rejoins = Counter(
+            p + "consumer_rejoins", "Times the worker left a rebalance that did not finish and joined again.", registry=r
+        )
         self.ready = Gauge(p + "ready", "1 once the model is loaded and partitions are assigned.", registry=r)
 
 

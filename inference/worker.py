@@ -81,6 +81,11 @@ LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0
 SESSION_TIMEOUT_MS = 15_000
 FINAL_COMMIT_S = 10.0  # how long a stopping worker keeps trying to commit what it published
+# Commits refused, or partitions revoked and not assigned again, this long mean a rebalance that
+# will not finish (issue #6): a legitimate one waits at most for a dead member's session to
+# expire. The worker then rejoins with a new consumer.
+STUCK_REBALANCE_S = 2 * SESSION_TIMEOUT_MS / 1000
+STUCK_FINAL_COMMIT_S = 4.0  # the same, while stopping: nothing else is waiting on the group
 COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it  # /healthz fails when the main loop has not turned for this long
 
 
@@ -162,6 +167,11 @@ class InFlight:
                 if tp in self._next:  # not revoked meanwhile
                     self._committed[tp] = max(point, self._committed.get(tp, -1))
 
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """One past the highest offset polled from the partition (None if it holds no work)."""
+        with self._lock:
+            return self._next.get(tp)
+
     def commit_point(self, tp: TopicPartition) -> int | None:
         with self._lock:
             if tp not in self._next:
@@ -194,6 +204,8 @@ class Worker:
         self._assignment: set[TopicPartition] = set()
         self._revoked: set[TopicPartition] = set()  # revoked in this rebalance, maybe coming back
         self._joined = False
+        self._refused_since: float | None = None  # first of the commits refused in a row
+        self._revoked_since: float | None = None  # partitions revoked and not yet assigned again
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
@@ -221,24 +233,7 @@ class Worker:
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-results",
             acks="all", linger_ms=2,
         )
-        consumer = KafkaConsumer(
-            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-frames",
-            group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
-            # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
-            # short session moves a crashed worker's partitions to the others within seconds.
-            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
-            metadata_max_age_ms=30_000,  # notice added partitions within 30 s
-        )
-        # Join the group only once this client's metadata has the topic's partitions: a
-        # member that joins without them is assigned nothing until its next metadata
-        # refresh (minutes), however many partitions the topic has.
-        deadline = time.monotonic() + 60
-        while not consumer.partitions_for_topic(topics.frames) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        consumer.subscribe([topics.frames], listener=_Rebalance(self))
-        awake = threading.Event()
-        keep_awake(consumer, awake)
+        consumer, awake = self._open_consumer()
         health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
         health.start()
         self.metrics_port = health.port
@@ -253,6 +248,8 @@ class Worker:
             while not stop.is_set() and self._fatal is None:
                 self._loop_turned = time.monotonic()
                 self._commit(consumer)
+                if self._stuck_for() > STUCK_REBALANCE_S:
+                    consumer, awake = self._rejoin(consumer, awake)
                 room = self.max_in_flight - len(self.in_flight)
                 if room <= 0:
                     consumer.pause(*consumer.assignment())  # still poll: rebalances happen in poll()
@@ -271,7 +268,7 @@ class Worker:
             self.batcher.drain()
             model.join()
             producer.flush()
-            self._final_commit(consumer)
+            consumer, awake = self._final_commit(consumer, awake)
             if self._fatal is not None:
                 raise WorkerError(str(self._fatal)) from self._fatal
             self.log.info("worker stopped", in_flight=len(self.in_flight))
@@ -285,6 +282,57 @@ class Worker:
             health.stop()
             self._assignment = set()
             self.metrics.ready.set(0)
+
+    def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
+        """A consumer subscribed to the frames topic, and the event that stops its IO-loop nudges."""
+        kafka, topics = self.config.kafka, self.config.kafka.topics
+        consumer = KafkaConsumer(
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-frames",
+            group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
+            # short session moves a crashed worker's partitions to the others within seconds.
+            session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+            metadata_max_age_ms=30_000,  # notice added partitions within 30 s
+        )
+        # Join the group only once this client's metadata has the topic's partitions: a
+        # member that joins without them is assigned nothing until its next metadata
+        # refresh (minutes), however many partitions the topic has.
+        deadline = time.monotonic() + 60
+        while not consumer.partitions_for_topic(topics.frames) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        consumer.subscribe([topics.frames], listener=_Rebalance(self, consumer))
+        awake = threading.Event()
+        keep_awake(consumer, awake)
+        return consumer, awake
+
+    def _stuck_for(self) -> float:
+        """How long commits have been refused or the partitions left revoked, whichever is longer."""
+        since = [t for t in (self._refused_since, self._revoked_since) if t is not None]
+        return time.monotonic() - min(since) if since else 0.0
+
+    def _rejoin(self, consumer: KafkaConsumer, awake: threading.Event) -> tuple[KafkaConsumer, threading.Event]:
+        """Leave the group and join it again with a new consumer (a rebalance that never finished).
+
+        kafka-python 3.0.12 can leave a member in a rebalance with every commit refused
+        (docs/operations.md). A new client with a new member id starts clean. Its partitions
+        go through the same bookkeeping as an eager rebalance: work is kept for those that
+        come back and dropped for those another worker now owns, which redoes it. (Unlike
+        within one rebalance, another worker may have held a returning partition meanwhile;
+        then both inspect some frames: duplicates, never losses.)
+        """
+        self.metrics.rejoins.inc()
+        self.log.warning("rebalance not finishing: rejoining with a new consumer",
+                         stuck_s=round(self._stuck_for(), 1), in_flight=len(self.in_flight))
+        self.on_revoked(set(self._assignment))
+        awake.set()
+        try:
+            consumer.close(autocommit=False, timeout_ms=5_000)
+        except Exception as exc:  # the old client is being thrown away; nothing in it is needed
+            self.log.warning("closing the stuck consumer failed", error=str(exc))
+        self._refused_since = None
+        self._revoked_since = time.monotonic()  # until the new consumer is assigned its partitions
+        return self._open_consumer()
 
     def _intake(self, record: ConsumerRecord, decoder: ThreadPoolExecutor, producer: KafkaProducer) -> None:
         """One polled record: dead-letter, skip, or send to a decode thread. Never raises on bad data."""
@@ -318,6 +366,7 @@ class Worker:
     def _commit(self, consumer: KafkaConsumer) -> None:
         points = self.in_flight.commit_points()
         if not points:
+            self._refused_since = None  # nothing waits for the group
             return
         try:
             consumer.commit({tp: OffsetAndMetadata(point, "", -1) for tp, point in points.items()},
@@ -326,22 +375,33 @@ class Worker:
             # A rebalance took the partitions: their new owner redoes the uncommitted frames.
             self.metrics.commits_failed.inc()
             self.log.warning("commit refused", error=str(exc), partitions=len(points))
+            if self._refused_since is None:
+                self._refused_since = time.monotonic()
             return
+        self._refused_since = None
         self.in_flight.committed(points)
         self.metrics.in_flight.set(len(self.in_flight))
 
-    def _final_commit(self, consumer: KafkaConsumer) -> None:
-        """Commit everything published before exiting.
+    def _final_commit(self, consumer: KafkaConsumer, awake: threading.Event) -> tuple[KafkaConsumer, threading.Event]:
+        """Commit everything published before exiting; returns the consumer to close.
 
         A rebalance in progress refuses commits; poll() completes it (with every
-        partition paused, so nothing new is fetched) and the commit is tried again.
+        partition paused, so nothing new is fetched; what a poll still returns is
+        neither processed nor committed) and the commit is tried again. A rebalance
+        that does not finish gets one rejoin with a new consumer.
         """
         deadline = time.monotonic() + FINAL_COMMIT_S
+        rejoined = False
         self._commit(consumer)
         while self.in_flight.commit_points() and time.monotonic() < deadline:
+            if not rejoined and self._stuck_for() > STUCK_FINAL_COMMIT_S:
+                consumer, awake = self._rejoin(consumer, awake)
+                rejoined = True
+                deadline = time.monotonic() + FINAL_COMMIT_S
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=200)
             self._commit(consumer)
+        return consumer, awake
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
         for tp in list(self._assignment):
@@ -362,13 +422,22 @@ class Worker:
         # is in flight for a returning partition stays valid.
         self._revoked |= set(revoked)
         self._assignment -= set(revoked)
+        if self._revoked_since is None:
+            self._revoked_since = time.monotonic()
         self.metrics.ready.set(1 if self.ready else 0)
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    def on_assigned(self, assigned: set[TopicPartition], consumer: KafkaConsumer) -> None:
         self._joined = True
-        lost, self._revoked = self._revoked - set(assigned), set()
+        self._revoked_since = None
+        lost, kept, self._revoked = self._revoked - set(assigned), self._revoked & set(assigned), set()
         if lost:
             self._drop(lost)
+        # A returning partition would be fetched again from its last commit; its frames up to
+        # the last one polled are still here (in flight or done), so fetch after them instead.
+        for tp in kept:
+            position = self.in_flight.next_offset(tp)
+            if position is not None:
+                consumer.seek(tp, position)
         self._assignment |= set(assigned)
         self.metrics.ready.set(1 if self.ready else 0)
         self.log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned),
@@ -546,14 +615,15 @@ class Worker:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, consumer: KafkaConsumer) -> None:
         self.worker = worker
+        self.consumer = consumer
 
     def on_partitions_revoked(self, revoked):  # type: ignore[no-untyped-def]
         self.worker.on_revoked(revoked)
 
     def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
-        self.worker.on_assigned(assigned)
+        self.worker.on_assigned(assigned, self.consumer)
 
 
 # [reliability, issue #9] JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic).

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import RebalanceInProgressError
 from transformers import CLIPModel
 
 from inference.bundle import Bundle, load_bundle
@@ -143,6 +144,12 @@ def committed_total(cfg: PatchsightConfig) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == cfg.kafka.topics.frames)
 
 
+def wait_until_committed(cfg: PatchsightConfig, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while committed_total(cfg) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @contextmanager
 def running(worker: Worker) -> Iterator[Worker]:
     stop = threading.Event()
@@ -163,9 +170,7 @@ def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bu
     worker = Worker(cfg, bundle, worker_id="w-test")
     with running(worker):
         got = results(cfg, lambda rs: len(rs) >= len(frames))
-        deadline = time.monotonic() + 10
-        while committed_total(cfg) < len(frames) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until_committed(cfg, len(frames), timeout=10)
         metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
         assert httpx.get(f"http://127.0.0.1:{worker.metrics_port}/readyz").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{worker.metrics_port}/healthz").status_code == 200
@@ -292,8 +297,6 @@ def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) 
     assert {r.worker_id for r in got} == {"w-killed", "w-restarted"}
 
 
-@pytest.mark.xfail(strict=False, reason="kafka-python 3.0.12 can leave a consumer in a rebalance with every "
-                   "commit refused (issue #6, docs/operations.md); this test catches it")
 def test_sigterm_drains_publishes_and_commits_exactly_what_it_published(config, tmp_path: Path) -> None:
     cfg = config(max_batch=2, max_delay_ms=5)
     frames = replay_frames(60)
@@ -310,6 +313,45 @@ def test_sigterm_drains_publishes_and_commits_exactly_what_it_published(config, 
     # Every committed frame has its result and every published result is committed:
     # nothing in flight was abandoned or committed early.
     assert committed_total(cfg) == len(keys) < len(frames)
+
+
+class StuckFirstConsumer(Worker):
+    """A worker whose first consumer has every commit refused, as a rebalance that never ends leaves it."""
+
+    consumers = 0
+
+    def _open_consumer(self):  # type: ignore[no-untyped-def]
+        consumer, awake = super()._open_consumer()
+        self.consumers += 1
+        if self.consumers == 1:
+            def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise RebalanceInProgressError("injected: a rebalance that never finishes")
+
+            consumer.commit = refuse
+        return consumer, awake
+
+
+def test_a_rebalance_that_never_finishes_is_left_and_the_group_joined_again(
+    config, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference.worker
+
+    monkeypatch.setattr(inference.worker, "STUCK_REBALANCE_S", 3.0)
+    cfg = config(max_batch=4, max_delay_ms=5)
+    frames = replay_frames(10)
+    publish(cfg, [f.to_record() for f in frames])
+    worker = StuckFirstConsumer(cfg, bundle, worker_id="w-stuck")
+    with running(worker):
+        got = results(cfg, lambda rs: len(rs) >= len(frames))
+        wait_until_committed(cfg, len(frames), timeout=30)
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+    assert worker.consumers == 2
+    assert "patchsight_inference_consumer_rejoins_total 1.0" in metrics
+    assert committed_total(cfg) == len(frames)
+    keys = Counter((r.camera_id, r.seq) for r in got)
+    assert set(keys) == {(f.camera_id, f.seq) for f in frames}
+    # The partitions came back to the same worker, which kept its work and fetched after it.
+    assert max(keys.values()) == 1
 
 
 def test_model_loading_errors_name_the_bundle_and_the_reason(tmp_path: Path) -> None:
