@@ -28,7 +28,8 @@ awaiting acknowledgement) and never commits them again; the new owner resumes at
 the last commit and redoes that work (duplicates, never losses, never a stale
 commit over the new owner's). Partitions that come back keep their work.
 Acknowledged work is committed before every poll, so what is redone is at most
-the frames in flight.
+the frames in flight. A rebalance that does not finish (commits refused for 30 s)
+is left: the worker joins again with a new consumer (``_rejoin``).
 
 ``Worker(config, bundle).run(stop)`` is the whole service; ``python -m
 inference.worker --config cfg.yaml`` and ``patchsight infer`` run it with
