@@ -87,6 +87,7 @@ FINAL_COMMIT_S = 10.0  # how long a stopping worker keeps trying to commit what 
 # expire. The worker then rejoins with a new consumer.
 STUCK_REBALANCE_S = 2 * SESSION_TIMEOUT_MS / 1000
 STUCK_FINAL_COMMIT_S = 4.0  # the same, while stopping: nothing else is waiting on the group
+REFUSAL_LOG_S = 5.0  # one warning per this many seconds of refused commits
 COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it  # /healthz fails when the main loop has not turned for this long
 
 
@@ -207,6 +208,7 @@ class Worker:
         self._joined = False
         self._refused_since: float | None = None  # first of the commits refused in a row
         self._revoked_since: float | None = None  # partitions revoked and not yet assigned again
+        self._refusal_logged_at = 0.0
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
@@ -375,9 +377,13 @@ class Worker:
         except KafkaError as exc:
             # A rebalance took the partitions: their new owner redoes the uncommitted frames.
             self.metrics.commits_failed.inc()
-            self.log.warning("commit refused", error=str(exc), partitions=len(points))
+            now = time.monotonic()
             if self._refused_since is None:
-                self._refused_since = time.monotonic()
+                self._refused_since = now
+            if now - self._refusal_logged_at >= REFUSAL_LOG_S:  # the loop retries every 50 ms
+                self._refusal_logged_at = now
+                self.log.warning("commit refused", error=str(exc), partitions=len(points),
+                                 refused_s=round(now - self._refused_since, 1))
             return
         self._refused_since = None
         self.in_flight.committed(points)
