@@ -324,9 +324,20 @@ class Worker:
         within one rebalance, another worker may have held a returning partition meanwhile;
         then both inspect some frames: duplicates, never losses.)
         """
+        stuck_s = round(self._stuck_for(), 1)
+        try:
+            # The new client first: with the broker unreachable (an outage, not a stuck
+            # rebalance) it cannot start, and the old one, which reconnects by itself, stays.
+            fresh = self._open_consumer()
+        except KafkaError as exc:
+            self.log.warning("cannot rejoin now: keeping the consumer", stuck_s=stuck_s, error=str(exc))
+            now = time.monotonic()
+            self._refused_since = now if self._refused_since is not None else None
+            self._revoked_since = now if self._revoked_since is not None else None
+            return consumer, awake
         self.metrics.rejoins.inc()
-        self.log.warning("rebalance not finishing: rejoining with a new consumer",
-                         stuck_s=round(self._stuck_for(), 1), in_flight=len(self.in_flight))
+        self.log.warning("rebalance not finishing: rejoined with a new consumer", stuck_s=stuck_s,
+                         in_flight=len(self.in_flight))
         self.on_revoked(set(self._assignment))
         awake.set()
         try:
@@ -335,7 +346,7 @@ class Worker:
             self.log.warning("closing the stuck consumer failed", error=str(exc))
         self._refused_since = None
         self._revoked_since = time.monotonic()  # until the new consumer is assigned its partitions
-        return self._open_consumer()
+        return fresh
 
     def _intake(self, record: ConsumerRecord, decoder: ThreadPoolExecutor, producer: KafkaProducer) -> None:
         """One polled record: dead-letter, skip, or send to a decode thread. Never raises on bad data."""

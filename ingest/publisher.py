@@ -289,7 +289,10 @@ class FramePublisher:
     def close(self, timeout: float = 10.0) -> None:
         if self._producer is not None:
             self.flush(timeout)
-            self._producer.close(timeout=timeout)
+            try:
+                self._producer.close(timeout=timeout)
+            except KafkaError as exc:  # the broker is still away: say so, and do not take the caller down
+                self.log.error("closed with frames undelivered", error=str(exc))
             self._producer = None
 
 

@@ -69,6 +69,9 @@ def replay_frames(
         )
 
 
+REPLAY_CLOSE_S = 120.0  # the producer's delivery timeout (publisher.producer_settings)
+
+
 def replay(
     recordings: list[str | Path],
     config: PatchsightConfig,
@@ -144,7 +147,9 @@ def replay(
         buffer.close()
         for t in threads:
             t.join(timeout=5)
-        publisher.close(timeout=30.0)
+        # Replay loses nothing: wait out a broker outage at the end as long as the producer
+        # itself keeps retrying (its delivery timeout), not a fixed short time.
+        publisher.close(timeout=REPLAY_CLOSE_S)
     result = ReplayResult(frames=handed, counters=counters.snapshot(), stopped=stopped)
     log.info("replay finished", frames=handed, stopped=stopped, **result.counters)
     return result
