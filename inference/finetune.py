@@ -318,7 +318,7 @@ def train_head(
         if cfg.balance_projector_init:
             with torch.no_grad():
                 sample = head.projector(head.image_tokens(train.tokens.select(slice(0, 64))).float())
-                scale = head.body.embed_tokens.weight.std() / sample.std().to(head.device)
+                scale = head.body.embed_tokens.weight.std() / sample.std()
                 head.projector.linear_2.weight.mul_(scale)
                 head.projector.linear_2.bias.mul_(scale)
     head.train()
