@@ -34,7 +34,7 @@ from alerts.store import RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
 from patchsight.kafka_wakeup import keep_awake
 from patchsight.log import get_logger
-from patchsight.topics import ensure_topics
+from patchsight.topics import ensure_topics, subscribe_when_known
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter
@@ -117,12 +117,7 @@ class AlertService:
             max_poll_records=500,
             metadata_max_age_ms=30_000,
         )
-        # Join only once this client knows the topic's partitions: a member that joins
-        # without them is assigned nothing until its next metadata refresh.
-        deadline = time.monotonic() + 60
-        while not self._consumer.partitions_for_topic(kafka.topics.results) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._consumer.subscribe([kafka.topics.results], listener=_ForgetOnRevoke(self))
+        subscribe_when_known(self._consumer, kafka.topics.results, listener=_ForgetOnRevoke(self))
         self._awake = threading.Event()
         keep_awake(self._consumer, self._awake)
         self._start_http()

@@ -66,7 +66,7 @@ from inference.batcher import Batch, DynamicBatcher
 from inference.metrics import HealthServer, WorkerMetrics
 from patchsight.kafka_wakeup import keep_awake
 from patchsight.log import get_logger
-from patchsight.topics import ensure_topics
+from patchsight.topics import ensure_topics, subscribe_when_known
 from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
@@ -298,13 +298,7 @@ class Worker:
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
             metadata_max_age_ms=30_000,  # notice added partitions within 30 s
         )
-        # Join the group only once this client's metadata has the topic's partitions: a
-        # member that joins without them is assigned nothing until its next metadata
-        # refresh (minutes), however many partitions the topic has.
-        deadline = time.monotonic() + 60
-        while not consumer.partitions_for_topic(topics.frames) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        consumer.subscribe([topics.frames], listener=_Rebalance(self, consumer))
+        subscribe_when_known(consumer, topics.frames, listener=_Rebalance(self, consumer))
         awake = threading.Event()
         keep_awake(consumer, awake)
         return consumer, awake

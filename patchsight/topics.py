@@ -1,12 +1,16 @@
-"""Create the project's topics when they are missing.
+"""Create the project's topics when they are missing, and join a group on one of them.
 
 Every service calls ``ensure_topics`` at start, so a fresh cluster works
-without manual set-up; an existing topic is left exactly as it is.
+without manual set-up; an existing topic is left exactly as it is. Consumers
+in a group subscribe through ``subscribe_when_known``.
 """
 
 from __future__ import annotations
 
-from kafka import KafkaAdminClient
+import time
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -31,3 +35,15 @@ def ensure_topics(settings: KafkaSettings, names: list[str] | None = None, parti
                 raise
     finally:
         admin.close()
+
+
+def subscribe_when_known(consumer: KafkaConsumer, topic: str, listener: Any = None, timeout_s: float = 60.0) -> None:
+    """Subscribe ``consumer`` to ``topic`` once its metadata has the topic's partitions.
+
+    A member that joins without them is assigned nothing until its next metadata
+    refresh (minutes), however many partitions the topic has.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.subscribe([topic], listener=listener)
