@@ -138,17 +138,19 @@ def summarise(per_question: dict[str, dict[str, float]], questions: Sequence[Que
 # --- Evaluation ---------------------------------------------------------------------------
 
 
-def load_ablations(directory: str | Path | None, encoder) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def load_ablations(directory: str | Path | None, encoder) -> dict[str, tuple[object, dict[str, float]]]:  # type: ignore[no-untyped-def]
+    """variant -> (head, its validation thresholds), from the folders ``finetune --head-only`` wrote."""
     from inference.head import MLLMHead
 
-    heads: dict[str, object] = {}
+    heads: dict[str, tuple[object, dict[str, float]]] = {}
     if directory is None:
         return heads
     for sub in sorted(Path(directory).iterdir()):
         info = sub / "finetune.json"
         if sub.is_dir() and info.is_file():
-            variant = json.loads(info.read_text())["variant"]
-            heads[variant] = MLLMHead.from_pretrained(sub, encoder=encoder, device="cpu", dtype=torch.float32)
+            record = json.loads(info.read_text())
+            head = MLLMHead.from_pretrained(sub, encoder=encoder, device="cpu", dtype=torch.float32)
+            heads[record["variant"]] = (head, record["thresholds"])
     return heads
 
 
@@ -217,9 +219,9 @@ def evaluate(
 
         scorers["clip_linear_probe"] = Scored(probe(data.tokens), pair_view(probe(enc_pos)), pair_view(probe(enc_neg)), np.full(Q, 0.5))
 
-    for variant, head in load_ablations(ablations, bundle.encoder).items():
+    for variant, (head, head_thresholds) in load_ablations(ablations, bundle.encoder).items():
         log(f"scoring: ablation {variant}")
-        thr = np.array([float(json.loads((Path(ablations) / variant / "finetune.json").read_text())["thresholds"].get(q.id, 0.5)) for q in questions])
+        thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
         if variant == "no_position":
             with bundle.encoder.without_position_embeddings():
                 data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
