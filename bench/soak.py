@@ -137,7 +137,7 @@ class Processes:
         names = [name] if name else list(reversed(self.procs))
         for n in names:
             if self.procs[n].poll() is None:
-                # SIGINT: every service stops cleanly on it (`patchsight replay` has no SIGTERM handler)
+                # SIGINT: every service stops cleanly on it
                 self.procs[n].send_signal(signal.SIGINT)
         for n in names:
             try:

@@ -181,8 +181,8 @@ def demo(
     seed: int = typer.Option(1000, help="Synthetic line seed; 1000+ were never used for training."),
     speed: float = typer.Option(
         0.25,
-        help="Replay pace: 1 = the recordings' 10 fps per camera (60 frames/s in all, more than 2 CPU cores "
-        "sustain), 0.25 = 15 frames/s, 0 = as fast as possible.",
+        help="Replay pace: 1 = the recordings' 10 fps per camera (60 frames/s in all, which 2 idle CPU cores "
+        "just carry), 0.25 = 15 frames/s, 0 = as fast as possible.",
     ),
     workers: int = typer.Option(2, min=1, help="Inference worker processes."),
     dashboard_port: int = typer.Option(8080, help="Dashboard port (a free one is used if taken)."),

@@ -56,8 +56,8 @@ class DemoOptions:
     config: Path = DEFAULT_CONFIG
     frames_per_camera: int = 300
     seed: int = DEFAULT_SEED
-    # 1.0 = the recordings' own 10 fps per camera: 60 frames/s, past the ~16-20 frames/s a worker
-    # sustains on a 2-core CPU (docs/reliability.md); 0.25 keeps latency figures meaningful there.
+    # 1.0 = the recordings' own 10 fps per camera: 60 frames/s, which 2 CPU cores just carry with
+    # nothing else running (docs/reliability.md); 0.25 leaves room for a busy machine.
     speed: float = 0.25
     workers: int = 2
     dashboard_port: int = 8080
