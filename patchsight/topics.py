@@ -47,3 +47,23 @@ def subscribe_when_known(consumer: KafkaConsumer, topic: str, listener: Any = No
     while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
         time.sleep(0.1)
     consumer.subscribe([topic], listener=listener)
+    _wait_for_group_metadata(consumer, topic, deadline)
+
+
+def _wait_for_group_metadata(consumer: KafkaConsumer, topic: str, deadline: float) -> None:
+    """Wait until the group coordinator's view of the subscription has the topic's partitions.
+
+    kafka-python 3.0.12 snapshots the subscribed topics' partitions only on a metadata
+    update. The first poll() after subscribe() joins before that update has arrived, so
+    the member joins with no partitions and joins a second time ~100 ms later. After
+    that second join its heartbeats sometimes never start: the broker expires the
+    member 15 s later and every commit is refused (the stall in docs/operations.md).
+    Joining once, with the partitions known, avoids the second join.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    if coordinator is None or cluster is None or not hasattr(coordinator, "_metadata_snapshot"):
+        return  # another client version: nothing to wait for
+    cluster.request_update()
+    while not coordinator._metadata_snapshot.get(topic) and time.monotonic() < deadline:
+        time.sleep(0.05)
