@@ -63,6 +63,9 @@ class WorkerMetrics:
             "Frames in the partition not yet finished by this worker (log end offset minus commit point).",
             ["topic", "partition"], registry=r,
         )
+        self.assigned_partitions = Gauge(
+            p + "assigned_partitions", "Partitions of the frames topic this worker owns now.", registry=r
+        )
         self.in_flight = Gauge(p + "in_flight", "Frames polled but not yet acknowledged and committable.", registry=r)
         self.commits_failed = Counter(
             p + "commits_failed", "Offset commits the group coordinator refused (usually a rebalance).", registry=r

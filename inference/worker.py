@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 THUMBNAIL_JPEG_QUALITY = 80
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
 LAG_REFRESH_S = 1.0
-LIVENESS_S = 30.0
+LIVENESS_S = 30.0  # /healthz fails when the main loop has not turned for this long
 SESSION_TIMEOUT_MS = 15_000
 FINAL_COMMIT_S = 10.0  # how long a stopping worker keeps trying to commit what it published
 # Commits refused, or partitions revoked and not assigned again, this long mean a rebalance that
@@ -88,7 +88,7 @@ FINAL_COMMIT_S = 10.0  # how long a stopping worker keeps trying to commit what 
 STUCK_REBALANCE_S = 2 * SESSION_TIMEOUT_MS / 1000
 STUCK_FINAL_COMMIT_S = 4.0  # the same, while stopping: nothing else is waiting on the group
 REFUSAL_LOG_S = 5.0  # one warning per this many seconds of refused commits
-COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it  # /healthz fails when the main loop has not turned for this long
+COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it
 
 
 class WorkerError(RuntimeError):
@@ -284,6 +284,7 @@ class Worker:
             producer.close(timeout=5)
             health.stop()
             self._assignment = set()
+            self.metrics.assigned_partitions.set(0)
             self.metrics.ready.set(0)
 
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
@@ -434,6 +435,7 @@ class Worker:
         # is in flight for a returning partition stays valid.
         self._revoked |= set(revoked)
         self._assignment -= set(revoked)
+        self.metrics.assigned_partitions.set(len(self._assignment))
         if self._revoked_since is None:
             self._revoked_since = time.monotonic()
         self.metrics.ready.set(1 if self.ready else 0)
@@ -451,6 +453,7 @@ class Worker:
             if position is not None:
                 consumer.seek(tp, position)
         self._assignment |= set(assigned)
+        self.metrics.assigned_partitions.set(len(self._assignment))
         self.metrics.ready.set(1 if self.ready else 0)
         self.log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned),
                       total=len(self._assignment), lost=sorted(tp.partition for tp in lost))
