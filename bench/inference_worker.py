@@ -1,13 +1,15 @@
 """Inference worker benchmarks, measured as ratios in one run (issue #6).
 
 1. pipeline efficiency: the worker's throughput through the real broker (poll, decode,
-   batch, model, publish, commit) over the bare model's throughput at the same batch size.
+   batch, model, publish, commit) over the bare model's throughput at the same batch size,
+   with 2 torch threads and with 1.
 2. dynamic batching: the real DynamicBatcher in front of the real model, max delay
    0/5/20/50 ms against fixed batch sizes; throughput with a backlog, and latency
-   (arrival -> scored) p50/p99 plus p99 queue delay under an open-loop Poisson load at
-   70% of the best fixed-batch throughput.
-3. two workers (processes) on one topic: combined throughput over one worker's, and
-   every frame inspected exactly once.
+   (arrival -> scored) p50/p99, p99 queue delay, and p99 batching wait (how long a frame
+   waited while the model was free: the delay the batcher itself adds) under an open-loop
+   Poisson load at 70% of the best fixed-batch throughput.
+3. two workers (processes, 1 torch thread each) on one topic against one worker (2 threads):
+   combined throughput over one worker's, and every frame inspected exactly once.
 
 The model is the default bundle's architecture with random weights (speed does not
 depend on the weights). Writes bench/results/inference_worker.json.
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -52,7 +55,26 @@ from schemas.config import PatchsightConfig, validate_config  # noqa: E402
 from schemas.frame import FrameMessage, FrameMode  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-CAMERAS = [f"cam-{i}" for i in range(4)]
+
+
+def cameras_spread(partitions: int, per_partition: int) -> list[str]:
+    """Camera ids whose keys the producer's partitioner spreads evenly over ``partitions``.
+
+    Frames are keyed by camera, so a worker owns cameras, not frames. cam-0..cam-3 all hash
+    to partitions 1 and 3 of 4 (1 of 2): a second worker would own empty partitions.
+    """
+    chosen: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    i = 0
+    while any(len(c) < per_partition for c in chosen.values()):
+        camera = f"cam-{i}"
+        bucket = chosen[(murmur2(camera.encode()) & 0x7FFFFFFF) % partitions]
+        if len(bucket) < per_partition:
+            bucket.append(camera)
+        i += 1
+    return [camera for p in range(partitions) for camera in chosen[p]]
+
+
+CAMERAS = cameras_spread(4, 2)  # also even over 2 partitions: the hash mod 2 is the hash mod 4, mod 2
 FRAME_SIZE = (320, 240)
 
 
@@ -138,7 +160,14 @@ def model_fps(bundle: Bundle, pixels: torch.Tensor, batch: int, repeats: int) ->
 # --- 1. pipeline efficiency -----------------------------------------------------------
 
 
-def efficiency(bundle: Bundle, frames: int, batch: int) -> dict:
+def inspected(worker: Worker) -> float:
+    sample = worker.metrics.registry.get_sample_value("patchsight_inference_frames_out_total", {"status": "ok"})
+    return sample or 0.0
+
+
+def efficiency(bundle: Bundle, frames: int, batch: int, threads: int) -> dict:
+    """One worker in this process through the real broker, then the bare model, both on ``threads`` torch threads."""
+    torch.set_num_threads(threads)
     payloads = jpegs(frames)
     images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in payloads]
     pixels = bundle.encoder.preprocess(images)
@@ -148,17 +177,23 @@ def efficiency(bundle: Bundle, frames: int, batch: int) -> dict:
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
-    records = collect_results(cfg, frames, timeout=600)
+    # Wait on the worker's own counter, and read the results only afterwards: a consumer
+    # reading them meanwhile would take CPU and the GIL from the worker it measures.
+    deadline = time.monotonic() + 600
+    while inspected(worker) < frames and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     thread.join(60)
+    records = collect_results(cfg, frames, timeout=60)
     worker_fps = throughput_from(records)
-    # Bare model measured after the worker, on the same warm process, best of 2.
-    bare_fps = model_fps(bundle, pixels, batch, repeats=2)
+    # Bare model measured after the worker, on the same warm process, best of 3.
+    bare_fps = model_fps(bundle, pixels, batch, repeats=3)
     batch_sizes = [json.loads(r.value)["timing"]["batch_size"] for r in records]
     out = {
-        "frames": frames, "batch": batch, "worker_fps": round(worker_fps, 2), "bare_model_fps": round(bare_fps, 2),
-        "efficiency": round(worker_fps / bare_fps, 3), "mean_batch": round(float(np.mean(batch_sizes)), 2),
-        "results": len(records),
+        "torch_threads": threads, "frames": frames, "batch": batch, "worker_fps": round(worker_fps, 2),
+        "bare_model_fps": round(bare_fps, 2), "efficiency": round(worker_fps / bare_fps, 3),
+        "mean_batch": round(float(np.mean(batch_sizes)), 2), "results": len(records),
+        "rejoins": worker.metrics.registry.get_sample_value("patchsight_inference_consumer_rejoins_total"),
     }
     print("efficiency", json.dumps(out), flush=True)
     return out
@@ -188,14 +223,21 @@ def run_batcher(bundle: Bundle, pixels: torch.Tensor, max_batch: int, max_delay_
     t0 = time.monotonic()
     feeder.start()
     finished = 0
+    model_free_at = t0
+    # The batcher's own delay: how long a frame waited while the model was free to take it.
+    # queue_s also counts waiting for the model to finish the previous batch, which no
+    # max delay can bound.
+    batching_wait_s: list[float] = []
     while finished < n:
         batch = batcher.next_batch(timeout=1.0)
         if batch is None:
             continue
+        started = time.monotonic()
+        batching_wait_s.extend(max(0.0, started - max(queued_at, model_free_at)) for _, queued_at in batch.items)
         rows = [i for i, _ in batch.items]
         enc = bundle.encoder(pixels[rows], pooled=False)
         bundle.score_encoded(enc, QUESTIONS)
-        now = time.monotonic()
+        now = model_free_at = time.monotonic()
         for i, _ in batch.items:
             done_at[i] = now
         queue_s.extend(batch.queue_s)
@@ -210,6 +252,8 @@ def run_batcher(bundle: Bundle, pixels: torch.Tensor, max_batch: int, max_delay_
         "latency_p50_ms": round(float(np.percentile(latency, 50)), 1),
         "latency_p99_ms": round(float(np.percentile(latency, 99)), 1),
         "queue_p99_ms": round(float(np.percentile(np.array(queue_s) * 1e3, 99)), 1),
+        "batching_wait_p99_ms": round(float(np.percentile(np.array(batching_wait_s) * 1e3, 99)), 1),
+        "batching_wait_max_ms": round(float(np.max(batching_wait_s) * 1e3), 1),
         "mean_batch": round(float(np.mean(sizes)), 2),
     }
 
@@ -277,7 +321,15 @@ def workers_run(bundle_dir: Path, count: int, frames: int, batch: int, tmp: Path
         else:
             logs = "\n".join((tmp / f"w{count}-{i}.log").read_text()[-2000:] for i in range(count))
             raise RuntimeError(f"{count} worker(s) did not become ready in 300 s:\n{logs}")
-        time.sleep(1.0)  # let the group settle (every member has its final assignment)
+        # Publish only once the group has settled: every partition owned, every worker owning one.
+        owned: list[int] = []
+        while time.monotonic() < deadline:
+            owned = [assigned_partitions(p) for p in ports]
+            if sum(owned) == cfg.kafka.topics.partitions and min(owned) > 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the group did not settle: partitions per worker {owned}")
         publish(cfg, jpegs(frames))
         records = collect_results(cfg, frames, timeout=600)
     finally:
@@ -290,6 +342,14 @@ def workers_run(bundle_dir: Path, count: int, frames: int, batch: int, tmp: Path
     return {"workers": count, "fps": round(throughput_from(records), 2), "frames": frames,
             "distinct": len(keys), "inspected_twice": sum(1 for v in keys.values() if v > 1),
             "per_worker": dict(by_worker)}
+
+
+def assigned_partitions(port: int) -> int:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    for line in text.splitlines():
+        if line.startswith("patchsight_inference_assigned_partitions "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 def two_workers(size: str, frames: int, batch: int) -> dict:
@@ -306,24 +366,31 @@ def two_workers(size: str, frames: int, batch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="compact", choices=["compact", "tiny"])
-    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--frames", type=int, default=960)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--only", nargs="+", default=["efficiency", "batching", "two-workers"])
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     torch.set_num_threads(2)
     bundle = random_bundle(args.size)
-    out: dict = {"size": args.size, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                 "device": "cpu", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out: dict = {"size": args.size, "cpus": os.cpu_count(), "device": "cpu"}
+
+    def stamped(part: dict) -> dict:
+        return {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **part}
+
     if "efficiency" in args.only:
-        out["efficiency"] = efficiency(bundle, args.frames, args.batch)
+        runs = [efficiency(bundle, args.frames, args.batch, threads) for threads in (2, 1)]
+        out["efficiency"] = stamped({"runs": runs})
+        torch.set_num_threads(2)
     if "batching" in args.only:
-        out["batching"] = batching(bundle, max(64, args.frames // 2), args.batch)
+        out["batching"] = stamped(batching(bundle, max(64, args.frames // 2), args.batch))
     if "two-workers" in args.only:
-        out["two_workers"] = two_workers(args.size, args.frames, args.batch)
+        out["two_workers"] = stamped(two_workers(args.size, args.frames, args.batch))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "inference_worker.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    # --only refreshes its parts and keeps the others' last numbers (each part has its own measured_at).
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **out}, indent=2) + "\n")
     print(f"wrote {path}")
 
 
