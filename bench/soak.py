@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from alerts.store import RedisAlertStore, connect  # noqa: E402
 from ingest.recording import Recording  # noqa: E402
+from patchsight.demo import ProcessGroup  # noqa: E402
 from patchsight.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, load_config  # noqa: E402
 from schemas.frame import FrameMode  # noqa: E402
@@ -106,45 +106,19 @@ def run_config(args: argparse.Namespace, recs: list[Path], run_id: str, run_dir:
     return path
 
 
-class Processes:
-    """The services this run started; every one is stopped at the end, whatever happens."""
+def service_env(config: Path) -> dict[str, str]:
+    return {**os.environ, "PATCHSIGHT_CONFIG": str(config), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO)}
 
-    def __init__(self, run_dir: Path, config: Path) -> None:
-        self.run_dir = run_dir
-        self.env = {**os.environ, "PATCHSIGHT_CONFIG": str(config), "PYTHONUNBUFFERED": "1",
-                    "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, *args: str) -> None:
-        log = open(self.run_dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "patchsight.cli", "--log-format", "json", *args],
-                                            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-                                            start_new_session=True)
-
-    def rss_mb(self) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for name, proc in self.procs.items():
-            try:
-                out[name] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
-            except psutil.Error:
-                out[name] = None
-        return out
-
-    def failed(self) -> list[str]:
-        return [n for n, p in self.procs.items() if p.poll() not in (None, 0)]
-
-    def stop(self, name: str | None = None) -> None:
-        names = [name] if name else list(reversed(self.procs))
-        for n in names:
-            if self.procs[n].poll() is None:
-                # SIGINT: every service stops cleanly on it
-                self.procs[n].send_signal(signal.SIGINT)
-        for n in names:
-            try:
-                self.procs[n].wait(30)
-            except subprocess.TimeoutExpired:
-                self.procs[n].kill()
-                self.procs[n].wait()
+def rss_mb(procs: ProcessGroup) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for proc in procs.procs:
+        try:
+            out[proc.name] = round(psutil.Process(proc.popen.pid).memory_info().rss / 2**20, 1)
+        except psutil.Error:
+            out[proc.name] = None
+    return out
 
 
 # --- measuring ------------------------------------------------------------------------------------
@@ -219,7 +193,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     cfg_path = run_config(args, recs, run_id, run_dir)
     cfg = load_config(cfg_path)
     ensure_topics(cfg.kafka)
-    procs = Processes(run_dir, cfg_path)
+    procs = ProcessGroup(run_dir, service_env(cfg_path))
     samples: list[dict[str, Any]] = []
     failed: list[str] = []
     started = time.monotonic()
@@ -232,13 +206,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         end = started + args.minutes * 60
         while time.monotonic() < end:
             time.sleep(max(0.0, args.sample_s - (time.monotonic() - started) % args.sample_s))
-            sample = {"t_s": round(time.monotonic() - started, 1), **meter.sample(), "rss_mb": procs.rss_mb()}
+            sample = {"t_s": round(time.monotonic() - started, 1), **meter.sample(), "rss_mb": rss_mb(procs)}
             samples.append(sample)
             lat = percentile(sample["capture_to_result_ms"], 99)
             print(f"t={sample['t_s']:7.1f}s published {sample['published']:7d} results {sample['results']:7d} "
                   f"lag {sample['inference_lag']:5d}/{sample['alerts_lag']:4d} alerts {sample['alerts']:4d} "
                   f"result p99 {lat if lat is None else round(lat)} ms rss {sample['rss_mb']}", flush=True)
-            failed = procs.failed()
+            failed = [proc.name for proc in procs.failed()]
             if failed:
                 print(f"failed: {failed} (logs in {run_dir})", flush=True)
                 break
@@ -247,7 +221,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         procs.stop()
     report = {"mode": "soak", "run_dir": str(run_dir), "args": vars(args), "cameras": len(recs),
               "target_fps_total": args.fps * len(recs), "failed_during_run": failed,
-              "exit_codes": {n: p.returncode for n, p in procs.procs.items()},
+              "exit_codes": {proc.name: proc.popen.returncode for proc in procs.procs},
               "summary": summarise(samples, args), "samples": samples}
     return report
 
@@ -304,7 +278,7 @@ def saturate(args: argparse.Namespace) -> dict[str, Any]:
         cfg_path = run_config(args, recs, wid, run_dir)
         cfg = load_config(cfg_path)
         ensure_topics(cfg.kafka)
-        procs = Processes(run_dir, cfg_path)
+        procs = ProcessGroup(run_dir, service_env(cfg_path))
         steps = []
         try:
             procs.start(f"infer-{w + 1}", "infer", "--worker-id", f"sat-{w + 1}")
@@ -317,7 +291,7 @@ def saturate(args: argparse.Namespace) -> dict[str, Any]:
                 lag1 = meter.sample()["inference_lag"]
                 growth = (lag1 - lag0) / (time.monotonic() - t0)
                 steps.append({"offered_fps": fps, "lag_start": lag0, "lag_end": lag1,
-                              "lag_growth_fps": round(growth, 2), "rss_mb": procs.rss_mb()})
+                              "lag_growth_fps": round(growth, 2), "rss_mb": rss_mb(procs)})
                 print(f"worker {w + 1}: offered {fps:5.1f} fps: lag {lag0} -> {lag1} ({growth:+.2f}/s)", flush=True)
                 if growing(steps[-1]):
                     break
