@@ -484,6 +484,10 @@ def finetune(
         provenance["encoder_pretraining"] = {k: v for k, v in pre.items() if k != "history"}
     elif base is not None:
         provenance["encoder_pretraining"] = base.spec.provenance.get("encoder_pretraining")
+    if init is not None and base is not None:
+        # The head continued from the base bundle's: keep how that one was made, to reproduce both steps.
+        provenance["init_head"] = {"model_id": base.spec.model_id, **{
+            k: v for k, v in base.spec.provenance.items() if k in ("finetune", "init_head")}}
     bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
                            thresholds=thresholds, provenance=provenance, probe=probe)
     bundle.save(out, dtype=torch.float16)

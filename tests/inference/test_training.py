@@ -95,6 +95,20 @@ def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, record
         assert scores.shape == (2, len(questions)) and ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, recordings, workdir):
+    from inference.bundle import load_bundle
+
+    first, second = workdir / "first", workdir / "continued"
+    ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None,
+                model_id="first", cache_dir=workdir / "cache")
+    ft.finetune(tiny_config(max_steps=5), first, recordings, second, log=lambda m: None, model_id="continued",
+                init_head=True, cache_dir=workdir / "cache")
+    prov = load_bundle(second, device="cpu").spec.provenance
+    assert prov["init_head"]["model_id"] == "first"
+    assert prov["init_head"]["finetune"]["config"]["seed"] == 1 and prov["finetune"]["config"]["seed"] == 0
+    assert "captions" in prov["encoder_pretraining"]
+
+
 def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
     from inference.evaluate import evaluate
 
