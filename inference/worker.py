@@ -204,6 +204,7 @@ class Worker:
         self.metrics_port: int | None = None
         self.device = bundle.encoder.device
         self._assignment: set[TopicPartition] = set()
+        self.metrics.assigned_partitions.set_function(lambda: len(self._assignment))
         self._revoked: set[TopicPartition] = set()  # revoked in this rebalance, maybe coming back
         self._joined = False
         self._refused_since: float | None = None  # first of the commits refused in a row
@@ -284,7 +285,6 @@ class Worker:
             producer.close(timeout=5)
             health.stop()
             self._assignment = set()
-            self.metrics.assigned_partitions.set(0)
             self.metrics.ready.set(0)
 
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
@@ -435,7 +435,6 @@ class Worker:
         # is in flight for a returning partition stays valid.
         self._revoked |= set(revoked)
         self._assignment -= set(revoked)
-        self.metrics.assigned_partitions.set(len(self._assignment))
         if self._revoked_since is None:
             self._revoked_since = time.monotonic()
         self.metrics.ready.set(1 if self.ready else 0)
@@ -453,7 +452,6 @@ class Worker:
             if position is not None:
                 consumer.seek(tp, position)
         self._assignment |= set(assigned)
-        self.metrics.assigned_partitions.set(len(self._assignment))
         self.metrics.ready.set(1 if self.ready else 0)
         self.log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned),
                       total=len(self._assignment), lost=sorted(tp.partition for tp in lost))

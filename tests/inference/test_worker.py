@@ -194,6 +194,7 @@ def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bu
     assert "patchsight_inference_frames_in_total 24.0" in metrics
     assert 'patchsight_inference_frames_out_total{status="ok"} 24.0' in metrics
     assert "patchsight_inference_batch_size_count" in metrics
+    assert f"patchsight_inference_assigned_partitions {float(cfg.kafka.topics.partitions)}" in metrics
 
 
 def test_bad_frames_are_dead_lettered_and_the_worker_goes_on(config, bundle: Bundle) -> None:
