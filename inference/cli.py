@@ -159,6 +159,8 @@ def finetune_command(
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
     time_limit_min: float = typer.Option(30.0),
+    max_fpr: float = typer.Option(0.05, "--max-fpr", min=0.0, max=1.0,
+                                  help="thresholds flag at most this share of clean validation frames (1: no cap)"),
     cache: Path = typer.Option(None, "--cache", help="keep encoded frames here (several heads, one encoding)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2),
@@ -192,7 +194,7 @@ def finetune_command(
                                 intermediate_size=3 * decoder_width)
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
-                         threads=threads, device=device)
+                         threads=threads, device=device, max_false_positive_rate=max_fpr)
     try:
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache)
@@ -202,6 +204,45 @@ def finetune_command(
     console.print(f"best step {record['best_step']} of {record['steps']} ({record['stopped']}), "
                   f"val loss {record['best_val_loss']}, val AUROC {record['best_val_auroc']}")
     typer.echo(str(out))
+
+
+@model_app.command("calibrate")
+def calibrate_command(
+    bundle: Path = typer.Argument(..., help="bundle directory; its bundle.json is rewritten"),
+    data: list[Path] = typer.Option(..., "--data", help="labelled recordings the head was not trained on; repeat"),
+    max_fpr: float = typer.Option(0.05, "--max-fpr", min=0.0, max=1.0,
+                                  help="flag at most this share of the clean frames (1: no cap)"),
+    frame_stride: int = typer.Option(1, min=1, help="use every n-th labelled frame"),
+    cache: Path = typer.Option(None, "--cache", help="keep encoded frames here"),
+    threads: int = typer.Option(2),
+) -> None:
+    """Refit a bundle's thresholds on labelled recordings: best balanced accuracy under a false-positive cap.
+
+    The rule finetune applies to its validation parts, applied to your own line. Copy the bundle
+    first to keep the old thresholds; the new ones and how they were set go in its provenance.
+    """
+    import torch
+
+    from inference.bundle import BundleError
+    from inference.finetune import calibrate
+
+    _quiet_transformers()
+    torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    try:
+        record = calibrate(bundle, _recordings(data), max_fpr, frame_stride, cache, log=console.print)
+    except (BundleError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]calibrate failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"thresholds ({record['frames']} frames, false-positive cap {max_fpr})")
+    for col in ("question", "threshold", "was", "yes", "no", "FPR", "TPR", "AUROC"):
+        table.add_column(col)
+    for qid, r in record["questions"].items():
+        table.add_row(qid, f"{r['threshold']:.4f}", f"{r['previous']:.4f}", str(r["positives"]), str(r["negatives"]),
+                      *("-" if r[k] is None else f"{r[k]:.3f}"
+                        for k in ("false_positive_rate", "true_positive_rate", "auroc")))
+    console.print(table)
+    typer.echo(str(bundle))
 
 
 @model_app.command("eval")

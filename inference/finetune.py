@@ -10,6 +10,9 @@ the validation loss has not improved for ``patience`` evaluations and keeps the 
 
 The same code trains the ablation heads of the evaluation (``variant``): CLS token only,
 position embeddings removed, question not visible to the image-token weighting.
+
+``calibrate`` refits an existing bundle's thresholds on other labelled recordings (a plant's
+own line), under the same rule as training: best balanced accuracy, false-positive rate capped.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class FinetuneConfig(BaseModel):
     max_val_frames: int = 320
     frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
     time_limit_s: float = 1800.0
+    max_false_positive_rate: float | None = Field(
+        0.05, ge=0, le=1, description="thresholds flag at most this share of clean validation frames (None: no cap)")
     # A fresh head starts with its projected image tokens at the scale of its text embeddings:
     # at the LM's default init the image tokens are ~20x larger and swamp the question tokens,
     # which the head must read to answer the right question.
@@ -241,19 +246,31 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def best_threshold(scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = 5) -> float:
-    """The threshold with the best balanced accuracy on held-out frames; ``default`` if too few of either class."""
+def best_threshold(
+    scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = 5, max_fpr: float | None = None,
+) -> float:
+    """The threshold with the best balanced accuracy on held-out frames; ``default`` if too few of either class.
+
+    ``max_fpr`` caps the share of negative frames the threshold may flag. Without it, a question
+    whose scores barely separate gets a threshold near "always yes" (balanced accuracy rewards
+    the recall it buys), and operators would get an alert on nearly every clean part.
+    """
     pos, neg = scores[labels == 1], scores[labels == 0]
     if len(pos) < min_each or len(neg) < min_each:
         return default
-    candidates = np.unique(np.concatenate([scores, [default]]))
+    # the last candidate flags nothing: it is always allowed, whatever the cap
+    candidates = np.unique(np.concatenate([scores, [default, scores.max() + 1e-6]]))
     best, best_t = -1.0, default
     for t in candidates:
-        acc = 0.5 * ((pos >= t).mean() + (neg < t).mean())
+        fpr = (neg >= t).mean()
+        if max_fpr is not None and fpr > max_fpr:
+            continue
+        acc = 0.5 * ((pos >= t).mean() + 1.0 - fpr)
         # ties: prefer the one nearer the default, so thresholds do not sit on a single frame
         if acc > best + 1e-9 or (abs(acc - best) <= 1e-9 and abs(t - default) < abs(best_t - default)):
             best, best_t = acc, float(t)
     # midway between the chosen score and the next lower one: a margin for unseen frames
+    # (no score lies between them, so the rates, and the cap, hold at the midpoint too)
     lower = scores[scores < best_t]
     return float((best_t + lower.max()) / 2) if len(lower) else best_t
 
@@ -391,9 +408,11 @@ def train_head(
     return head, record
 
 
-def val_thresholds(head: MLLMHead, val: LabelledSet) -> dict[str, float]:
+def val_thresholds(head: MLLMHead, val: LabelledSet, max_fpr: float | None) -> dict[str, float]:
     scores = torch.sigmoid(head_margins(head, val.tokens, val.questions)).numpy()
-    return {q.id: round(best_threshold(scores[:, j], val.labels[:, j].numpy()), 4) for j, q in enumerate(val.questions)}
+    # not rounded: a rounded threshold may drop below a clean frame's score and break the cap
+    return {q.id: best_threshold(scores[:, j], val.labels[:, j].numpy(), max_fpr=max_fpr)
+            for j, q in enumerate(val.questions)}
 
 
 # --- The command --------------------------------------------------------------------------
@@ -452,7 +471,7 @@ def finetune(
     init = base.head if (init_head and base is not None and cfg.variant == "full") else None
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
-    thresholds = val_thresholds(head, val)
+    thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)
     # bundles are written from the host, whatever trained them
     head, encoder = head.to("cpu"), encoder.to("cpu")
     if clip is not None:
@@ -494,4 +513,52 @@ def finetune(
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log(f"wrote bundle {model_id} ({size / 1e6:.1f} MB) -> {out}")
     record["bundle_bytes"] = size
+    return record
+
+
+def calibrate(
+    bundle_dir: str | Path,
+    recordings: Sequence[str | Path],
+    max_fpr: float | None = 0.05,
+    stride: int = 1,
+    cache_dir: str | Path | None = None,
+    log: Log = print,
+) -> dict:
+    """Set a bundle's thresholds from labelled recordings and rewrite its bundle.json.
+
+    Pass recordings the head was not trained on (a plant's own line, or fresh synth seeds):
+    thresholds fitted on training frames would be too optimistic. A question the recordings
+    do not answer (too few yes or no frames) keeps its threshold.
+    """
+    from inference.bundle import BUNDLE_FILE, load_bundle
+
+    bundle = load_bundle(bundle_dir, device="cpu", dtype=torch.float32)
+    questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]
+    data = cached_encoding(bundle.encoder, recordings, questions, stride, cache_dir, log)
+    scores = torch.sigmoid(head_margins(bundle.head, data.tokens, questions)).numpy()
+    previous = bundle.thresholds_for(questions)
+    thresholds, per_question = dict(bundle.spec.thresholds), {}
+    for j, q in enumerate(questions):
+        y, s = data.labels[:, j].numpy(), scores[:, j]
+        t = best_threshold(s, y, default=float(previous[j]), max_fpr=max_fpr)
+        thresholds[q.id] = t
+        pos, neg = s[y == 1], s[y == 0]
+        per_question[q.id] = {
+            "threshold": t, "previous": float(previous[j]), "positives": len(pos), "negatives": len(neg),
+            "false_positive_rate": round(float((neg >= t).mean()), 4) if len(neg) else None,
+            "true_positive_rate": round(float((pos >= t).mean()), 4) if len(pos) else None,
+            "auroc": round(auroc(s, y), 4) if len(pos) and len(neg) else None,
+        }
+    record = {
+        "command": " ".join(sys.argv),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "max_false_positive_rate": max_fpr,
+        "data": [str(p) for p in recordings],
+        "frames": len(data),
+        "frame_stride": stride,
+        "questions": per_question,
+    }
+    spec = bundle.spec.model_copy(update={"thresholds": thresholds,
+                                          "provenance": {**bundle.spec.provenance, "calibration": record}})
+    (Path(bundle_dir) / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
     return record

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +108,31 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
     assert "captions" in prov["encoder_pretraining"]
 
 
+def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
+    from inference.bundle import load_bundle
+
+    out = workdir / "to-calibrate"
+    ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, out, log=lambda m: None, cache_dir=workdir / "cache")
+    before = load_bundle(out, device="cpu").spec
+    record = ft.calibrate(out, recordings, max_fpr=0.1, cache_dir=workdir / "cache", log=lambda m: None)
+    after = load_bundle(out, device="cpu")
+    assert after.spec.provenance["calibration"] == record
+    assert after.spec.provenance["finetune"] == before.provenance["finetune"]  # how the head was made is kept
+    questions = [q for q in after.spec.questions if q.category != "relation"]
+    data = ft.encode_recordings(after.encoder, recordings, questions, log=lambda m: None)
+    scores = torch.sigmoid(ft.head_margins(after.head, data.tokens, questions)).numpy()
+    thresholds = after.thresholds_for(questions)
+    for j, q in enumerate(questions):
+        r = record["questions"][q.id]
+        assert after.spec.thresholds[q.id] == r["threshold"] == pytest.approx(float(thresholds[j]))
+        negatives = scores[data.labels[:, j].numpy() == 0, j]
+        if r["positives"] >= 5 and r["negatives"] >= 5:  # a question the recordings answer is refitted
+            assert r["false_positive_rate"] <= 0.1
+            assert (negatives >= r["threshold"]).mean() == pytest.approx(r["false_positive_rate"], abs=1e-4)
+        else:
+            assert r["threshold"] == r["previous"]
+
+
 def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
     from inference.evaluate import evaluate
 
@@ -156,6 +180,33 @@ def test_auroc_and_threshold():
     assert np.isnan(ft.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
     t = ft.best_threshold(np.array([0.1] * 6 + [0.3] * 6), np.array([0] * 6 + [1] * 6))
     assert 0.1 < t <= 0.3
+
+
+def test_ablation_target_without_ablations_is_not_met():
+    from inference.evaluate import check_targets, markdown
+
+    metrics = {"pair_accuracy": 1.0, "auroc": 1.0, "accuracy": 1.0, "balanced_accuracy": 1.0}
+    head = {"per_category": {c: metrics for c in ("spatial", "overall", "fine_detail")}}
+    targets = check_targets({"scorers": {"mllm_head": head}})
+    assert targets["spatial_pair_accuracy"]["met"] and not targets["ablations_below_full"]["met"]
+    report = {"model_id": "m", "frames": 0, "recordings": [], "pairs_per_question": 0, "pair_seed": 0,
+              "questions": [], "scorers": {"mllm_head": {**head, "per_question": {}}}, "targets": targets}
+    assert "| ablations_below_full | n/a | 100.0 | **no**: not measured" in markdown(report)
+
+
+def test_threshold_under_a_false_positive_cap():
+    # barely separated: negatives 0.00..0.99, positives 0.20..0.99; "always yes" has the best balanced accuracy
+    neg, pos = np.linspace(0, 0.99, 100), np.linspace(0.2, 0.99, 20)
+    scores, labels = np.concatenate([neg, pos]), np.array([0] * 100 + [1] * 20)
+    uncapped = ft.best_threshold(scores, labels)
+    assert (neg >= uncapped).mean() > 0.5
+    capped = ft.best_threshold(scores, labels, max_fpr=0.05)
+    assert (neg >= capped).mean() <= 0.05 and (pos >= capped).mean() > 0
+    # a cap of 0 still yields a threshold: one above every negative
+    assert (neg >= ft.best_threshold(scores, labels, max_fpr=0.0)).sum() == 0
+    # a well-separated question is not moved by the cap
+    sep = np.concatenate([np.linspace(0, 0.4, 100), np.linspace(0.6, 1, 20)])
+    assert ft.best_threshold(sep, labels, max_fpr=0.05) == ft.best_threshold(sep, labels)
 
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
