@@ -2,7 +2,8 @@
 
 1. pipeline efficiency: the worker's throughput through the real broker (poll, decode,
    batch, model, publish, commit) over the bare model's throughput at the same batch size,
-   with 2 torch threads and with 1.
+   with 2 torch threads and with 1; each ratio from a worker pass and a bare-model pass run
+   back to back, three such pairs, and their median.
 2. dynamic batching: the real DynamicBatcher in front of the real model, max delay
    0/5/20/50 ms against fixed batch sizes; throughput with a backlog, and latency
    (arrival -> scored) p50/p99, p99 queue delay, and p99 batching wait (how long a frame
@@ -14,7 +15,7 @@
 The model is the default bundle's architecture with random weights (speed does not
 depend on the weights). Writes bench/results/inference_worker.json.
 
-    .venv/bin/python bench/inference_worker.py [--size compact|tiny] [--only efficiency batching two-workers]
+    .venv/bin/python bench/inference_worker.py [--size compact|tiny] [--pairs 3] [--only efficiency batching two-workers]
 """
 
 from __future__ import annotations
@@ -142,17 +143,17 @@ def throughput_from(records: list) -> float:
 
 
 def model_fps(bundle: Bundle, pixels: torch.Tensor, batch: int, repeats: int) -> float:
-    """The bare model: encoder + every question, on preprocessed frames, no I/O."""
-    def run() -> None:
-        for start in range(0, len(pixels), batch):
-            enc = bundle.encoder(pixels[start : start + batch], pooled=False)
+    """The bare model: encoder + every question, on preprocessed frames, no I/O; best of ``repeats``."""
+    def run(frames: torch.Tensor) -> None:
+        for start in range(0, len(frames), batch):
+            enc = bundle.encoder(frames[start : start + batch], pooled=False)
             bundle.score_encoded(enc, QUESTIONS)
 
-    run()  # warm-up
+    run(pixels[: 4 * batch])  # warm-up
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
-        run()
+        run(pixels)
         best = max(best, len(pixels) / (time.perf_counter() - t))
     return best
 
@@ -165,36 +166,44 @@ def inspected(worker: Worker) -> float:
     return sample or 0.0
 
 
-def efficiency(bundle: Bundle, frames: int, batch: int, threads: int) -> dict:
-    """One worker in this process through the real broker, then the bare model, both on ``threads`` torch threads."""
+def efficiency(bundle: Bundle, frames: int, batch: int, threads: int, pairs: int) -> dict:
+    """``pairs`` times: one worker in this process through the real broker, then the bare model.
+
+    Each pair's ratio compares two back-to-back single passes over the same frames, so a
+    slow minute on this shared machine hits both sides of a ratio rather than one.
+    """
     torch.set_num_threads(threads)
     payloads = jpegs(frames)
     images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in payloads]
     pixels = bundle.encoder.preprocess(images)
-    cfg = bench_config(batch, 20)
-    publish(cfg, payloads)
-    worker = Worker(cfg, bundle, worker_id="bench")
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    # Wait on the worker's own counter, and read the results only afterwards: a consumer
-    # reading them meanwhile would take CPU and the GIL from the worker it measures.
-    deadline = time.monotonic() + 600
-    while inspected(worker) < frames and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    thread.join(60)
-    records = collect_results(cfg, frames, timeout=60)
-    worker_fps = throughput_from(records)
-    # Bare model measured after the worker, on the same warm process, best of 3.
-    bare_fps = model_fps(bundle, pixels, batch, repeats=3)
-    batch_sizes = [json.loads(r.value)["timing"]["batch_size"] for r in records]
-    out = {
-        "torch_threads": threads, "frames": frames, "batch": batch, "worker_fps": round(worker_fps, 2),
-        "bare_model_fps": round(bare_fps, 2), "efficiency": round(worker_fps / bare_fps, 3),
-        "mean_batch": round(float(np.mean(batch_sizes)), 2), "results": len(records),
-        "rejoins": worker.metrics.registry.get_sample_value("patchsight_inference_consumer_rejoins_total"),
-    }
+    runs = []
+    for _ in range(pairs):
+        cfg = bench_config(batch, 20)
+        publish(cfg, payloads)
+        worker = Worker(cfg, bundle, worker_id="bench")
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        # Wait on the worker's own counter, and read the results only afterwards: a consumer
+        # reading them meanwhile would take CPU and the GIL from the worker it measures.
+        deadline = time.monotonic() + 600
+        while inspected(worker) < frames and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        thread.join(60)
+        records = collect_results(cfg, frames, timeout=60)
+        worker_fps = throughput_from(records)
+        bare_fps = model_fps(bundle, pixels, batch, repeats=1)
+        batch_sizes = [json.loads(r.value)["timing"]["batch_size"] for r in records]
+        runs.append({
+            "worker_fps": round(worker_fps, 2), "bare_model_fps": round(bare_fps, 2),
+            "efficiency": round(worker_fps / bare_fps, 3), "mean_batch": round(float(np.mean(batch_sizes)), 2),
+            "results": len(records),
+            "rejoins": worker.metrics.registry.get_sample_value("patchsight_inference_consumer_rejoins_total"),
+        })
+        print("efficiency", threads, "threads", json.dumps(runs[-1]), flush=True)
+    out = {"torch_threads": threads, "frames": frames, "batch": batch,
+           "efficiency_median": float(np.median([r["efficiency"] for r in runs])), "pairs": runs}
     print("efficiency", json.dumps(out), flush=True)
     return out
 
@@ -368,6 +377,7 @@ def main() -> None:
     parser.add_argument("--size", default="compact", choices=["compact", "tiny"])
     parser.add_argument("--frames", type=int, default=960)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=3, help="efficiency: worker/bare-model pairs per thread count")
     parser.add_argument("--only", nargs="+", default=["efficiency", "batching", "two-workers"])
     args = parser.parse_args()
     configure_logging("console", "WARNING")
@@ -379,7 +389,7 @@ def main() -> None:
         return {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **part}
 
     if "efficiency" in args.only:
-        runs = [efficiency(bundle, args.frames, args.batch, threads) for threads in (2, 1)]
+        runs = [efficiency(bundle, args.frames, args.batch, threads, args.pairs) for threads in (2, 1)]
         out["efficiency"] = stamped({"runs": runs})
         torch.set_num_threads(2)
     if "batching" in args.only:
