@@ -246,8 +246,11 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+MIN_EACH = 5  # fewer yes (or no) frames than this, and a question keeps its default threshold
+
+
 def best_threshold(
-    scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = 5, max_fpr: float | None = None,
+    scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = MIN_EACH, max_fpr: float | None = None,
 ) -> float:
     """The threshold with the best balanced accuracy on held-out frames; ``default`` if too few of either class.
 
@@ -558,7 +561,10 @@ def calibrate(
         "frame_stride": stride,
         "questions": per_question,
     }
-    spec = bundle.spec.model_copy(update={"thresholds": thresholds,
+    # A threshold written on a bundle question would override the calibrated one (thresholds_for).
+    refit = {qid for qid, r in per_question.items() if min(r["positives"], r["negatives"]) >= MIN_EACH}
+    spec_questions = [q.model_copy(update={"threshold": None}) if q.id in refit else q for q in bundle.spec.questions]
+    spec = bundle.spec.model_copy(update={"thresholds": thresholds, "questions": spec_questions,
                                           "provenance": {**bundle.spec.provenance, "calibration": record}})
     (Path(bundle_dir) / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
     return record
