@@ -125,6 +125,9 @@ def pretrain_encoder(
     threads: int = typer.Option(2, help="torch threads (the renderer runs in one more process)"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto (the defaults are sized for 2 CPU cores)"),
     data_workers: int = typer.Option(1, help="rendering processes (a GPU needs about 10 to keep up)"),
+    hard_pair_rate: float = typer.Option(
+        0.0, help="share of parts with a surface defect also shown as their defect-free twin (hard negatives)"),
+    init_from: Path | None = typer.Option(None, help="continue from this CLIP folder instead of a new model"),
 ) -> None:
     """Pretrain a compact CLIP contrastively on synthetic frames with web-style captions."""
     from inference.pretrain import PretrainConfig, pretrain
@@ -133,7 +136,8 @@ def pretrain_encoder(
     console = Console(stderr=True)
     cfg = PretrainConfig(time_limit_s=time_limit_min * 60, max_steps=max_steps, batch_size=batch_size, lr=lr,
                          image_size=image_size, seed=seed, threads=threads, warmup_steps=30, device=device,
-                         data_workers=data_workers)
+                         data_workers=data_workers, hard_pair_rate=hard_pair_rate,
+                         init_from=str(init_from) if init_from else None)
     record = pretrain(cfg, out, log=console.print)
     console.print(f"{record['steps']} steps, {record['images_seen']} images, {record['wall_s']}s")
     typer.echo(str(out))

@@ -15,6 +15,7 @@ Usage: ``patchsight model pretrain-encoder --out runs/encoder`` (see ``PretrainC
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -66,6 +67,14 @@ class PretrainConfig(BaseModel):
     defect_rate: float = 0.5
     empty_rate: float = 0.08
     layout_caption_rate: float = Field(0.03, description="how often a caption states where or how many")
+    hard_pair_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="share of parts with a surface defect that also appear as their defect-free twin, next in "
+        "the same batch, with the same caption minus the defect words (a hard negative)",
+    )
+    init_from: str | None = Field(
+        None, description="continue from this CLIP folder (its sizes and tokenizer win over the ones above)"
+    )
     log_every: int = 10
 
 
@@ -99,8 +108,22 @@ PREFIXES = ["a photo of a", "a", "an image of a", "close-up of a", "industrial p
 SUFFIXES = ["", "", " on a conveyor belt", " on a production line", " in a factory", ", product photo"]
 
 
-def make_caption(spec: synth.PartSpec | None, rng: np.random.Generator, layout_rate: float, stats: Counter) -> str:
-    """A web-style caption; ``stats`` counts what it mentions (the distribution goes in the bundle)."""
+SURFACE_DEFECTS = ("scratch", "crack", "stain", "missing_screw")
+
+
+def make_caption(
+    spec: synth.PartSpec | None,
+    rng: np.random.Generator,
+    layout_rate: float,
+    stats: Counter,
+    name: str | None = None,
+    omit: str | None = None,
+) -> str:
+    """A web-style caption; ``stats`` counts what it mentions (the distribution goes in the bundle).
+
+    ``name`` is a defect always named; ``omit`` one never named. Either way the same random draws
+    are made, so a caption with ``omit=d`` is the one with ``name=d`` minus the words for ``d``.
+    """
     if spec is None:
         stats["empty_belt"] += 1
         return str(rng.choice(["an empty conveyor belt", "a conveyor belt in a factory", "a grey conveyor belt"]))
@@ -119,10 +142,13 @@ def make_caption(spec: synth.PartSpec | None, rng: np.random.Generator, layout_r
     defects = spec.defects
     # general defect words, mostly for surface defects (the kind people photograph and post)
     for d in defects:
-        p = 0.6 if d in ("scratch", "crack", "stain", "missing_screw") else 0.15
-        if rng.random() < p:
-            caption += " " + str(rng.choice(DEFECT_WORDS[d]))
-            stats[f"defect_word:{d}"] += 1
+        p = 0.6 if d in SURFACE_DEFECTS else 0.15
+        said = rng.random() < p
+        if said or d in (name, omit):
+            words_for_d = str(rng.choice(DEFECT_WORDS[d]))
+            if d != omit:
+                caption += " " + words_for_d
+                stats[f"defect_word:{d}"] += 1
     if not defects and rng.random() < 0.2:
         caption += " " + str(rng.choice(["in good condition", "new", "clean"]))
         stats["ok_word"] += 1
@@ -155,17 +181,40 @@ def random_look(rng: np.random.Generator, scale_px: float) -> synth.CameraLook:
     )
 
 
-def random_scene(rng: np.random.Generator, size: tuple[int, int], defect_rate: float, empty_rate: float) -> tuple[np.ndarray, synth.PartSpec | None]:
-    """One frame as a line camera would see it: a random part (or none) somewhere in view."""
+def random_view(
+    rng: np.random.Generator, size: tuple[int, int], defect_rate: float, empty_rate: float
+) -> tuple[synth.PartSpec | None, synth.CameraLook, tuple[float, float] | None]:
+    """What one frame as a line camera would see it shows: a random part (or none) somewhere in view."""
     width, height = size
-    k = width / synth.BASE_WIDTH
-    look = random_look(rng, k)
+    look = random_look(rng, width / synth.BASE_WIDTH)
     if rng.random() < empty_rate:
-        return synth.render_part_frame(None, rng, None, look, size), None
+        return None, look, None
     spec = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), defect_rate)
     x = rng.uniform(*synth.inspected_x_range(size, look.scale))
     y = height / 2 + rng.uniform(-0.06, 0.06) * height
-    return synth.render_part_frame(spec, rng, (x, y), look, size), spec
+    return spec, look, (x, y)
+
+
+def scene_captions(
+    spec: synth.PartSpec | None, rng: np.random.Generator, cfg: PretrainConfig, stats: Counter
+) -> list[tuple[synth.PartSpec | None, str]]:
+    """The (spec, caption) of one view, followed now and then by its defect-free twin.
+
+    Web captions name a defect only sometimes, and a batch seldom holds the same part with and
+    without it, so the contrastive loss can match most captions on part type and colour alone.
+    A twin that differs only in the defect, captioned without its words, is a negative that only
+    the defect tells apart (hard negatives, as in NegCLIP).
+    """
+    surface = [d for d in (spec.defects if spec else []) if d in SURFACE_DEFECTS]
+    if not surface or cfg.hard_pair_rate == 0 or rng.random() >= cfg.hard_pair_rate:
+        return [(spec, make_caption(spec, rng, cfg.layout_caption_rate, stats))]
+    d = str(rng.choice(surface))
+    draws = copy.deepcopy(rng)
+    caption = make_caption(spec, rng, cfg.layout_caption_rate, stats, name=d)
+    twin_caption = make_caption(spec, draws, cfg.layout_caption_rate, Counter(), omit=d)
+    stats["part"] += 1
+    stats[f"hard_pair:{d}"] += 1
+    return [(spec, caption), (synth.clear_defect(spec, d), twin_caption)]
 
 
 class SceneStream(torch.utils.data.IterableDataset):
@@ -185,9 +234,12 @@ class SceneStream(torch.utils.data.IterableDataset):
         preprocess = FramePreprocessor(self.cfg.image_size)  # exactly what the encoder does at inference
         stats: Counter = Counter()
         while True:
-            image, spec = random_scene(rng, size, self.cfg.defect_rate, self.cfg.empty_rate)
-            caption = make_caption(spec, rng, self.cfg.layout_caption_rate, stats)
-            yield preprocess([image])[0], caption
+            spec, look, position = random_view(rng, size, self.cfg.defect_rate, self.cfg.empty_rate)
+            render_seed = int(rng.integers(2**62))
+            for shown, caption in scene_captions(spec, rng, self.cfg, stats):
+                # twins share the render's random draws too: texture, noise, blur
+                image = synth.render_part_frame(shown, np.random.default_rng(render_seed), position, look, size)
+                yield preprocess([image])[0], caption
 
 
 def caption_distribution(cfg: PretrainConfig, n: int = 20000, seed: int = 12345) -> dict[str, object]:
@@ -195,13 +247,13 @@ def caption_distribution(cfg: PretrainConfig, n: int = 20000, seed: int = 12345)
     rng = np.random.default_rng(seed)
     stats: Counter = Counter()
     examples = []
-    for i in range(n):
+    for _ in range(n):
         spec = None
         if rng.random() >= cfg.empty_rate:
             spec = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), cfg.defect_rate)
-        cap = make_caption(spec, rng, cfg.layout_caption_rate, stats)
-        if i < 25:
-            examples.append(cap)
+        for _, cap in scene_captions(spec, rng, cfg, stats):
+            if len(examples) < 25:
+                examples.append(cap)
     parts = stats["part"] or 1
     return {
         "samples": n,
@@ -247,6 +299,14 @@ def lr_at(cfg: PretrainConfig, step: int, progress: float) -> float:
 # --- Training ---------------------------------------------------------------------------
 
 
+def _pretraining_record(folder: str) -> dict | None:
+    """How a checkpoint that training continues from was made, if it says (its pretrain.json)."""
+    path = Path(folder) / "pretrain.json"
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "history"}
+
+
 def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Train and save ``out/`` (CLIPModel + tokenizer + pretrain.json); returns the run record."""
     from inference.encoder import resolve_device
@@ -255,11 +315,26 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    tokenizer = clip_tokenizer(num_merges=cfg.text_merges)
-    model = build_clip(cfg, len(tokenizer)).to(device)
+    if cfg.init_from:
+        from transformers import CLIPModel, CLIPTokenizer
+
+        # A checkpoint fixes the sizes: the config's own are replaced by what was loaded.
+        tokenizer = CLIPTokenizer.from_pretrained(cfg.init_from, local_files_only=True)
+        model = CLIPModel.from_pretrained(cfg.init_from, dtype=torch.float32, local_files_only=True).to(device)
+        vc = model.config.vision_config
+        cfg = cfg.model_copy(update={
+            "image_size": vc.image_size, "patch_size": vc.patch_size, "vision_width": vc.hidden_size,
+            "vision_layers": vc.num_hidden_layers, "vision_heads": vc.num_attention_heads,
+            "text_width": model.config.text_config.hidden_size, "text_layers": model.config.text_config.num_hidden_layers,
+            "text_heads": model.config.text_config.num_attention_heads, "projection_dim": model.config.projection_dim,
+        })
+    else:
+        tokenizer = clip_tokenizer(num_merges=cfg.text_merges)
+        model = build_clip(cfg, len(tokenizer)).to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"pretrain: {n_params / 1e6:.2f}M parameters, image {cfg.image_size}px patch {cfg.patch_size}, on {device}")
+    start = f"from {cfg.init_from}" if cfg.init_from else "from scratch"
+    log(f"pretrain: {n_params / 1e6:.2f}M parameters, image {cfg.image_size}px patch {cfg.patch_size}, on {device}, {start}")
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -316,6 +391,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "captions": caption_distribution(cfg),
+        **({"init_pretraining": _pretraining_record(cfg.init_from)} if cfg.init_from else {}),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }

@@ -11,7 +11,7 @@ import torch
 
 from inference import finetune as ft
 from inference.head import HeadConfig, TinyDecoderConfig
-from inference.pretrain import PretrainConfig, make_caption, pretrain
+from inference.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 from ingest import synth
 
 TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
@@ -68,6 +68,43 @@ def test_captions_seldom_state_layout():
     caps = [make_caption(synth.PartSpec("bracket", label_side="left"), rng, 0.03, stats) for _ in range(2000)]
     assert 0 < sum("left" in c for c in caps) < 150
     assert all("bracket" in c for c in caps)
+
+
+def test_a_hard_pair_is_a_twin_without_the_defect_and_a_caption_without_its_words():
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    cfg = PretrainConfig(hard_pair_rate=1.0)
+    pairs = 0
+    for _ in range(200):
+        spec, look, position = random_view(rng, (320, 240), defect_rate=1.0, empty_rate=0.0)
+        items = scene_captions(spec, rng, cfg, Counter())
+        if len(items) == 1:
+            assert not any(d in ("scratch", "crack", "stain", "missing_screw") for d in spec.defects)
+            continue
+        pairs += 1
+        (shown, caption), (twin, twin_caption) = items
+        (gone,) = set(shown.defects) - set(twin.defects)
+        # the caption names the defect; the twin's is the same caption without those words
+        assert any(caption.replace(" " + w, "", 1) == twin_caption for w in DEFECT_WORDS[gone]), (caption, twin_caption)
+        a, b = (synth.render_part_frame(s, np.random.default_rng(7), position, look, (320, 240)) for s in (shown, twin))
+        changed = (np.abs(a.astype(int) - b).max(axis=2) > 0).mean()
+        assert 0 < changed < 0.05, (gone, changed)
+    assert pairs > 20
+
+
+def test_pretraining_continues_from_a_checkpoint(tiny_clip, workdir):
+    from inference.encoder import load_clip
+
+    cfg = PretrainConfig(batch_size=8, max_steps=2, render_width=160, log_every=1, threads=1, warmup_steps=1,
+                         hard_pair_rate=1.0, init_from=str(tiny_clip))
+    record = pretrain(cfg, workdir / "continued-clip", log=lambda m: None)
+    assert record["steps"] == 2 and record["config"]["vision_width"] == 32  # the checkpoint's size, not the default
+    assert record["init_pretraining"]["steps"] == 3
+    before = load_clip(tiny_clip, device="cpu", local_files_only=True).state_dict()
+    after = load_clip(workdir / "continued-clip", device="cpu", local_files_only=True).state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, recordings, workdir):
