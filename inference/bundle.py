@@ -133,7 +133,7 @@ class Bundle:
             provenance=dict(provenance or {}),
         )
         if head.encoder is None:
-            object.__setattr__(head, "encoder", encoder)
+            head.use_encoder(encoder)
         return cls(spec, encoder, head, baseline, clip, probe)
 
     # --- persistence --------------------------------------------------------------

@@ -151,6 +151,8 @@ def finetune_command(
     variant: str = typer.Option("full", help="full | cls_only | no_position | question_blind (ablations)"),
     head_only: bool = typer.Option(False, "--head-only", help="write only the head (ablations)"),
     init_head: bool = typer.Option(False, "--init-head", help="start from the --encoder bundle's head"),
+    init_head_from: Path | None = typer.Option(
+        None, "--init-head-from", help="start from this bundle's (or head folder's) head instead"),
     model_id: str = typer.Option("patchsight-compact", help="the bundle's model id"),
     config: Path = typer.Option(None, "--config", help="take the questions from this config's --line"),
     line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
@@ -201,7 +203,8 @@ def finetune_command(
                          threads=threads, device=device, max_false_positive_rate=max_fpr)
     try:
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
-                          log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache)
+                          log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache,
+                          init_head_from=init_head_from)
     except ValueError as exc:
         console.print(f"[red]finetune failed:[/] {exc}")
         raise typer.Exit(1) from None

@@ -442,6 +442,17 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
     return encoder, clip, tok, bundle
 
 
+def load_head(source: str | Path, device: str = "cpu"):  # type: ignore[no-untyped-def]
+    """(head, its bundle or None) from a bundle or a head folder (``--head-only`` output)."""
+    from inference.bundle import BUNDLE_FILE, load_bundle
+
+    source = Path(source)
+    if (source / BUNDLE_FILE).is_file():
+        bundle = load_bundle(source, device=device, dtype=torch.float32)
+        return bundle.head, bundle
+    return MLLMHead.from_pretrained(source, device=device, dtype=torch.float32), None
+
+
 def finetune(
     cfg: FinetuneConfig,
     encoder_source: str | Path,
@@ -453,8 +464,15 @@ def finetune(
     init_head: bool = False,
     head_only: bool = False,
     cache_dir: str | Path | None = None,
+    init_head_from: str | Path | None = None,
 ) -> dict:
-    """Encode the recordings, train the head, and write a bundle (or, ``head_only``, just the head) to ``out``."""
+    """Encode the recordings, train the head, and write a bundle (or, ``head_only``, just the head) to ``out``.
+
+    ``init_head`` starts from the head of the ``encoder_source`` bundle (full variant only);
+    ``init_head_from`` from the head of another bundle or head folder, e.g. after the encoder
+    was pretrained further, when its features moved but a trained head is still a better
+    start than a random one.
+    """
     from inference.bundle import Bundle
     from inference.clip_baseline import LinearProbe
 
@@ -471,7 +489,12 @@ def finetune(
         log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
     train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
     log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
-    init = base.head if (init_head and base is not None and cfg.variant == "full") else None
+    init, init_bundle = None, None
+    if init_head_from is not None:
+        init, init_bundle = load_head(init_head_from, cfg.device)
+        init.use_encoder(encoder)
+    elif init_head and base is not None and cfg.variant == "full":
+        init, init_bundle = base.head, base
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
     thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)
@@ -506,10 +529,12 @@ def finetune(
         provenance["encoder_pretraining"] = {k: v for k, v in pre.items() if k != "history"}
     elif base is not None:
         provenance["encoder_pretraining"] = base.spec.provenance.get("encoder_pretraining")
-    if init is not None and base is not None:
-        # The head continued from the base bundle's: keep how that one was made, to reproduce both steps.
-        provenance["init_head"] = {"model_id": base.spec.model_id, **{
-            k: v for k, v in base.spec.provenance.items() if k in ("finetune", "init_head")}}
+    if init_bundle is not None:
+        # The head continued from another bundle's: keep how that one was made, to reproduce both steps.
+        provenance["init_head"] = {"model_id": init_bundle.spec.model_id, **{
+            k: v for k, v in init_bundle.spec.provenance.items() if k in ("finetune", "init_head")}}
+    elif init is not None:
+        provenance["init_head"] = {"source": str(init_head_from)}
     bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
                            thresholds=thresholds, provenance=provenance, probe=probe)
     bundle.save(out, dtype=torch.float16)

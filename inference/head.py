@@ -238,8 +238,7 @@ class MLLMHead(nn.Module):
         self.projector = projector
         self.lm = lm  # LlamaForCausalLM or LlavaForConditionalGeneration: owns body + lm_head
         self.tokenizer = tokenizer
-        # Not registered as a submodule: the encoder is shared and saved by the bundle.
-        object.__setattr__(self, "encoder", encoder)
+        self.use_encoder(encoder)
         if isinstance(lm, LlavaForConditionalGeneration):
             self.body = lm.model.language_model
         else:
@@ -248,6 +247,11 @@ class MLLMHead(nn.Module):
         self.no_id = _single_token(tokenizer, config.no_text)
         self.prefix_ids = tokenizer.encode(config.prefix, add_special_tokens=False) if config.prefix else []
         self._prompt_cache: dict[str, list[int]] = {}
+
+    def use_encoder(self, encoder: FrameEncoder | None) -> None:
+        """Read this encoder's tokens from now on."""
+        # Not registered as a submodule: the encoder is shared and saved by the bundle.
+        object.__setattr__(self, "encoder", encoder)
 
     # --- construction -------------------------------------------------------------
 

@@ -145,6 +145,34 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
     assert "captions" in prov["encoder_pretraining"]
 
 
+def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, recordings, workdir):
+    """An encoder pretrained further keeps a trained head as its head's starting point."""
+    from inference.bundle import load_bundle
+
+    first, continued_clip, second = workdir / "head-source", workdir / "clip-further", workdir / "new-encoder"
+    ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None, model_id="first")
+    pretrain(PretrainConfig(batch_size=8, max_steps=1, render_width=160, threads=1, warmup_steps=1,
+                            init_from=str(tiny_clip)), continued_clip, log=lambda m: None)
+    start = load_bundle(first, device="cpu").head.state_dict()
+    seen = []
+    original = ft.train_head
+
+    def spy(cfg, encoder, train, val, log, init=None):
+        seen.append({k: v.clone() for k, v in init.state_dict().items()})
+        return original(cfg, encoder, train, val, log, init=init)
+
+    ft.train_head = spy
+    try:
+        ft.finetune(tiny_config(max_steps=5), continued_clip, recordings, second, log=lambda m: None,
+                    init_head_from=first)
+    finally:
+        ft.train_head = original
+    assert seen and all(torch.equal(seen[0][k], start[k]) for k in start)
+    prov = load_bundle(second, device="cpu").spec.provenance
+    assert prov["init_head"]["model_id"] == "first"
+    assert prov["encoder_pretraining"]["init_pretraining"]["steps"] == 3
+
+
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
     from inference.bundle import load_bundle
 
