@@ -127,7 +127,8 @@ def pretrain_encoder(
     data_workers: int = typer.Option(1, help="rendering processes (a GPU needs about 10 to keep up)"),
     hard_pair_rate: float = typer.Option(
         0.0, help="share of parts with a surface defect also shown as their defect-free twin (hard negatives)"),
-    init_from: Path | None = typer.Option(None, help="continue from this CLIP folder instead of a new model"),
+    init_from: Path | None = typer.Option(
+        None, help="continue from this CLIP folder (or a bundle's encoder) instead of a new model"),
 ) -> None:
     """Pretrain a compact CLIP contrastively on synthetic frames with web-style captions."""
     from inference.pretrain import PretrainConfig, pretrain
@@ -138,7 +139,11 @@ def pretrain_encoder(
                          image_size=image_size, seed=seed, threads=threads, warmup_steps=30, device=device,
                          data_workers=data_workers, hard_pair_rate=hard_pair_rate,
                          init_from=str(init_from) if init_from else None)
-    record = pretrain(cfg, out, log=console.print)
+    try:
+        record = pretrain(cfg, out, log=console.print)
+    except (ValueError, OSError) as exc:  # e.g. --init-from is not a CLIP folder or a compact bundle
+        console.print(f"[red]pretrain-encoder failed:[/] {exc}")
+        raise typer.Exit(1) from None
     console.print(f"{record['steps']} steps, {record['images_seen']} images, {record['wall_s']}s")
     typer.echo(str(out))
 

@@ -73,7 +73,8 @@ class PretrainConfig(BaseModel):
         "the same batch, with the same caption minus the defect words (a hard negative)",
     )
     init_from: str | None = Field(
-        None, description="continue from this CLIP folder (its sizes and tokenizer win over the ones above)"
+        None, description="continue from this CLIP folder or compact bundle's encoder (its sizes and tokenizer "
+        "win over the ones above)"
     )
     log_every: int = 10
 
@@ -299,12 +300,27 @@ def lr_at(cfg: PretrainConfig, step: int, progress: float) -> float:
 # --- Training ---------------------------------------------------------------------------
 
 
-def _pretraining_record(folder: str) -> dict | None:
-    """How a checkpoint that training continues from was made, if it says (its pretrain.json)."""
-    path = Path(folder) / "pretrain.json"
-    if not path.is_file():
-        return None
-    return {k: v for k, v in json.loads(path.read_text()).items() if k != "history"}
+def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
+    """The CLIP folder that pretraining continues from, and how that one was made, if it says.
+
+    ``folder`` is a CLIP folder (the record is its pretrain.json) or a compact bundle (its
+    ``encoder/`` folder; the record is the bundle's provenance), so a shipped encoder can be
+    trained further as it is.
+    """
+    from inference.bundle import BUNDLE_FILE
+
+    folder = Path(folder)
+    record = None
+    if (folder / BUNDLE_FILE).is_file():
+        record = json.loads((folder / BUNDLE_FILE).read_text()).get("provenance", {}).get("encoder_pretraining")
+        folder = folder / "encoder"
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder.parent} is a bundle without an encoder folder (a hub encoder?)")
+    elif not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is neither a CLIP folder (config.json) nor a compact bundle ({BUNDLE_FILE})")
+    elif (folder / "pretrain.json").is_file():
+        record = json.loads((folder / "pretrain.json").read_text())
+    return folder, ({k: v for k, v in record.items() if k != "history"} if record else None)
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -315,12 +331,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    init_record = None
     if cfg.init_from:
         from transformers import CLIPModel, CLIPTokenizer
 
+        clip_folder, init_record = continuation_source(cfg.init_from)
         # A checkpoint fixes the sizes: the config's own are replaced by what was loaded.
-        tokenizer = CLIPTokenizer.from_pretrained(cfg.init_from, local_files_only=True)
-        model = CLIPModel.from_pretrained(cfg.init_from, dtype=torch.float32, local_files_only=True).to(device)
+        tokenizer = CLIPTokenizer.from_pretrained(clip_folder, local_files_only=True)
+        model = CLIPModel.from_pretrained(clip_folder, dtype=torch.float32, local_files_only=True).to(device)
         vc = model.config.vision_config
         cfg = cfg.model_copy(update={
             "image_size": vc.image_size, "patch_size": vc.patch_size, "vision_width": vc.hidden_size,
@@ -391,7 +409,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "captions": caption_distribution(cfg),
-        **({"init_pretraining": _pretraining_record(cfg.init_from)} if cfg.init_from else {}),
+        **({"init_pretraining": init_record} if cfg.init_from else {}),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
     }

@@ -146,13 +146,13 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
 
 
 def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, recordings, workdir):
-    """An encoder pretrained further keeps a trained head as its head's starting point."""
+    """A bundle's encoder pretrained further keeps the bundle's head as its new head's starting point."""
     from inference.bundle import load_bundle
 
     first, continued_clip, second = workdir / "head-source", workdir / "clip-further", workdir / "new-encoder"
     ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None, model_id="first")
     pretrain(PretrainConfig(batch_size=8, max_steps=1, render_width=160, threads=1, warmup_steps=1,
-                            init_from=str(tiny_clip)), continued_clip, log=lambda m: None)
+                            init_from=str(first)), continued_clip, log=lambda m: None)
     start = load_bundle(first, device="cpu").head.state_dict()
     seen = []
     original = ft.train_head
