@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
-# the three ablation heads, optionally more head training on new seeds, threshold calibration
-# and the evaluation (the ablations keep the first head's budget).
+# the three ablation heads, optionally more head training on new seeds (v3) and an encoder
+# pretrained further with hard pairs under the head (v5), threshold calibration and the
+# evaluation (the ablations keep the first head's budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -11,8 +12,9 @@
 # Knobs (environment): RUNS (work folder, default runs), BUNDLE (default models/default),
 # TRAIN_SEEDS, FRAMES, STRIDE, DEVICE, DATA_WORKERS, JOBS (heads trained side by side), SYNTH_JOBS,
 # PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, ENCODER (an encoder folder to reuse instead of
-# pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; the shipped v3
-# used 49-84) and CONTINUE_MIN, CALIB_SEEDS (501-508), SKIP_EVAL.
+# pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; v3 used 49-84) and
+# CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; the shipped v5 used 20) and
+# HARD_HEAD_MIN (24), CALIB_SEEDS (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -33,6 +35,8 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-20000}
 FINETUNE_MIN=${FINETUNE_MIN:-30}
 CONTINUE_SEEDS=${CONTINUE_SEEDS:-}
 CONTINUE_MIN=${CONTINUE_MIN:-20}
+HARD_PAIR_MIN=${HARD_PAIR_MIN:-}
+HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
@@ -105,6 +109,20 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     --time-limit-min "$CONTINUE_MIN" --device "$DEVICE" --out "$RUNS/continued" --model-id patchsight-compact-v3 \
     >"$RUNS/finetune-continued.log" 2>&1 || { tail -20 "$RUNS/finetune-continued.log" >&2; exit 1; }
   rm -rf "$BUNDLE" && mv "$RUNS/continued" "$BUNDLE"
+
+  # v5: the bundle's encoder pretrained further with hard pairs (each part with a surface defect next
+  # to its defect-free twin, captioned without the defect), then its head trained on, on that encoder.
+  if [ -n "$HARD_PAIR_MIN" ]; then
+    rm -rf "$RUNS/encoder-hard" "$RUNS/hard"
+    patchsight model pretrain-encoder --out "$RUNS/encoder-hard" --init-from "$BUNDLE" --hard-pair-rate 1.0 \
+      --lr 3e-4 --time-limit-min "$HARD_PAIR_MIN" --max-steps 100000 --batch-size "$PRETRAIN_BATCH" --seed 5 \
+      --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
+    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --frame-stride 2 \
+      --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 \
+      --threads "$THREADS" --time-limit-min "$HARD_HEAD_MIN" --device "$DEVICE" --out "$RUNS/hard" \
+      --model-id patchsight-compact-v5 >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
+    rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
+  fi
 fi
 
 # Thresholds from seeds that neither training nor evaluation uses: at most 5% of clean frames flagged.
