@@ -169,6 +169,9 @@ def finetune_command(
     eval_every: int = typer.Option(40),
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
+    train_pairs: int = typer.Option(
+        0, min=0, help="also train on this many rendered twin pairs per question (synthetic-line questions only)"),
+    train_pair_seed: int = typer.Option(4001, help="seed of those pairs (evaluation uses 9001)"),
     time_limit_min: float = typer.Option(30.0),
     max_fpr: float = typer.Option(0.05, "--max-fpr", min=0.0, max=1.0,
                                   help="thresholds flag at most this share of clean validation frames (1: no cap)"),
@@ -205,7 +208,8 @@ def finetune_command(
                                 intermediate_size=3 * decoder_width)
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), variant=variant, max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
-                         threads=threads, device=device, max_false_positive_rate=max_fpr)
+                         threads=threads, device=device, max_false_positive_rate=max_fpr,
+                         train_pairs=train_pairs, train_pair_seed=train_pair_seed)
     try:
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache,

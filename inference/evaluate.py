@@ -29,13 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from inference.encoder import EncoderOutput
-from inference.finetune import auroc, decode, encode_recordings, questions_of
-from ingest import synth
+from inference.finetune import auroc, encode_recordings, questions_of, render_pairs
 from schemas.config import Question, QuestionCategory
 
 Log = Callable[[str], None]
@@ -51,36 +49,6 @@ class Scored:
     pairs_pos: np.ndarray  # (P, Q): the image with the property (answer yes)
     pairs_neg: np.ndarray  # (P, Q): the same image without it (answer no)
     thresholds: np.ndarray
-
-
-# --- Pairs -------------------------------------------------------------------------------
-
-
-def render_pairs(questions: Sequence[Question], n: int, seed: int, size: tuple[int, int] = (640, 480)) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``n`` pairs per question: (yes image, no image), identical but for the asked property.
-
-    Returns two lists of Q*n frames, ordered question-major.
-    """
-    from inference.pretrain import random_look
-
-    rng = np.random.default_rng([seed, 0xE7A1])
-    pos, neg = [], []
-    for q in questions:
-        for _ in range(n):
-            base = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), defect_rate=0.0)
-            no = synth.clear_defect(base, q.id, rng)
-            if q.id == "label_near_gap":  # both images need an empty screw position, on opposite sides
-                no = synth.clear_defect(base.replace(label_side=str(rng.choice(["left", "right"]))), q.id, rng)
-            yes = synth.set_defect(no, q.id, rng)
-            look = random_look(rng, size[0] / synth.BASE_WIDTH)
-            x = float(rng.uniform(*synth.inspected_x_range(size, look.scale)))
-            y = size[1] / 2 + float(rng.uniform(-0.04, 0.04)) * size[1]
-            noise_seed = int(rng.integers(2**31))
-            for spec, out in ((yes, pos), (no, neg)):
-                image = synth.render_part_frame(spec, np.random.default_rng(noise_seed), (x, y), look, size)
-                ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-                out.append(decode(jpeg.tobytes()))
-    return pos, neg
 
 
 # --- Metrics ------------------------------------------------------------------------------
@@ -178,7 +146,7 @@ def evaluate(
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
     data = encode_recordings(bundle.encoder, recordings, questions, log=log)
     labels = data.labels.numpy()
-    pos_frames, neg_frames = render_pairs(questions, pairs_per_question, pair_seed)
+    pos_frames, neg_frames, _ = render_pairs(questions, pairs_per_question, pair_seed)
     log(f"rendered {len(pos_frames)} image pairs (seed {pair_seed})")
 
     def encode(frames: list[np.ndarray]) -> EncoderOutput:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from inference.encoder import EncoderOutput, FrameEncoder
 from inference.head import HeadConfig, MLLMHead
+from ingest import synth
 from ingest.recording import Recording
 from schemas.config import Question, QuestionCategory
 
@@ -63,6 +64,10 @@ class FinetuneConfig(BaseModel):
     val_fraction: float = 0.15
     max_val_frames: int = 320
     frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
+    train_pairs: int = Field(
+        0, ge=0, description="rendered twin pairs per question added to the training frames (not to validation): "
+        "one part with and without the asked property, the unit of pair accuracy")
+    train_pair_seed: int = Field(4001, description="their seed; evaluation renders its pairs from 9001")
     time_limit_s: float = 1800.0
     max_false_positive_rate: float | None = Field(
         0.05, ge=0, le=1, description="thresholds flag at most this share of clean validation frames (None: no cap)")
@@ -98,6 +103,10 @@ class LabelledSet:
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    def concat(self, other: LabelledSet) -> LabelledSet:
+        return LabelledSet(EncoderOutput.cat([self.tokens, other.tokens]), torch.cat([self.labels, other.labels]),
+                           self.groups + other.groups, self.questions, self.sources + other.sources)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
@@ -213,6 +222,59 @@ def cached_encoding(
                 "groups": data.groups, "sources": data.sources}, partial)
     partial.replace(path)
     return data
+
+
+def render_pairs(
+    questions: Sequence[Question], n: int, seed: int, size: tuple[int, int] = (640, 480)
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, bool]]]:
+    """``n`` pairs per question: (yes image, no image), identical but for the asked property.
+
+    Each pair is one part under one camera look drawn from the pretraining's wide range, so that
+    nothing but the property tells the two images apart; both go through JPEG like recorded
+    frames. Returns the yes images, the no images (Q*n each, question-major) and, per image in
+    that order (all yes images, then all no images), the answer to every catalog question.
+    """
+    from inference.pretrain import random_look
+
+    rng = np.random.default_rng([seed, 0xE7A1])
+    pos, neg, pos_answers, neg_answers = [], [], [], []
+    for q in questions:
+        for _ in range(n):
+            base = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), defect_rate=0.0)
+            no = synth.clear_defect(base, q.id, rng)
+            if q.id == "label_near_gap":  # both images need an empty screw position, on opposite sides
+                no = synth.clear_defect(base.replace(label_side=str(rng.choice(["left", "right"]))), q.id, rng)
+            yes = synth.set_defect(no, q.id, rng)
+            look = random_look(rng, size[0] / synth.BASE_WIDTH)
+            x = float(rng.uniform(*synth.inspected_x_range(size, look.scale)))
+            y = size[1] / 2 + float(rng.uniform(-0.04, 0.04)) * size[1]
+            noise_seed = int(rng.integers(2**31))
+            for spec, images, answers in ((yes, pos, pos_answers), (no, neg, neg_answers)):
+                image = synth.render_part_frame(spec, np.random.default_rng(noise_seed), (x, y), look, size)
+                _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                images.append(decode(jpeg.tobytes()))
+                answers.append(spec.answers())
+    return pos, neg, pos_answers + neg_answers
+
+
+def encode_pairs(
+    encoder: FrameEncoder, questions: Sequence[Question], n: int, seed: int, batch: int = 64, log: Log = print
+) -> LabelledSet:
+    """``render_pairs`` encoded and labelled for training; the two images of a pair share a group."""
+    known = {q.id for q in synth.SYNTH_QUESTIONS}
+    unknown = [q.id for q in questions if q.id not in known]
+    if unknown:
+        raise ValueError(f"twin pairs are rendered from the synthetic line's parts, which cannot show {unknown}")
+    pos, neg, answers = render_pairs(questions, n, seed)
+    images = pos + neg
+    parts = []
+    for i in range(0, len(images), batch):
+        enc = encoder.encode_frames(images[i : i + batch], pooled=True).to("cpu")
+        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+    labels = [[float(a[q.id]) if q.id in a else -1.0 for q in questions] for a in answers]
+    groups = [f"pair{i % len(pos)}@{seed}" for i in range(len(images))]
+    log(f"rendered and encoded {len(pos)} twin pairs (seed {seed})")
+    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
 
 
 def split_by_group(data: LabelledSet, val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
@@ -488,6 +550,9 @@ def finetune(
         col = data.labels[:, j]
         log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
     train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
+    if cfg.train_pairs:
+        # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
+        train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
     log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
     init, init_bundle = None, None
     if init_head_from is not None:

@@ -232,14 +232,36 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
 
 
 def test_pair_images_differ_only_in_the_asked_property():
-    from inference.evaluate import render_pairs
-
     qs = [q for q in synth.SYNTH_QUESTIONS if q.id in ("label_left", "scratch")]
-    pos, neg = render_pairs(qs, 2, seed=1, size=(320, 240))
-    assert len(pos) == len(neg) == 4
-    for a, b in zip(pos, neg):
+    pos, neg, answers = ft.render_pairs(qs, 2, seed=1, size=(320, 240))
+    assert len(pos) == len(neg) == 4 and len(answers) == 8
+    for i, (a, b) in enumerate(zip(pos, neg)):
         diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 40
         assert 0 < diff.mean() < 0.1  # a small region changed, the rest is the same scene
+        asked = qs[i // 2].id
+        yes, no = answers[i], answers[len(pos) + i]
+        assert yes[asked] and not no[asked]
+        assert {k: v for k, v in yes.items() if k != asked} == {k: v for k, v in no.items() if k != asked}
+
+
+def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdir):
+    plain = ft.finetune(tiny_config(max_steps=2), tiny_clip, recordings, workdir / "plain", log=lambda m: None,
+                        head_only=True, cache_dir=workdir / "cache")
+    seen = []
+    record = ft.finetune(tiny_config(max_steps=2, train_pairs=3), tiny_clip, recordings, workdir / "paired",
+                         log=seen.append, head_only=True, cache_dir=workdir / "cache")
+    questions = ft.questions_of(recordings)
+    assert record["train_frames"] == plain["train_frames"] + 2 * 3 * len(questions)
+    assert record["val_frames"] == plain["val_frames"]
+    assert record["config"]["train_pairs"] == 3 and any("twin pairs (seed 4001)" in m for m in seen)
+
+
+def test_twin_pairs_need_questions_the_synthetic_parts_can_show(tiny_clip):
+    from schemas.config import Question
+
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    with pytest.raises(ValueError, match="cannot show"):
+        ft.encode_pairs(encoder, [Question(id="burr", text="Is there a burr?", defect_type="burr")], 1, seed=1)
 
 
 def test_auroc_and_threshold():
