@@ -68,8 +68,14 @@ def test_a_camera_returning_garbage_is_reported_and_the_other_keeps_publishing(m
 
 def camera_processes() -> set[int]:
     """Pids of this test's camera processes (multiprocessing spawn children)."""
-    return {c.pid for c in psutil.Process().children(recursive=True)
-            if "spawn_main" in " ".join(c.cmdline() if c.is_running() else [])}
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:  # exited (or a zombie) between listing and reading: not a running camera
+            continue
+    return pids
 
 
 @pytest.mark.slow
