@@ -133,6 +133,13 @@ def decode(jpeg: bytes) -> np.ndarray:
     return image
 
 
+def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray]) -> EncoderOutput:
+    """The frames' tokens and pooled embedding on the host, as tensors that training can use."""
+    enc = encoder.encode_frames(images, pooled=True).to("cpu")
+    # cloned out of inference mode, so that training can use them as ordinary tensors
+    return EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone())
+
+
 def encode_recordings(
     encoder: FrameEncoder,
     recordings: Sequence[str | Path],
@@ -152,9 +159,7 @@ def encode_recordings(
 
     def flush() -> None:
         if pending:
-            enc = encoder.encode_frames(pending, pooled=True).to("cpu")
-            # out of inference mode, so that training can use them as ordinary tensors
-            parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+            parts.append(encode_for_training(encoder, pending))
             pending.clear()
 
     for path in recordings:
@@ -267,10 +272,7 @@ def encode_pairs(
         raise ValueError(f"twin pairs are rendered from the synthetic line's parts, which cannot show {unknown}")
     pos, neg, answers = render_pairs(questions, n, seed)
     images = pos + neg
-    parts = []
-    for i in range(0, len(images), batch):
-        enc = encoder.encode_frames(images[i : i + batch], pooled=True).to("cpu")
-        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+    parts = [encode_for_training(encoder, images[i : i + batch]) for i in range(0, len(images), batch)]
     labels = [[float(a[q.id]) if q.id in a else -1.0 for q in questions] for a in answers]
     groups = [f"pair{i % len(pos)}@{seed}" for i in range(len(images))]
     log(f"rendered and encoded {len(pos)} twin pairs (seed {seed})")

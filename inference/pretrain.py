@@ -307,15 +307,17 @@ def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
     ``encoder/`` folder; the record is the bundle's provenance), so a shipped encoder can be
     trained further as it is.
     """
-    from inference.bundle import BUNDLE_FILE
+    from inference.bundle import BUNDLE_FILE, BundleSpec
 
     folder = Path(folder)
     record = None
     if (folder / BUNDLE_FILE).is_file():
-        record = json.loads((folder / BUNDLE_FILE).read_text()).get("provenance", {}).get("encoder_pretraining")
-        folder = folder / "encoder"
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"{folder.parent} is a bundle without an encoder folder (a hub encoder?)")
+        spec = BundleSpec.model_validate_json((folder / BUNDLE_FILE).read_text())
+        record = spec.provenance.get("encoder_pretraining")
+        encoder_folder = folder / (spec.encoder.source or "")
+        if spec.encoder.source is None or not (encoder_folder / "config.json").is_file():
+            raise ValueError(f"{folder} is a bundle without an encoder folder (a hub encoder?)")
+        folder = encoder_folder
     elif not (folder / "config.json").is_file():
         raise ValueError(f"{folder} is neither a CLIP folder (config.json) nor a compact bundle ({BUNDLE_FILE})")
     elif (folder / "pretrain.json").is_file():
