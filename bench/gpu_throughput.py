@@ -21,20 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from inference.encoder import EncoderConfig, FrameEncoder, FramePreprocessor
-from inference.head import HeadConfig, MLLMHead, TinyDecoderConfig
+from models import real_size_parts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-VIT_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                   image_size=336, patch_size=14, projection_dim=768)
-LLAVA_7B_LM = TinyDecoderConfig(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
-                                intermediate_size=11008, max_positions=4096)
-TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
-                patch_size=14, projection_dim=16)
-TINY_LM = TinyDecoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=256)
 QUESTIONS = [
     "Is there a scratch on the left side of the part?",
     "Is the label missing?",
@@ -58,26 +49,6 @@ def timed(fn, device: torch.device, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[FrameEncoder, MLLMHead, float]:
-    start = time.perf_counter()
-    previous = torch.get_default_dtype()
-    # Allocate and initialise on the device, in the run dtype: a 7B random init on the
-    # host would take minutes and 27 GB of RAM.
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            vision = CLIPVisionModel(CLIPVisionConfig(**(TINY_VIT if tiny else VIT_L14_336))).eval()
-            image_size = vision.config.image_size
-            encoder = FrameEncoder.from_vision_tower(vision, EncoderConfig(), FramePreprocessor(image_size))
-            head = MLLMHead.create(HeadConfig.tiny(decoder=TINY_LM if tiny else LLAVA_7B_LM), encoder=encoder,
-                                   device=device, dtype=dtype)
-    finally:
-        torch.set_default_dtype(previous)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return encoder, head, time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CPU is fine): prove the code path")
@@ -96,7 +67,7 @@ def main() -> None:
     iters = args.iters or (3 if args.tiny else 10)
     questions = QUESTIONS[: args.questions]
 
-    encoder, head, build_s = build(args.tiny, device, dtype)
+    encoder, head, build_s = real_size_parts(device, dtype, tiny=args.tiny)
     size = encoder.vision.config.image_size
     out: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",

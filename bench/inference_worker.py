@@ -13,9 +13,12 @@
    combined throughput over one worker's, and every frame inspected exactly once.
 
 The model is the default bundle's architecture with random weights (speed does not
-depend on the weights). Writes bench/results/inference_worker.json.
+depend on the weights); on a GPU (``--device cuda``) also the paper's sizes (``--size llava``:
+ViT-L/14-336 and a LLaVA-1.5-7B-shaped head, fp16), which bench/gpu-pipeline.sh runs. Writes
+bench/results/inference_worker.json (inference_worker_gpu_SIZE.json with ``--device cuda``).
 
-    .venv/bin/python bench/inference_worker.py [--size compact|tiny] [--pairs 3] [--only efficiency batching two-workers]
+    .venv/bin/python bench/inference_worker.py [--size compact|tiny|llava] [--device cpu|cuda]
+        [--threads 2 1] [--pairs 3] [--only efficiency batching two-workers]
 """
 
 from __future__ import annotations
@@ -173,6 +176,8 @@ def efficiency(bundle: Bundle, frames: int, batch: int, threads: int, pairs: int
     payloads = jpegs(frames)
     images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in payloads]
     pixels = bundle.encoder.preprocess(images)
+    if bundle.encoder.device.type == "cuda":
+        pixels = pixels.pin_memory()  # as the worker's staging buffer is
     runs = []
     for _ in range(pairs):
         cfg = bench_config(batch, 20)
@@ -371,31 +376,39 @@ def two_workers(size: str, frames: int, batch: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="compact", choices=["compact", "tiny"])
+    parser.add_argument("--size", default="compact", choices=["compact", "tiny", "llava"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="efficiency: torch thread counts")
     parser.add_argument("--frames", type=int, default=960)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=3, help="efficiency: worker/bare-model pairs per thread count")
     parser.add_argument("--only", nargs="+", default=["efficiency", "batching", "two-workers"])
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: under bench/results)")
     args = parser.parse_args()
+    if args.size == "llava" and "two-workers" in args.only:
+        parser.error("two-workers saves the bundle for its worker processes: not at the llava size (13 GB)")
     configure_logging("console", "WARNING")
     torch.set_num_threads(2)
-    bundle = random_bundle(args.size)
-    out: dict = {"size": args.size, "cpus": os.cpu_count(), "device": "cpu"}
+    bundle = random_bundle(args.size, device=args.device)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    out: dict = {"size": args.size, "cpus": os.cpu_count(), "device": device,
+                 "dtype": str(bundle.encoder.dtype).removeprefix("torch.")}
 
     def stamped(part: dict) -> dict:
         return {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **part}
 
     if "efficiency" in args.only:
-        runs = [efficiency(bundle, args.frames, args.batch, threads, args.pairs) for threads in (2, 1)]
+        runs = [efficiency(bundle, args.frames, args.batch, threads, args.pairs) for threads in args.threads]
         out["efficiency"] = stamped({"runs": runs})
         torch.set_num_threads(2)
     if "batching" in args.only:
         out["batching"] = stamped(batching(bundle, max(64, args.frames // 2), args.batch))
     if "two-workers" in args.only:
         out["two_workers"] = stamped(two_workers(args.size, args.frames, args.batch))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "inference_worker.json"
+    path = args.out or RESULTS / (f"inference_worker_gpu_{args.size}.json" if args.device == "cuda"
+                                  else "inference_worker.json")
     # --only refreshes its parts and keeps the others' last numbers (each part has its own measured_at).
+    path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**previous, **out}, indent=2) + "\n")
     print(f"wrote {path}")
