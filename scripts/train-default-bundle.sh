@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
-# pretrained further with hard pairs under the head (v5), threshold calibration and the
+# pretrained further with hard pairs under the head (v5, then v7), threshold calibration and the
 # evaluation (the ablations keep the first head's budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
@@ -13,8 +13,9 @@
 # TRAIN_SEEDS, FRAMES, STRIDE, DEVICE, DATA_WORKERS, JOBS (heads trained side by side), SYNTH_JOBS,
 # PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, ENCODER (an encoder folder to reuse instead of
 # pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; v3 used 49-84) and
-# CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; the shipped v5 used 20) and
-# HARD_HEAD_MIN (24), CALIB_SEEDS (501-508), SKIP_EVAL.
+# CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
+# HARD_PAIR_MIN: the v7 stage after it; the shipped v7 used 40), HARD_HEAD_MIN (24), CALIB_SEEDS
+# (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -36,6 +37,7 @@ FINETUNE_MIN=${FINETUNE_MIN:-30}
 CONTINUE_SEEDS=${CONTINUE_SEEDS:-}
 CONTINUE_MIN=${CONTINUE_MIN:-20}
 HARD_PAIR_MIN=${HARD_PAIR_MIN:-}
+HARD_PAIR_MIN2=${HARD_PAIR_MIN2:-}
 HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
@@ -110,18 +112,23 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     >"$RUNS/finetune-continued.log" 2>&1 || { tail -20 "$RUNS/finetune-continued.log" >&2; exit 1; }
   rm -rf "$BUNDLE" && mv "$RUNS/continued" "$BUNDLE"
 
-  # v5: the bundle's encoder pretrained further with hard pairs (each part with a surface defect next
-  # to its defect-free twin, captioned without the defect), then its head trained on, on that encoder.
-  if [ -n "$HARD_PAIR_MIN" ]; then
+  # v5 and v7: the bundle's encoder pretrained further with hard pairs (each part with a surface
+  # defect next to its defect-free twin, captioned without the defect), then its head trained on,
+  # on that encoder; v7 is a second such round from v5.
+  hard_pair_round() {  # minutes, seed, model id
     rm -rf "$RUNS/encoder-hard" "$RUNS/hard"
     patchsight model pretrain-encoder --out "$RUNS/encoder-hard" --init-from "$BUNDLE" --hard-pair-rate 1.0 \
-      --lr 3e-4 --time-limit-min "$HARD_PAIR_MIN" --max-steps 100000 --batch-size "$PRETRAIN_BATCH" --seed 5 \
+      --lr 3e-4 --time-limit-min "$1" --max-steps 100000 --batch-size "$PRETRAIN_BATCH" --seed "$2" \
       --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
     patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --frame-stride 2 \
       --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 \
       --threads "$THREADS" --time-limit-min "$HARD_HEAD_MIN" --device "$DEVICE" --out "$RUNS/hard" \
-      --model-id patchsight-compact-v5 >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
+      --model-id "$3" >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
     rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
+  }
+  if [ -n "$HARD_PAIR_MIN" ]; then
+    hard_pair_round "$HARD_PAIR_MIN" 5 patchsight-compact-v5
+    if [ -n "$HARD_PAIR_MIN2" ]; then hard_pair_round "$HARD_PAIR_MIN2" 7 patchsight-compact-v7; fi
   fi
 fi
 
