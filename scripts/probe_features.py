@@ -1,0 +1,102 @@
+"""Which of a bundle's encoder features hold each question's answer? Linear probes, side by side.
+
+Each probe is a class-balanced logistic regression on standardized features, trained on the
+training recordings and scored (AUROC) on others:
+
+- ``pooled``: CLIP's pooled, projected image embedding (what the CLIP linear probe reads);
+- ``cls``: the CLS token of the head's feature layer;
+- ``patch_mean``: the mean of that layer's patch tokens;
+- ``patch_lse``: a linear score per patch token, log-sum-exp over the patches (local evidence).
+
+The head reads only the patch tokens; where ``pooled`` or ``cls`` beat the patch probes, the
+answer sits in tokens the head is not given. Encodings come from (and go to) finetune's cache.
+
+    .venv/bin/python scripts/probe_features.py models/default --train runs/data/train-s{49..84} \\
+        --test runs/data/calib-s{501..508} --train-stride 2 --cache runs/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.cli import _recordings
+from inference.encoder import EncoderOutput
+from inference.finetune import auroc, cached_encoding, load_encoder
+from schemas.config import QuestionCategory
+
+
+def standardize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    flat = ref.reshape(-1, ref.shape[-1])
+    return (x - flat.mean(0)) / (flat.std(0) + 1e-5)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, over_patches: bool, steps: int):
+    """Balanced logistic regression; with ``over_patches``, x is (N, T, D) and patch scores are pooled."""
+    w = torch.zeros(x.shape[-1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    pos, neg = (y == 1).float(), (y == 0).float()
+
+    def logits(features: torch.Tensor) -> torch.Tensor:
+        z = features @ w
+        # minus log T: the pooled logit starts at the mean patch's, not log T above it
+        return torch.logsumexp(z, dim=1) - math.log(z.shape[1]) if over_patches else z
+
+    for _ in range(steps):
+        z = logits(x) + b
+        loss = (0.5 * pos * F.softplus(-z)).sum() / pos.sum() + (0.5 * neg * F.softplus(z)).sum() / neg.sum()
+        opt.zero_grad()
+        (loss + 1e-3 * (w * w).sum()).backward()
+        opt.step()
+    return lambda features: logits(features).detach().numpy()
+
+
+def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
+    return {"pooled": tokens.image_embeds.float(), "cls": tokens.cls_token.float(),
+            "patch_mean": tokens.patch_tokens.float().mean(1), "patch_lse": tokens.patch_tokens.float()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--train", type=Path, nargs="+", required=True)
+    parser.add_argument("--test", type=Path, nargs="+", required=True)
+    parser.add_argument("--train-stride", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    encoder, _, _, bundle = load_encoder(args.bundle)
+    if bundle is None:
+        raise SystemExit(f"{args.bundle} is not a bundle")
+    questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]
+    train = cached_encoding(encoder, _recordings(args.train), questions, args.train_stride, args.cache)
+    test = cached_encoding(encoder, _recordings(args.test), questions, 1, args.cache)
+    ftrain, ftest = features(train.tokens), features(test.tokens)
+    ftest = {k: standardize(ftest[k], ftrain[k]) for k in ftest}
+    ftrain = {k: standardize(v, v) for k, v in ftrain.items()}
+    out = {}
+    for j, q in enumerate(questions):
+        ytr, yte = train.labels[:, j], test.labels[:, j]
+        mtr, mte = ytr >= 0, yte >= 0
+        out[q.id] = {}
+        for name in ftrain:
+            lse = name == "patch_lse"
+            score = fit_probe(ftrain[name][mtr], ytr[mtr], over_patches=lse, steps=150 if lse else 300)
+            out[q.id][name] = round(auroc(score(ftest[name][mte]), yte[mte].numpy()), 3)
+        print(q.id, json.dumps(out[q.id]), flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
