@@ -133,11 +133,14 @@ def decode(jpeg: bytes) -> np.ndarray:
     return image
 
 
-def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray]) -> EncoderOutput:
+def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray], batch: int = 64) -> EncoderOutput:
     """The frames' tokens and pooled embedding on the host, as tensors that training can use."""
-    enc = encoder.encode_frames(images, pooled=True).to("cpu")
-    # cloned out of inference mode, so that training can use them as ordinary tensors
-    return EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone())
+    parts = []
+    for start in range(0, len(images), batch):
+        enc = encoder.encode_frames(images[start : start + batch], pooled=True).to("cpu")
+        # cloned out of inference mode, so that training can use them as ordinary tensors
+        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+    return EncoderOutput.cat(parts)
 
 
 def encode_recordings(
@@ -271,12 +274,11 @@ def encode_pairs(
     if unknown:
         raise ValueError(f"twin pairs are rendered from the synthetic line's parts, which cannot show {unknown}")
     pos, neg, answers = render_pairs(questions, n, seed)
-    images = pos + neg
-    parts = [encode_for_training(encoder, images[i : i + batch]) for i in range(0, len(images), batch)]
+    tokens = encode_for_training(encoder, pos + neg, batch)
     labels = [[float(a[q.id]) if q.id in a else -1.0 for q in questions] for a in answers]
-    groups = [f"pair{i % len(pos)}@{seed}" for i in range(len(images))]
+    groups = [f"pair{i % len(pos)}@{seed}" for i in range(len(answers))]
     log(f"rendered and encoded {len(pos)} twin pairs (seed {seed})")
-    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
+    return LabelledSet(tokens, torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
 
 
 def split_by_group(data: LabelledSet, val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
