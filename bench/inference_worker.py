@@ -52,7 +52,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from inference.batcher import DynamicBatcher  # noqa: E402
 from inference.bundle import Bundle  # noqa: E402
 from inference.worker import Worker  # noqa: E402
-from models import QUESTIONS, random_bundle  # noqa: E402
+from models import QUESTIONS, random_bundle, save_random_bundle  # noqa: E402
 from patchsight.log import configure_logging  # noqa: E402
 from patchsight.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, validate_config  # noqa: E402
@@ -366,7 +366,7 @@ def assigned_partitions(port: int) -> int:
 def two_workers(size: str, frames: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        bundle_dir = random_bundle(size).save(tmp_path / "bundle", dtype=torch.float32)
+        bundle_dir = save_random_bundle(tmp_path / "bundle", size)
         one = workers_run(bundle_dir, 1, frames, batch, tmp_path)
         two = workers_run(bundle_dir, 2, frames, batch, tmp_path)
     out = {"one": one, "two": two, "scaling": round(two["fps"] / one["fps"], 3)}

@@ -79,7 +79,7 @@ def random_bundle(size: str = "compact", seed: int = 0, device: str = "cpu") -> 
                              default_threshold=0.5)
     if torch.device(device).type != "cpu":
         with tempfile.TemporaryDirectory() as tmp:
-            return load_bundle(random_bundle(size, seed).save(Path(tmp), dtype=torch.float32), device=device)
+            return load_bundle(save_random_bundle(Path(tmp), size, seed), device=device)
     spec = SIZES[size]
     tokenizer = clip_tokenizer(num_merges=2000)
     torch.manual_seed(seed)
