@@ -94,16 +94,12 @@ def infer(
 
 
 def _recordings(paths: list[Path]) -> list[Path]:
-    """Recording folders: each path is one, or a folder searched for them (in name order)."""
-    found: list[Path] = []
-    for p in paths:
-        if (p / "meta.json").is_file():
-            found.append(p)
-        else:
-            found += sorted(m.parent for m in p.rglob("meta.json"))
-    if not found:
-        raise typer.BadParameter(f"no recordings under {', '.join(map(str, paths))}", param_hint="--data")
-    return found
+    from ingest.recording import RecordingError, find_recordings
+
+    try:
+        return find_recordings(paths)
+    except RecordingError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from None
 
 
 def _quiet_transformers() -> None:

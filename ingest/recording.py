@@ -150,3 +150,16 @@ class Recording:
 
     def truth(self) -> dict[int, FrameTruth]:
         return {e.seq: e.truth for e in self.entries if e.truth is not None}
+
+
+def find_recordings(paths: list[Path] | list[str]) -> list[Path]:
+    """Recording folders: each path is one, or a folder searched for them (in name order)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "meta.json").is_file():
+            found.append(p)
+        else:
+            found += sorted(m.parent for m in p.rglob("meta.json"))
+    if not found:
+        raise RecordingError(f"no recordings under {', '.join(map(str, paths))}")
+    return found

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.cli import _recordings
 from inference.encoder import EncoderOutput
 from inference.finetune import auroc, cached_encoding, load_encoder
+from ingest.recording import find_recordings
 from schemas.config import QuestionCategory
 
 
@@ -80,8 +80,8 @@ def main() -> None:
     if bundle is None:
         raise SystemExit(f"{args.bundle} is not a bundle")
     questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]
-    train = cached_encoding(encoder, _recordings(args.train), questions, args.train_stride, args.cache)
-    test = cached_encoding(encoder, _recordings(args.test), questions, 1, args.cache)
+    train = cached_encoding(encoder, find_recordings(args.train), questions, args.train_stride, args.cache)
+    test = cached_encoding(encoder, find_recordings(args.test), questions, 1, args.cache)
     ftrain, ftest = features(train.tokens), features(test.tokens)
     ftest = {k: standardize(ftest[k], ftrain[k]) for k in ftest}
     ftrain = {k: standardize(v, v) for k, v in ftrain.items()}

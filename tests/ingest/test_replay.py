@@ -5,7 +5,7 @@ import pytest
 
 from ingest.publisher import encode_jpeg
 from ingest.record import record_camera, record_topic
-from ingest.recording import FrameTruth, Recording, RecordingError, RecordingMeta, RecordingWriter
+from ingest.recording import FrameTruth, Recording, RecordingError, RecordingMeta, RecordingWriter, find_recordings
 from ingest.replay import replay
 from ingest_helpers import consume, write_images
 from patchsight.topics import ensure_topics
@@ -92,6 +92,15 @@ def test_replay_refuses_a_broken_recording_before_publishing(make_config, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(RecordingError):
         replay([tmp_path / "empty"], make_config())
+
+
+def test_find_recordings_takes_recordings_and_folders_of_them(tmp_path):
+    single = make_recording(tmp_path / "single")
+    nested = [make_recording(tmp_path / "set" / name, frames=1) for name in ("b", "a")]
+    assert find_recordings([single, tmp_path / "set"]) == [single, nested[1], nested[0]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordingError, match="no recordings"):
+        find_recordings([tmp_path / "empty"])
 
 
 def test_record_from_a_camera_then_from_the_topic(make_config, tmp_path):
