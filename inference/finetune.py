@@ -545,6 +545,9 @@ def finetune(
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
+    if cfg.head.image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
+        raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
+                         "image tokens 'cls_patch' needs one that selects patch tokens")
     questions = list(questions or questions_of(recordings))
     if not questions:
         raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
@@ -564,6 +567,10 @@ def finetune(
         init.use_encoder(encoder)
     elif init_head and base is not None and cfg.variant == "full":
         init, init_bundle = base.head, base
+    if init is not None:
+        # The projector maps one token at a time, so a patch-token head can start a CLS+patch
+        # one: the LM learns to read the extra leading token.
+        init.config = init.config.model_copy(update={"image_tokens": cfg.head_config().image_tokens})
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
     thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)

@@ -27,8 +27,9 @@ Public API
     Shares the module: ``llava.model.vision_tower`` becomes ``encoder.vision`` (or, with no
     encoder given, ``head.encoder`` is built from the LLaVA tower).
 ``head.image_tokens(enc: EncoderOutput) -> Tensor``  the (B, T, D) tokens this head reads
-    (patch tokens, or the CLS token when ``image_tokens="cls"``). Every method below
-    accepts an ``EncoderOutput`` or such a tensor.
+    (patch tokens; the CLS token when ``image_tokens="cls"``; the CLS token followed by the
+    patch tokens when ``"cls_patch"``). Every method below accepts an ``EncoderOutput`` or
+    the tensor ``image_tokens`` would have picked from it (patch tokens, or (B, 1, D) CLS).
 ``head.score(tokens, questions) -> (B, Q) P(yes)``   questions: list of str or schemas Question
 ``head.logits(tokens, questions, share_prefix=True) -> (B, Q, 2)`` [yes, no] logits
 ``head.pair_logits(tokens, questions) -> (B, 2)``   question i asked of frame i
@@ -164,7 +165,9 @@ class HeadConfig(BaseModel):
     backend: Literal["tiny", "smollm2", "llava"] = "tiny"
     decoder: TinyDecoderConfig = TinyDecoderConfig()  # backend "tiny" only
     source: str | None = None  # llava: a local folder or hub id (bundles store "llava" = the head's subfolder)
-    image_tokens: Literal["patch", "cls"] = "patch"
+    # "cls_patch" prepends the CLS token of the feature layer (LLaVA's "full" select strategy):
+    # a compact encoder's contrastive training puts global surface cues there, not in the patches.
+    image_tokens: Literal["patch", "cls", "cls_patch"] = "patch"
     # False: image tokens are mean-pooled into one token before the LM reads the
     # question, so the question cannot weight them (the paper's ablation).
     question_aware: bool = True
@@ -393,10 +396,16 @@ class MLLMHead(nn.Module):
 
     def image_tokens(self, tokens: EncoderOutput | torch.Tensor) -> torch.Tensor:
         """The (B, T, D) encoder tokens this head reads."""
+        kind = self.config.image_tokens
         if isinstance(tokens, EncoderOutput):
-            tokens = tokens.cls_token[:, None] if self.config.image_tokens == "cls" else tokens.patch_tokens
-        elif self.config.image_tokens == "cls" and tokens.shape[1] != 1:
-            raise ValueError("image_tokens='cls' needs the CLS token: pass the EncoderOutput")
+            if kind == "cls":
+                tokens = tokens.cls_token[:, None]
+            elif kind == "cls_patch":
+                tokens = torch.cat([tokens.cls_token[:, None], tokens.patch_tokens], dim=1)
+            else:
+                tokens = tokens.patch_tokens
+        elif (kind == "cls" and tokens.shape[1] != 1) or kind == "cls_patch":
+            raise ValueError(f"image_tokens={kind!r} needs the CLS token: pass the EncoderOutput")
         if tokens.is_inference() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             tokens = tokens.clone()  # encoder outputs are inference tensors; autograd cannot save them
         return tokens.to(device=self.device, dtype=self.dtype)

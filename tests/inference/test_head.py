@@ -73,6 +73,14 @@ def test_cls_and_question_blind_variants(tiny_decoder, encoder, frames, question
     with pytest.raises(ValueError, match="CLS"):
         cls_head.score(out.patch_tokens, questions)
 
+    both = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, image_tokens="cls_patch"), encoder=encoder, device="cpu")
+    tokens = both.image_tokens(out)
+    assert tokens.shape[1] == out.patch_tokens.shape[1] + 1
+    torch.testing.assert_close(tokens[:, 0], out.cls_token)
+    torch.testing.assert_close(tokens[:, 1:], out.patch_tokens)
+    with pytest.raises(ValueError, match="CLS"):
+        both.score(out.patch_tokens, questions)
+
     blind = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, question_aware=False), encoder=encoder, device="cpu")
     prefix = blind.prefix_embeds(out)
     assert prefix.shape[1] == len(blind.prefix_ids) + 1  # one pooled image token

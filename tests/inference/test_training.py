@@ -13,6 +13,7 @@ from inference import finetune as ft
 from inference.head import HeadConfig, TinyDecoderConfig
 from inference.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 from ingest import synth
+from ingest.recording import Recording
 
 TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
 
@@ -171,6 +172,24 @@ def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, r
     prov = load_bundle(second, device="cpu").spec.provenance
     assert prov["init_head"]["model_id"] == "first"
     assert prov["encoder_pretraining"]["init_pretraining"]["steps"] == 3
+
+
+def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
+    """--image-tokens cls_patch from a patch-token bundle: the bundle written reads CLS + patches."""
+    from inference.bundle import load_bundle
+
+    source, out = workdir / "patch-head", workdir / "cls-patch-head"
+    ft.finetune(tiny_config(max_steps=3), tiny_clip, recordings, source, log=lambda m: None, model_id="patch")
+    cls_patch = TINY_HEAD.model_copy(update={"image_tokens": "cls_patch"})
+    ft.finetune(tiny_config(head=cls_patch, max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
+                init_head_from=source)
+    bundle = load_bundle(out, device="cpu")
+    assert bundle.head.config.image_tokens == "cls_patch"
+    _, jpeg = next(iter(Recording(recordings[0]).frames()))
+    enc = bundle.encoder.encode_frames([ft.decode(jpeg)])
+    assert bundle.head.image_tokens(enc).shape[1] == enc.patch_tokens.shape[1] + 1
+    scores = bundle.head.score(enc, bundle.spec.questions)
+    assert scores.shape == (1, len(bundle.spec.questions)) and torch.all((scores >= 0) & (scores <= 1))
 
 
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
