@@ -568,9 +568,11 @@ def finetune(
     elif init_head and base is not None and cfg.variant == "full":
         init, init_bundle = base.head, base
     if init is not None:
-        # The projector maps one token at a time, so a patch-token head can start a CLS+patch
-        # one: the LM learns to read the extra leading token.
-        init.config = init.config.model_copy(update={"image_tokens": cfg.head_config().image_tokens})
+        # A started head reads its image tokens the way this run asks (an ablation's change, or
+        # CLS + patches): the projector maps one token at a time, so its weights fit either way.
+        wanted = cfg.head_config()
+        init.config = init.config.model_copy(
+            update={"image_tokens": wanted.image_tokens, "question_aware": wanted.question_aware})
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
     thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)

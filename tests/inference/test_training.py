@@ -191,6 +191,13 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
     scores = bundle.head.score(enc, bundle.spec.questions)
     assert scores.shape == (1, len(bundle.spec.questions)) and torch.all((scores >= 0) & (scores <= 1))
 
+    # an ablation started from a trained head makes its one change, not the starting head's choice
+    blind = workdir / "blind-from-patch-head"
+    ft.finetune(tiny_config(head=cls_patch, max_steps=2, variant="question_blind"), tiny_clip, recordings, blind,
+                log=lambda m: None, init_head_from=source, head_only=True)
+    blind_config = json.loads((blind / "head_config.json").read_text())
+    assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_patch"
+
 
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
     from inference.bundle import load_bundle
