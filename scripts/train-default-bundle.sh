@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
-# pretrained further with hard pairs under the head (v5, then v7), threshold calibration and the
-# evaluation (the ablations keep the first head's budget).
+# pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
+# token (v8), threshold calibration and the evaluation (the ablations keep the first head's budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -14,13 +14,12 @@
 # PRETRAIN_MIN, PRETRAIN_BATCH, PRETRAIN_STEPS, ENCODER (an encoder folder to reuse instead of
 # pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; v3 used 49-84) and
 # CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
-# HARD_PAIR_MIN: the v7 stage after it; the shipped v7 used 40), HARD_HEAD_MIN (24), CALIB_SEEDS
-# (501-508), SKIP_EVAL.
+# HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
+# HARD_PAIR_MIN2: the v8 stage; the shipped v8 used 24), CALIB_SEEDS (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-ps() { "$PY" -m patchsight.cli "$@"; }
 RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-models/default}
 TRAIN_SEEDS=${TRAIN_SEEDS:-1 2 3 4 5 6}
@@ -39,6 +38,7 @@ CONTINUE_MIN=${CONTINUE_MIN:-20}
 HARD_PAIR_MIN=${HARD_PAIR_MIN:-}
 HARD_PAIR_MIN2=${HARD_PAIR_MIN2:-}
 HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
+CLS_HEAD_MIN=${CLS_HEAD_MIN:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
@@ -129,6 +129,17 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   if [ -n "$HARD_PAIR_MIN" ]; then
     hard_pair_round "$HARD_PAIR_MIN" 5 patchsight-compact-v5
     if [ -n "$HARD_PAIR_MIN2" ]; then hard_pair_round "$HARD_PAIR_MIN2" 7 patchsight-compact-v7; fi
+  fi
+  # v8: the head, from v7's, given the CLS token of the layer it reads before the patch tokens;
+  # that token holds the surface defects the hard pairs taught (scripts/probe_features.py).
+  if [ -n "$HARD_PAIR_MIN2" ] && [ -n "$CLS_HEAD_MIN" ]; then
+    rm -rf "$RUNS/cls-patch"
+    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" \
+      --image-tokens cls_patch --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 \
+      --eval-every 50 --patience 20 --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \
+      --device "$DEVICE" --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
+      || { tail -20 "$RUNS/finetune-cls-patch.log" >&2; exit 1; }
+    rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
   fi
 fi
 
