@@ -214,7 +214,9 @@ def cached_encoding(
         "sizes": [(Path(p) / "frames.bin").stat().st_size for p in recordings],
         "questions": [q.id for q in questions], "stride": stride,
         "positions": encoder._saved_positions is None,
-        "weights": float(encoder.vision.embeddings.patch_embedding.weight.float().sum()),
+        # the bytes, not a float sum: a sum's rounding changes with the thread count
+        "weights": hashlib.sha256(
+            encoder.vision.embeddings.patch_embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest(),
     }, sort_keys=True)
     path = Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():

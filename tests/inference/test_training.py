@@ -270,6 +270,22 @@ def test_pair_images_differ_only_in_the_asked_property():
         assert {k: v for k, v in yes.items() if k != asked} == {k: v for k, v in no.items() if k != asked}
 
 
+def test_the_encoding_cache_follows_the_encoder_weights(tiny_clip, recordings, workdir):
+    encoder = ft.load_encoder(tiny_clip)[0]
+    questions = ft.questions_of(recordings)
+    seen: list[str] = []
+    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    assert sum("using cached encoding" in m for m in seen) == 1
+    # Two weights swapped: the same sum, another encoder, so the cache must not answer.
+    weight = encoder.vision.embeddings.patch_embedding.weight
+    with torch.no_grad():
+        flat = weight.view(-1)
+        flat[[0, 1]] = flat[[1, 0]].clone()
+    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    assert sum("using cached encoding" in m for m in seen) == 1
+
+
 def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdir):
     plain = ft.finetune(tiny_config(max_steps=2), tiny_clip, recordings, workdir / "plain", log=lambda m: None,
                         head_only=True, cache_dir=workdir / "cache")
