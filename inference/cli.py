@@ -158,9 +158,9 @@ def finetune_command(
     config: Path = typer.Option(None, "--config", help="take the questions from this config's --line"),
     line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
     max_steps: int = typer.Option(3000),
-    image_tokens: str = typer.Option(
-        "patch", help="patch | cls_patch: what the head reads of the encoder's feature layer "
-        "(cls_patch: the CLS token before the patch tokens, LLaVA's 'full' strategy)"),
+    image_tokens: str | None = typer.Option(
+        None, help="patch | cls_patch: what the head reads of the encoder's feature layer (cls_patch: the CLS "
+        "token before the patch tokens, LLaVA's 'full' strategy); default: the started head's, else patch"),
     decoder_width: int = typer.Option(192, help="tiny decoder: hidden size"),
     decoder_layers: int = typer.Option(3, help="tiny decoder: layers"),
     batch_frames: int = typer.Option(24, help="frames per step (every question is asked of each)"),
@@ -185,7 +185,7 @@ def finetune_command(
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
-    if image_tokens not in ("patch", "cls_patch"):
+    if image_tokens not in (None, "patch", "cls_patch"):
         raise typer.BadParameter("choose patch or cls_patch", param_hint="--image-tokens")
     _quiet_transformers()
     console = Console(stderr=True)
@@ -207,7 +207,7 @@ def finetune_command(
 
     decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
                                 intermediate_size=3 * decoder_width)
-    cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder, image_tokens=image_tokens), variant=variant,
+    cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
                          max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads, device=device, max_false_positive_rate=max_fpr,

@@ -52,6 +52,9 @@ Log = Callable[[str], None]
 class FinetuneConfig(BaseModel):
     head: HeadConfig = HeadConfig.tiny()
     variant: Variant = "full"
+    image_tokens: Literal["patch", "cls_patch"] | None = Field(
+        None, description="what the head reads of the feature layer; None keeps a started head's choice "
+        "(a new head takes head.image_tokens)")
     batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
     defect_oversample: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from frames with a defect")
     lr: float = 1e-3
@@ -80,7 +83,7 @@ class FinetuneConfig(BaseModel):
     seed: int = 0
 
     def head_config(self) -> HeadConfig:
-        cfg = self.head
+        cfg = self.head if self.image_tokens is None else self.head.model_copy(update={"image_tokens": self.image_tokens})
         if self.variant == "cls_only":
             cfg = cfg.model_copy(update={"image_tokens": "cls"})
         elif self.variant == "question_blind":
@@ -547,9 +550,6 @@ def finetune(
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
-    if cfg.head.image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
-        raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
-                         "image tokens 'cls_patch' needs one that selects patch tokens")
     questions = list(questions or questions_of(recordings))
     if not questions:
         raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
@@ -572,9 +572,14 @@ def finetune(
     if init is not None:
         # A started head reads its image tokens the way this run asks (an ablation's change, or
         # CLS + patches): the projector maps one token at a time, so its weights fit either way.
+        if cfg.image_tokens is None:
+            cfg = cfg.model_copy(update={"image_tokens": "cls_patch" if init.config.image_tokens == "cls_patch" else "patch"})
         wanted = cfg.head_config()
         init.config = init.config.model_copy(
             update={"image_tokens": wanted.image_tokens, "question_aware": wanted.question_aware})
+    if cfg.head_config().image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
+        raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
+                         "image tokens 'cls_patch' needs one that selects patch tokens")
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
     thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)

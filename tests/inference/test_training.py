@@ -180,8 +180,7 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
 
     source, out = workdir / "patch-head", workdir / "cls-patch-head"
     ft.finetune(tiny_config(max_steps=3), tiny_clip, recordings, source, log=lambda m: None, model_id="patch")
-    cls_patch = TINY_HEAD.model_copy(update={"image_tokens": "cls_patch"})
-    ft.finetune(tiny_config(head=cls_patch, max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
+    ft.finetune(tiny_config(image_tokens="cls_patch", max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
                 init_head_from=source)
     bundle = load_bundle(out, device="cpu")
     assert bundle.head.config.image_tokens == "cls_patch"
@@ -191,10 +190,11 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
     scores = bundle.head.score(enc, bundle.spec.questions)
     assert scores.shape == (1, len(bundle.spec.questions)) and torch.all((scores >= 0) & (scores <= 1))
 
-    # an ablation started from a trained head makes its one change, not the starting head's choice
-    blind = workdir / "blind-from-patch-head"
-    ft.finetune(tiny_config(head=cls_patch, max_steps=2, variant="question_blind"), tiny_clip, recordings, blind,
-                log=lambda m: None, init_head_from=source, head_only=True)
+    # Started from that head with no choice made, a run keeps its CLS + patches; an ablation makes
+    # its one change on top.
+    blind = workdir / "blind-from-cls-patch-head"
+    ft.finetune(tiny_config(max_steps=2, variant="question_blind"), tiny_clip, recordings, blind,
+                log=lambda m: None, init_head_from=out, head_only=True)
     blind_config = json.loads((blind / "head_config.json").read_text())
     assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_patch"
 
