@@ -166,7 +166,8 @@ class HeadConfig(BaseModel):
     decoder: TinyDecoderConfig = TinyDecoderConfig()  # backend "tiny" only
     source: str | None = None  # llava: a local folder or hub id (bundles store "llava" = the head's subfolder)
     # "cls_patch" prepends the CLS token of the feature layer (LLaVA's "full" select strategy):
-    # a compact encoder's contrastive training puts global surface cues there, not in the patches.
+    # the default bundle's encoder, trained contrastively on the CLS position, keeps its surface-defect
+    # evidence there more than in the patch tokens (docs/evaluation.md, the feature probes).
     image_tokens: Literal["patch", "cls", "cls_patch"] = "patch"
     # False: image tokens are mean-pooled into one token before the LM reads the
     # question, so the question cannot weight them (the paper's ablation).
