@@ -2,7 +2,8 @@
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
-# token (v8), threshold calibration and the evaluation (the ablations keep the first head's budget).
+# token (v8) with its ablations, threshold calibration and the evaluation (against v8's ablations
+# when that stage ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -45,6 +46,7 @@ THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or v8's when that stage runs
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -139,6 +141,20 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       --eval-every 50 --patience 20 --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \
       --device "$DEVICE" --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
       || { tail -20 "$RUNS/finetune-cls-patch.log" >&2; exit 1; }
+    # Its ablations start where it started (v7's head), with its recipe and at most its steps.
+    v8_steps=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" \
+      "$RUNS/cls-patch/bundle.json")
+    ablate_v8() {  # $1 variant
+      patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" \
+        --image-tokens cls_patch --variant "$1" --head-only --frame-stride 2 --cache "$RUNS/cache" --seed 0 \
+        --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps "$v8_steps" --threads 1 \
+        --time-limit-min 600 --device "$DEVICE" --out "$RUNS/ablations-v8/$1" >"$RUNS/finetune-v8-$1.log" 2>&1 \
+        || { tail -20 "$RUNS/finetune-v8-$1.log" >&2; return 1; }
+    }
+    rm -rf "$RUNS/ablations-v8"
+    for variant in cls_only no_position question_blind; do limited ablate_v8 "$variant"; done
+    wait_all
+    ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
   fi
 fi
@@ -154,4 +170,4 @@ patchsight model calibrate "$BUNDLE" "${calib[@]}" --max-fpr 0.05 --cache "$RUNS
 synth_seed heldout 1001 150 0.25
 synth_seed heldout 1002 150 0.25
 patchsight model eval "$BUNDLE" --data "$RUNS/data/heldout-s1001" --data "$RUNS/data/heldout-s1002" \
-  --ablations "$RUNS/ablations" --out "$RUNS/eval-default" --pairs 40 --pair-seed 9001
+  --ablations "$ablations" --out "$RUNS/eval-default" --pairs 40 --pair-seed 9001
