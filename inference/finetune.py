@@ -554,15 +554,7 @@ def finetune(
     if not questions:
         raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
-    data = cached_encoding(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
-    for j, q in enumerate(questions):
-        col = data.labels[:, j]
-        log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
-    train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
-    if cfg.train_pairs:
-        # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
-        train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
-    log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
+    # The starting head is resolved before the frames are encoded, so a bad choice fails in seconds.
     init, init_bundle = None, None
     if init_head_from is not None:
         init, init_bundle = load_head(init_head_from, cfg.device)
@@ -580,6 +572,15 @@ def finetune(
     if cfg.head_config().image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
         raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
                          "image tokens 'cls_patch' needs one that selects patch tokens")
+    data = cached_encoding(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
+    for j, q in enumerate(questions):
+        col = data.labels[:, j]
+        log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
+    train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
+    if cfg.train_pairs:
+        # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
+        train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
+    log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
     thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)
