@@ -8,8 +8,9 @@ training recordings and scored (AUROC) on others:
 - ``patch_mean``: the mean of that layer's patch tokens;
 - ``patch_lse``: a linear score per patch token, log-sum-exp over the patches (local evidence).
 
-The head reads only the patch tokens; where ``pooled`` or ``cls`` beat the patch probes, the
-answer sits in tokens the head is not given. Encodings come from (and go to) finetune's cache.
+A patch-token head (``image_tokens="patch"``) reads only the patch tokens; where ``pooled`` or
+``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_patch``
+gives it the CLS token too). Encodings come from (and go to) finetune's cache.
 
     .venv/bin/python scripts/probe_features.py models/default --train runs/data/train-s{49..84} \\
         --test runs/data/calib-s{501..508} --train-stride 2 --cache runs/cache

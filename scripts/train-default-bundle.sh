@@ -134,21 +134,20 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   fi
   # v8: the head, from v7's, given the CLS token of the layer it reads before the patch tokens;
   # that token holds the surface defects the hard pairs taught (scripts/probe_features.py).
-  if [ -n "$HARD_PAIR_MIN2" ] && [ -n "$CLS_HEAD_MIN" ]; then
+  if [ -n "$HARD_PAIR_MIN" ] && [ -n "$HARD_PAIR_MIN2" ] && [ -n "$CLS_HEAD_MIN" ]; then
+    v8_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --image-tokens cls_patch
+      --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20
+      --device "$DEVICE")
     rm -rf "$RUNS/cls-patch"
-    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" \
-      --image-tokens cls_patch --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 \
-      --eval-every 50 --patience 20 --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \
-      --device "$DEVICE" --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
+    patchsight model finetune "${v8_args[@]}" --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \
+      --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
       || { tail -20 "$RUNS/finetune-cls-patch.log" >&2; exit 1; }
     # Its ablations start where it started (v7's head), with its recipe and at most its steps.
     v8_steps=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" \
       "$RUNS/cls-patch/bundle.json")
     ablate_v8() {  # $1 variant
-      patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" \
-        --image-tokens cls_patch --variant "$1" --head-only --frame-stride 2 --cache "$RUNS/cache" --seed 0 \
-        --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps "$v8_steps" --threads 1 \
-        --time-limit-min 600 --device "$DEVICE" --out "$RUNS/ablations-v8/$1" >"$RUNS/finetune-v8-$1.log" 2>&1 \
+      patchsight model finetune "${v8_args[@]}" --variant "$1" --head-only --max-steps "$v8_steps" --threads 1 \
+        --time-limit-min 600 --out "$RUNS/ablations-v8/$1" >"$RUNS/finetune-v8-$1.log" 2>&1 \
         || { tail -20 "$RUNS/finetune-v8-$1.log" >&2; return 1; }
     }
     rm -rf "$RUNS/ablations-v8"
