@@ -12,13 +12,20 @@ A patch-token head (``image_tokens="patch"``) reads only the patch tokens; where
 ``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_patch``
 gives it the CLS token too). Encodings come from (and go to) finetune's cache.
 
+``--layers`` probes instead the CLS token (``clsN``) and the mean patch token (``meanN``) of each
+given layer N (1 = the first transformer layer), and ``--image-size`` feeds the encoder frames of
+another size, its position embeddings interpolated; these encodings are not cached.
+
     .venv/bin/python scripts/probe_features.py models/default --train runs/data/train-s{49..84} \\
         --test runs/data/calib-s{501..508} --train-stride 2 --cache runs/cache
+    .venv/bin/python scripts/probe_features.py models/default --train runs/data/train-s{49..84} \\
+        --test runs/data/calib-s{501..508} --train-stride 4 --test-stride 2 --layers 4 5 6 --image-size 192
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -66,12 +73,47 @@ def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
             "patch_mean": tokens.patch_tokens.float().mean(1), "patch_lse": tokens.patch_tokens.float()}
 
 
+def layer_features(encoder, recordings, questions, stride: int, layers: list[int], image_size: int | None):
+    """(features by name, labels (N, Q)) of every ``stride``-th labelled frame, per transformer layer."""
+    from inference.finetune import decode
+    from ingest.recording import Recording
+
+    preprocess = encoder.preprocess
+    size = image_size or preprocess.image_size
+    if size != preprocess.image_size:  # the same resize-then-crop, scaled
+        preprocess = copy.copy(preprocess)
+        preprocess.resize_to = round(preprocess.resize_to * size / preprocess.image_size)
+        preprocess.image_size = size
+    vision, ids = encoder.vision, [q.id for q in questions]
+    images, labels = [], []
+    for path in recordings:
+        for n, (entry, jpeg) in enumerate(Recording(path).frames()):
+            if entry.truth is not None and n % stride == 0:
+                images.append(decode(jpeg))
+                labels.append([float(entry.truth.answers[i]) if i in entry.truth.answers else -1.0 for i in ids])
+    out: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            x = preprocess(images[start : start + 64]).to(encoder.dtype)
+            h = vision.pre_layrnorm(vision.embeddings(x, interpolate_pos_encoding=size != encoder.preprocess.image_size))
+            for depth, layer in enumerate(vision.encoder.layers, start=1):
+                h = layer(h, None)
+                if depth in layers:
+                    out.setdefault(f"cls{depth}", []).append(h[:, 0].float())
+                    out.setdefault(f"mean{depth}", []).append(h[:, 1:].float().mean(1))
+    return {k: torch.cat(v) for k, v in out.items()}, torch.tensor(labels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--train", type=Path, nargs="+", required=True)
     parser.add_argument("--test", type=Path, nargs="+", required=True)
     parser.add_argument("--train-stride", type=int, default=2)
+    parser.add_argument("--test-stride", type=int, default=1)
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="probe the CLS and mean patch token of these layers (1 = first) instead")
+    parser.add_argument("--image-size", type=int, default=None, help="with --layers: frames of this size")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -81,14 +123,22 @@ def main() -> None:
     if bundle is None:
         raise SystemExit(f"{args.bundle} is not a bundle")
     questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]
-    train = cached_encoding(encoder, find_recordings(args.train), questions, args.train_stride, args.cache)
-    test = cached_encoding(encoder, find_recordings(args.test), questions, 1, args.cache)
-    ftrain, ftest = features(train.tokens), features(test.tokens)
+    if args.image_size and not args.layers:
+        parser.error("--image-size needs --layers")
+    if args.layers:
+        ftrain, ytrain = layer_features(encoder, find_recordings(args.train), questions, args.train_stride,
+                                        args.layers, args.image_size)
+        ftest, ytest = layer_features(encoder, find_recordings(args.test), questions, args.test_stride,
+                                      args.layers, args.image_size)
+    else:
+        train = cached_encoding(encoder, find_recordings(args.train), questions, args.train_stride, args.cache)
+        test = cached_encoding(encoder, find_recordings(args.test), questions, args.test_stride, args.cache)
+        (ftrain, ytrain), (ftest, ytest) = (features(train.tokens), train.labels), (features(test.tokens), test.labels)
     ftest = {k: standardize(ftest[k], ftrain[k]) for k in ftest}
     ftrain = {k: standardize(v, v) for k, v in ftrain.items()}
     out = {}
     for j, q in enumerate(questions):
-        ytr, yte = train.labels[:, j], test.labels[:, j]
+        ytr, yte = ytrain[:, j], ytest[:, j]
         mtr, mte = ytr >= 0, yte >= 0
         out[q.id] = {}
         for name in ftrain:
