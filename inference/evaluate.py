@@ -190,7 +190,7 @@ def evaluate(
     for variant, (head, head_thresholds) in load_ablations(ablations, bundle.encoder).items():
         log(f"scoring: ablation {variant}")
         thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
-        if variant == "no_position":
+        if variant in ("no_position", "no_position_at_all"):
             with bundle.encoder.without_position_embeddings():
                 data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
                 scorers[f"ablation_{variant}"] = run_head(head, data_np.tokens, encode(pos_frames), encode(neg_frames), thr)
@@ -246,6 +246,7 @@ def check_targets(report: dict) -> dict:
 LABELS = {
     "clip_zero_shot": "CLIP zero-shot", "clip_linear_probe": "CLIP linear probe", "mllm_head": "MLLM head",
     "ablation_cls_only": "head: CLS only", "ablation_no_position": "head: no position emb.",
+    "ablation_no_position_at_all": "head: no positions at all",
     "ablation_question_blind": "head: question-blind pooling",
 }
 

@@ -9,7 +9,8 @@ part, not by frame: consecutive frames of one part are near duplicates); trainin
 the validation loss has not improved for ``patience`` evaluations and keeps the best weights.
 
 The same code trains the ablation heads of the evaluation (``variant``): CLS token only,
-position embeddings removed, question not visible to the image-token weighting.
+position embeddings removed (from the encoder; or from the encoder, with the image tokens shuffled),
+question not visible to the image-token weighting.
 
 ``calibrate`` refits an existing bundle's thresholds on other labelled recordings (a plant's
 own line), under the same rule as training: best balanced accuracy, false-positive rate capped.
@@ -39,11 +40,13 @@ from ingest import synth
 from ingest.recording import Recording
 from schemas.config import Question, QuestionCategory
 
-Variant = Literal["full", "cls_only", "no_position", "question_blind"]
+Variant = Literal["full", "cls_only", "no_position", "no_position_at_all", "question_blind"]
 VARIANTS: dict[str, str] = {
     "full": "patch tokens, position embeddings, question-aware (the shipped head)",
     "cls_only": "CLS token only instead of patch tokens",
     "no_position": "position embeddings removed from the encoder",
+    "no_position_at_all": "position embeddings removed from the encoder, and the image tokens shuffled "
+    "before the decoder",
     "question_blind": "image tokens pooled before the head sees the question",
 }
 Log = Callable[[str], None]
@@ -86,6 +89,8 @@ class FinetuneConfig(BaseModel):
         cfg = self.head if self.image_tokens is None else self.head.model_copy(update={"image_tokens": self.image_tokens})
         if self.variant == "cls_only":
             cfg = cfg.model_copy(update={"image_tokens": "cls"})
+        elif self.variant == "no_position_at_all":
+            cfg = cfg.model_copy(update={"shuffle_image_tokens": True})
         elif self.variant == "question_blind":
             cfg = cfg.model_copy(update={"question_aware": False})
         return cfg
@@ -509,7 +514,7 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
         preprocess = FramePreprocessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
         encoder = FrameEncoder.from_clip(clip, EncoderConfig(), preprocess)
         tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
-    encoder.set_position_embeddings(variant != "no_position")
+    encoder.set_position_embeddings(variant not in ("no_position", "no_position_at_all"))
     return encoder, clip, tok, bundle
 
 
@@ -567,8 +572,9 @@ def finetune(
         if cfg.image_tokens is None:
             cfg = cfg.model_copy(update={"image_tokens": "cls_patch" if init.config.image_tokens == "cls_patch" else "patch"})
         wanted = cfg.head_config()
-        init.config = init.config.model_copy(
-            update={"image_tokens": wanted.image_tokens, "question_aware": wanted.question_aware})
+        init.config = init.config.model_copy(update={
+            "image_tokens": wanted.image_tokens, "question_aware": wanted.question_aware,
+            "shuffle_image_tokens": wanted.shuffle_image_tokens})
     if cfg.head_config().image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
         raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
                          "image tokens 'cls_patch' needs one that selects patch tokens")

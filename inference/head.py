@@ -172,6 +172,10 @@ class HeadConfig(BaseModel):
     # False: image tokens are mean-pooled into one token before the LM reads the
     # question, so the question cannot weight them (the paper's ablation).
     question_aware: bool = True
+    # True: the image tokens reach the decoder in a fresh random order on every call. With the
+    # encoder's position embeddings removed as well, nothing tells the head where a token came
+    # from: not its content, not the decoder's rotary positions, not its causal-mask rank.
+    shuffle_image_tokens: bool = False
     prefix: str = "<|im_start|>"  # text before the image tokens (BOS / chat turn opening)
     prompt: str = " {question} Answer:"  # text after them; {question} is the question
     yes_text: str = " Yes"
@@ -432,6 +436,9 @@ class MLLMHead(nn.Module):
     def prefix_embeds(self, tokens: EncoderOutput | torch.Tensor) -> torch.Tensor:
         """(B, P, H): the prefix text followed by the projected image tokens."""
         x = self.image_tokens(tokens)
+        if self.config.shuffle_image_tokens:
+            order = torch.rand(x.shape[:2], device=x.device).argsort(dim=1)
+            x = x.gather(1, order[..., None].expand_as(x))
         if not self.config.question_aware:
             x = x.mean(dim=1, keepdim=True)
         image = self.projector(x)

@@ -89,6 +89,21 @@ def test_cls_and_question_blind_variants(tiny_decoder, encoder, frames, question
     assert torch.all((blind.score(out, questions) >= 0) & (blind.score(out, questions) <= 1))
 
 
+def test_shuffled_image_tokens_reach_the_decoder_in_a_random_order(tiny_decoder, encoder, frames):
+    out = encoder.encode_frames(frames)
+    ordered = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder), encoder=encoder, device="cpu")
+    shuffled = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, shuffle_image_tokens=True), encoder=encoder,
+                               device="cpu")
+    shuffled.load_state_dict(ordered.state_dict())
+    n = len(ordered.prefix_ids)
+    with torch.no_grad():
+        ref = ordered.prefix_embeds(out)[:, n:]
+        first, second = shuffled.prefix_embeds(out)[:, n:], shuffled.prefix_embeds(out)[:, n:]
+    assert not torch.equal(first, ref) and not torch.equal(first, second)
+    for x in (first, second):  # each frame's own tokens, only their order changed
+        torch.testing.assert_close(x.sort(dim=1).values, ref.sort(dim=1).values)
+
+
 def test_loss_trains_projector_and_lm(head, encoder, frames, questions):
     out = encoder.encode_frames(frames)
     labels = torch.tensor([[1, 0, -1], [0, 1, 0], [1, 1, 0]])

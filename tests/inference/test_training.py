@@ -236,14 +236,14 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
     if not bundle.is_dir():
         ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
     ablations = workdir / "ablations"
-    for variant in ("cls_only", "question_blind", "no_position"):
+    for variant in ("cls_only", "question_blind", "no_position", "no_position_at_all"):
         ft.finetune(tiny_config(max_steps=3, variant=variant), tiny_clip, recordings, ablations / variant,
                     log=lambda m: None, head_only=True)
     out = workdir / "eval"
     report = evaluate(bundle, recordings[:1], out, ablations=ablations, pairs_per_question=2, threads=1, log=lambda m: None)
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "roc.png", "categories.png"}
     scorers = {"clip_zero_shot", "clip_linear_probe", "mllm_head", "ablation_cls_only", "ablation_question_blind",
-               "ablation_no_position"}
+               "ablation_no_position", "ablation_no_position_at_all"}
     assert set(report["scorers"]) == scorers
     for name in scorers:
         cats = report["scorers"][name]["per_category"]
@@ -252,7 +252,7 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
         assert ("relation" in cats) == (name != "clip_linear_probe")
     md = (out / "report.md").read_text()
     for label in ("CLIP zero-shot", "CLIP linear probe", "MLLM head", "head: CLS only", "head: no position emb.",
-                  "head: question-blind pooling", "label_near_gap", "spatial_pair_accuracy"):
+                  "head: no positions at all", "head: question-blind pooling", "label_near_gap", "spatial_pair_accuracy"):
         assert label in md
     assert json.loads((out / "report.json").read_text())["targets"] == report["targets"]
 
