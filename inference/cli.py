@@ -149,7 +149,8 @@ def finetune_command(
     encoder: Path = typer.Option(..., "--encoder", help="a pretrained CLIP folder, or a bundle to adapt"),
     data: list[Path] = typer.Option(..., "--data", help="labelled recordings (or folders of them); repeat"),
     out: Path = typer.Option(..., "--out", help="where to write the bundle (or, with --head-only, the head)"),
-    variant: str = typer.Option("full", help="full | cls_only | no_position | no_position_at_all | question_blind (ablations)"),
+    variant: str = typer.Option(
+        "full", help="full | cls_only | no_position | no_position_at_all | question_blind (ablations)"),
     head_only: bool = typer.Option(False, "--head-only", help="write only the head (ablations)"),
     init_head: bool = typer.Option(False, "--init-head", help="start from the --encoder bundle's head"),
     init_head_from: Path | None = typer.Option(

@@ -173,8 +173,8 @@ class HeadConfig(BaseModel):
     # question, so the question cannot weight them (the paper's ablation).
     question_aware: bool = True
     # True: the image tokens reach the decoder in a fresh random order on every call. With the
-    # encoder's position embeddings removed as well, nothing tells the head where a token came
-    # from: not its content, not the decoder's rotary positions, not its causal-mask rank.
+    # encoder's position embeddings removed as well, only a token's own content can hint where it
+    # came from: neither the decoder's rotary positions nor its causal-mask rank can.
     shuffle_image_tokens: bool = False
     prefix: str = "<|im_start|>"  # text before the image tokens (BOS / chat turn opening)
     prompt: str = " {question} Answer:"  # text after them; {question} is the question
