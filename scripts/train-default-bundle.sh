@@ -2,8 +2,9 @@
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
-# token (v8) with its ablations, threshold calibration and the evaluation (against v8's ablations
-# when that stage ran, else against the first head's, trained at its budget).
+# token (v8) with its ablations, one more hard-pair round under that head (v9) with its two position
+# ablations, threshold calibration and the evaluation (against the ablations of the last of v8 and
+# v9 that ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -16,7 +17,8 @@
 # pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; v3 used 49-84) and
 # CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
 # HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
-# HARD_PAIR_MIN2: the v8 stage; the shipped v8 used 24), CALIB_SEEDS (501-508), SKIP_EVAL.
+# HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; the
+# shipped v9 used 35), CALIB_SEEDS (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -40,13 +42,14 @@ HARD_PAIR_MIN=${HARD_PAIR_MIN:-}
 HARD_PAIR_MIN2=${HARD_PAIR_MIN2:-}
 HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
 CLS_HEAD_MIN=${CLS_HEAD_MIN:-}
+HARD_PAIR_MIN3=${HARD_PAIR_MIN3:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or v8's when that stage runs
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or v8's or v9's when those stages run
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -155,6 +158,26 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     wait_all
     ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
+
+    # v9: one more hard-pair round under v8's head, which keeps reading CLS + patches. Its two
+    # position ablations start where it started (v8's head), with its recipe and its steps.
+    if [ -n "$HARD_PAIR_MIN3" ]; then
+      rm -rf "$RUNS/v8" && cp -r "$BUNDLE" "$RUNS/v8"
+      hard_pair_round "$HARD_PAIR_MIN3" 9 patchsight-compact-v9
+      v9_steps=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" \
+        "$BUNDLE/bundle.json")
+      ablate_v9() {  # $1 variant
+        patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$RUNS/v8" "${more[@]}" \
+          --variant "$1" --head-only --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 \
+          --eval-every 50 --patience 20 --max-steps "$v9_steps" --threads 1 --time-limit-min 600 --device "$DEVICE" \
+          --out "$RUNS/ablations-v9/$1" >"$RUNS/finetune-v9-$1.log" 2>&1 \
+          || { tail -20 "$RUNS/finetune-v9-$1.log" >&2; return 1; }
+      }
+      rm -rf "$RUNS/ablations-v9"
+      for variant in no_position no_position_at_all; do limited ablate_v9 "$variant"; done
+      wait_all
+      ablations="$RUNS/ablations-v9"
+    fi
   fi
 fi
 
