@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from inference.encoder import EncoderOutput
-from inference.finetune import auroc, encode_recordings, questions_of, render_pairs
+from inference.finetune import WITHOUT_ENCODER_POSITIONS, auroc, encode_recordings, questions_of, render_pairs
 from schemas.config import Question, QuestionCategory
 
 Log = Callable[[str], None]
@@ -190,7 +190,7 @@ def evaluate(
     for variant, (head, head_thresholds) in load_ablations(ablations, bundle.encoder).items():
         log(f"scoring: ablation {variant}")
         thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
-        if variant in ("no_position", "no_position_at_all"):
+        if variant in WITHOUT_ENCODER_POSITIONS:
             with bundle.encoder.without_position_embeddings():
                 data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
                 scorers[f"ablation_{variant}"] = run_head(head, data_np.tokens, encode(pos_frames), encode(neg_frames), thr)

@@ -49,6 +49,8 @@ VARIANTS: dict[str, str] = {
     "before the decoder",
     "question_blind": "image tokens pooled before the head sees the question",
 }
+# the variants whose encoder runs without its position embeddings, in training and in evaluation
+WITHOUT_ENCODER_POSITIONS = frozenset({"no_position", "no_position_at_all"})
 Log = Callable[[str], None]
 
 
@@ -514,7 +516,7 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
         preprocess = FramePreprocessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
         encoder = FrameEncoder.from_clip(clip, EncoderConfig(), preprocess)
         tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
-    encoder.set_position_embeddings(variant not in ("no_position", "no_position_at_all"))
+    encoder.set_position_embeddings(variant not in WITHOUT_ENCODER_POSITIONS)
     return encoder, clip, tok, bundle
 
 
