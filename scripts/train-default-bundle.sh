@@ -146,15 +146,21 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
       || { tail -20 "$RUNS/finetune-cls-patch.log" >&2; exit 1; }
     # Its ablations start where it started (v7's head), with its recipe and at most its steps.
-    v8_steps=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" \
-      "$RUNS/cls-patch/bundle.json")
-    ablate_v8() {  # $1 variant
-      patchsight model finetune "${v8_args[@]}" --variant "$1" --head-only --max-steps "$v8_steps" --threads 1 \
-        --time-limit-min 600 --out "$RUNS/ablations-v8/$1" >"$RUNS/finetune-v8-$1.log" 2>&1 \
-        || { tail -20 "$RUNS/finetune-v8-$1.log" >&2; return 1; }
+    trained_steps() {  # $1 bundle
+      "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" "$1/bundle.json"
     }
+    ablate() {  # $1 steps, $2 folder, $3 variant, then the full head's finetune arguments
+      local steps=$1 dir=$2 variant=$3
+      shift 3
+      patchsight model finetune "$@" --variant "$variant" --head-only --max-steps "$steps" --threads 1 \
+        --time-limit-min 600 --out "$dir/$variant" >"$dir-$variant.log" 2>&1 \
+        || { tail -20 "$dir-$variant.log" >&2; return 1; }
+    }
+    v8_steps=$(trained_steps "$RUNS/cls-patch")
     rm -rf "$RUNS/ablations-v8"
-    for variant in cls_only no_position question_blind; do limited ablate_v8 "$variant"; done
+    for variant in cls_only no_position question_blind; do
+      limited ablate "$v8_steps" "$RUNS/ablations-v8" "$variant" "${v8_args[@]}"
+    done
     wait_all
     ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
@@ -164,17 +170,13 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     if [ -n "$HARD_PAIR_MIN3" ]; then
       rm -rf "$RUNS/v8" && cp -r "$BUNDLE" "$RUNS/v8"
       hard_pair_round "$HARD_PAIR_MIN3" 9 patchsight-compact-v9
-      v9_steps=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['provenance']['finetune']['steps'])" \
-        "$BUNDLE/bundle.json")
-      ablate_v9() {  # $1 variant
-        patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$RUNS/v8" "${more[@]}" \
-          --variant "$1" --head-only --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 \
-          --eval-every 50 --patience 20 --max-steps "$v9_steps" --threads 1 --time-limit-min 600 --device "$DEVICE" \
-          --out "$RUNS/ablations-v9/$1" >"$RUNS/finetune-v9-$1.log" 2>&1 \
-          || { tail -20 "$RUNS/finetune-v9-$1.log" >&2; return 1; }
-      }
+      v9_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$RUNS/v8" "${more[@]}" --frame-stride 2
+        --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --device "$DEVICE")
+      v9_steps=$(trained_steps "$BUNDLE")
       rm -rf "$RUNS/ablations-v9"
-      for variant in no_position no_position_at_all; do limited ablate_v9 "$variant"; done
+      for variant in no_position no_position_at_all; do
+        limited ablate "$v9_steps" "$RUNS/ablations-v9" "$variant" "${v9_args[@]}"
+      done
       wait_all
       ablations="$RUNS/ablations-v9"
     fi
