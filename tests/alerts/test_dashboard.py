@@ -70,6 +70,7 @@ def free_port() -> int:
 def test_alert_appears_live_in_the_browser_and_ack_reaches_redis(alert_config):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -96,7 +97,8 @@ def test_alert_appears_live_in_the_browser_and_ack_reaches_redis(alert_config):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
-        wait = WebDriverWait(driver, 30)
+        # the page re-renders a row when its alert changes: a row found just before is then stale, so look again
+        wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
         # without the token the page is refused
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 401
         driver.get(f"http://127.0.0.1:{port}/?token={TOKEN}")
