@@ -255,6 +255,7 @@ class MLLMHead(nn.Module):
         self.no_id = _single_token(tokenizer, config.no_text)
         self.prefix_ids = tokenizer.encode(config.prefix, add_special_tokens=False) if config.prefix else []
         self._prompt_cache: dict[str, list[int]] = {}
+        self._eval_shuffle_rng: torch.Generator | None = None  # see _shuffle_generator
 
     def use_encoder(self, encoder: FrameEncoder | None) -> None:
         """Read this encoder's tokens from now on."""
@@ -437,7 +438,7 @@ class MLLMHead(nn.Module):
         """(B, P, H): the prefix text followed by the projected image tokens."""
         x = self.image_tokens(tokens)
         if self.config.shuffle_image_tokens:
-            order = torch.rand(x.shape[:2], device=x.device).argsort(dim=1)
+            order = torch.rand(x.shape[:2], device=x.device, generator=self._shuffle_generator(x.device)).argsort(dim=1)
             x = x.gather(1, order[..., None].expand_as(x))
         if not self.config.question_aware:
             x = x.mean(dim=1, keepdim=True)
@@ -447,6 +448,15 @@ class MLLMHead(nn.Module):
         ids = torch.tensor(self.prefix_ids, device=self.device)
         text = self.body.embed_tokens(ids)[None].expand(image.shape[0], -1, -1)
         return torch.cat([text, image], dim=1)
+
+    def _shuffle_generator(self, device: torch.device) -> torch.Generator | None:
+        """Training draws from torch's global RNG (seeded by finetune); evaluation from the head's own,
+        seeded once, so that evaluating the same frames twice gives the same scores."""
+        if self.training:
+            return None
+        if self._eval_shuffle_rng is None or self._eval_shuffle_rng.device != device:
+            self._eval_shuffle_rng = torch.Generator(device=device).manual_seed(0)
+        return self._eval_shuffle_rng
 
     # --- forward ------------------------------------------------------------------
 

@@ -104,6 +104,26 @@ def test_shuffled_image_tokens_reach_the_decoder_in_a_random_order(tiny_decoder,
         torch.testing.assert_close(x.sort(dim=1).values, ref.sort(dim=1).values)
 
 
+def test_shuffled_head_scores_the_same_frames_the_same_way_each_evaluation(tiny_decoder, encoder, frames, questions):
+    out = encoder.encode_frames(frames)
+    config = HeadConfig.tiny(decoder=tiny_decoder, shuffle_image_tokens=True)
+    heads = [MLLMHead.create(config, encoder=encoder, device="cpu") for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    torch.manual_seed(1)
+    first = heads[0].score(out, questions)
+    torch.manual_seed(2)  # the global RNG's state does not reach an evaluation's shuffle
+    torch.testing.assert_close(heads[1].score(out, questions), first)
+    heads[0].train()  # training draws a fresh order from the global RNG
+    n = len(heads[0].prefix_ids)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = heads[0].prefix_embeds(out)[:, n:]
+        torch.manual_seed(3)
+        b = heads[0].prefix_embeds(out)[:, n:]
+        c = heads[0].prefix_embeds(out)[:, n:]
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
+
 def test_loss_trains_projector_and_lm(head, encoder, frames, questions):
     out = encoder.encode_frames(frames)
     labels = torch.tensor([[1, 0, -1], [0, 1, 0], [1, 1, 0]])
