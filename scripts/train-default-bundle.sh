@@ -2,7 +2,7 @@
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
-# token (v8) with its ablations, one more hard-pair round under that head (v9) with its two position
+# token (v8) with its ablations, one more hard-pair round under that head (v9) with its four
 # ablations, threshold calibration and the evaluation (against the ablations of the last of v8 and
 # v9 that ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
@@ -165,21 +165,23 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
 
-    # v9: one more hard-pair round under v8's head, which keeps reading CLS + patches. Its two
-    # position ablations start where it started (v8's head), with its recipe and its steps.
-    if [ -n "$HARD_PAIR_MIN3" ]; then
-      rm -rf "$RUNS/v8" && cp -r "$BUNDLE" "$RUNS/v8"
-      hard_pair_round "$HARD_PAIR_MIN3" 9 patchsight-compact-v9
-      v9_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$RUNS/v8" "${more[@]}" --frame-stride 2
+    # v9: one more hard-pair round under v8's head, which keeps reading CLS + patches. The round's
+    # four ablations start where it started (the previous head), with its recipe and its steps.
+    ablated_round() {  # minutes, version
+      local prev="$RUNS/v$(($2 - 1))" steps variant
+      rm -rf "$prev" && cp -r "$BUNDLE" "$prev"
+      hard_pair_round "$1" "$2" "patchsight-compact-v$2"
+      local args=(--encoder "$RUNS/encoder-hard" --init-head-from "$prev" "${more[@]}" --frame-stride 2
         --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --device "$DEVICE")
-      v9_steps=$(trained_steps "$BUNDLE")
-      rm -rf "$RUNS/ablations-v9"
-      for variant in no_position no_position_at_all; do
-        limited ablate "$v9_steps" "$RUNS/ablations-v9" "$variant" "${v9_args[@]}"
+      steps=$(trained_steps "$BUNDLE")
+      rm -rf "$RUNS/ablations-v$2"
+      for variant in cls_only no_position question_blind no_position_at_all; do
+        limited ablate "$steps" "$RUNS/ablations-v$2" "$variant" "${args[@]}"
       done
       wait_all
-      ablations="$RUNS/ablations-v9"
-    fi
+      ablations="$RUNS/ablations-v$2"
+    }
+    if [ -n "$HARD_PAIR_MIN3" ]; then ablated_round "$HARD_PAIR_MIN3" 9; fi
   fi
 fi
 
