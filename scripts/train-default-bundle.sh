@@ -2,9 +2,9 @@
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
-# token (v8) with its ablations, one more hard-pair round under that head (v9) with its four
-# ablations, threshold calibration and the evaluation (against the ablations of the last of v8 and
-# v9 that ran, else against the first head's, trained at its budget).
+# token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10), each with its
+# four ablations, threshold calibration and the evaluation (against the ablations of the last of
+# v8, v9 and v10 that ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -17,8 +17,8 @@
 # pretraining one), FINETUNE_MIN, BATCH_FRAMES, CONTINUE_SEEDS (none by default; v3 used 49-84) and
 # CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
 # HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
-# HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; the
-# shipped v9 used 35), CALIB_SEEDS (501-508), SKIP_EVAL.
+# HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; v9 used
+# 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; the shipped v10 used 35), CALIB_SEEDS (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -43,13 +43,14 @@ HARD_PAIR_MIN2=${HARD_PAIR_MIN2:-}
 HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
 CLS_HEAD_MIN=${CLS_HEAD_MIN:-}
 HARD_PAIR_MIN3=${HARD_PAIR_MIN3:-}
+HARD_PAIR_MIN4=${HARD_PAIR_MIN4:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or v8's or v9's when those stages run
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v10) that ran
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -165,8 +166,8 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
 
-    # v9: one more hard-pair round under v8's head, which keeps reading CLS + patches. The round's
-    # four ablations start where it started (the previous head), with its recipe and its steps.
+    # v9 and v10: more hard-pair rounds under v8's head, which keeps reading CLS + patches. Each
+    # round's four ablations start where it started (the previous head), with its recipe and its steps.
     ablated_round() {  # minutes, version
       local prev="$RUNS/v$(($2 - 1))" steps variant
       rm -rf "$prev" && cp -r "$BUNDLE" "$prev"
@@ -181,7 +182,10 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       wait_all
       ablations="$RUNS/ablations-v$2"
     }
-    if [ -n "$HARD_PAIR_MIN3" ]; then ablated_round "$HARD_PAIR_MIN3" 9; fi
+    if [ -n "$HARD_PAIR_MIN3" ]; then
+      ablated_round "$HARD_PAIR_MIN3" 9
+      if [ -n "$HARD_PAIR_MIN4" ]; then ablated_round "$HARD_PAIR_MIN4" 10; fi  # v10: the same again
+    fi
   fi
 fi
 
