@@ -18,7 +18,8 @@
 # CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
 # HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
 # HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; v9 used
-# 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; the shipped v10 used 35), CALIB_SEEDS (501-508), SKIP_EVAL.
+# 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; the shipped v10 used 35), CALIB_SEEDS
+# (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
