@@ -187,13 +187,17 @@ def evaluate(
 
         scorers["clip_linear_probe"] = Scored(probe(data.tokens), pair_view(probe(enc_pos)), pair_view(probe(enc_neg)), np.full(Q, 0.5))
 
+    # frames, pair positives, pair negatives without position embeddings: encoded once, for every such ablation
+    no_position: tuple[EncoderOutput, EncoderOutput, EncoderOutput] | None = None
     for variant, (head, head_thresholds) in load_ablations(ablations, bundle.encoder).items():
         log(f"scoring: ablation {variant}")
         thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
         if variant in WITHOUT_ENCODER_POSITIONS:
-            with bundle.encoder.without_position_embeddings():
-                data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
-                scorers[f"ablation_{variant}"] = run_head(head, data_np.tokens, encode(pos_frames), encode(neg_frames), thr)
+            if no_position is None:
+                with bundle.encoder.without_position_embeddings():
+                    data_np = encode_recordings(bundle.encoder, recordings, questions, log=lambda m: None)
+                    no_position = (data_np.tokens, encode(pos_frames), encode(neg_frames))
+            scorers[f"ablation_{variant}"] = run_head(head, *no_position, thr)
         else:
             scorers[f"ablation_{variant}"] = run_head(head, data.tokens, enc_pos, enc_neg, thr)
 
