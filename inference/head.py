@@ -451,7 +451,8 @@ class MLLMHead(nn.Module):
 
     def _shuffle_generator(self, device: torch.device) -> torch.Generator | None:
         """Training draws from torch's global RNG (seeded by finetune); evaluation from the head's own,
-        seeded once, so that evaluating the same frames twice gives the same scores."""
+        seeded when the head is made, so that an evaluation run gives the same scores every time it runs
+        (within one run the order still changes from call to call)."""
         if self.training:
             return None
         if self._eval_shuffle_rng is None or self._eval_shuffle_rng.device != device:
