@@ -2,9 +2,10 @@
 # Make the default bundle from nothing: training recordings, encoder pretraining, the head,
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
-# token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10), each with its
-# four ablations, threshold calibration and the evaluation (against the ablations of the last of
-# v8, v9 and v10 that ran, else against the first head's, trained at its budget).
+# token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10) and the head
+# trained on with 72 more seeds (v11), each with its four ablations, threshold calibration and the
+# evaluation (against the ablations of the last of v8 to v11 that ran, else against the first
+# head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -18,7 +19,8 @@
 # CONTINUE_MIN, HARD_PAIR_MIN (with CONTINUE_SEEDS: the v5 stage; v5 used 20), HARD_PAIR_MIN2 (with
 # HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
 # HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; v9 used
-# 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; the shipped v10 used 35), CALIB_SEEDS
+# 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; v10 used 35), MORE_SEEDS_MIN (with
+# HARD_PAIR_MIN4: the v11 stage; the shipped v11 used 24) and MORE_SEEDS (85-156), CALIB_SEEDS
 # (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,13 +47,15 @@ HARD_HEAD_MIN=${HARD_HEAD_MIN:-24}
 CLS_HEAD_MIN=${CLS_HEAD_MIN:-}
 HARD_PAIR_MIN3=${HARD_PAIR_MIN3:-}
 HARD_PAIR_MIN4=${HARD_PAIR_MIN4:-}
+MORE_SEEDS_MIN=${MORE_SEEDS_MIN:-}
+MORE_SEEDS=${MORE_SEEDS:-$(seq -s' ' 85 156)}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v10) that ran
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v11) that ran
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -122,16 +126,20 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   # v5 and v7: the bundle's encoder pretrained further with hard pairs (each part with a surface
   # defect next to its defect-free twin, captioned without the defect), then its head trained on,
   # on that encoder; v7 is a second such round from v5.
+  head_round() {  # minutes, model id: the bundle's head trained on, on $RUNS/encoder-hard and the seeds in `more`
+    rm -rf "$RUNS/hard"
+    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --frame-stride 2 \
+      --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 \
+      --threads "$THREADS" --time-limit-min "$1" --device "$DEVICE" --out "$RUNS/hard" \
+      --model-id "$2" >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
+    rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
+  }
   hard_pair_round() {  # minutes, seed, model id
-    rm -rf "$RUNS/encoder-hard" "$RUNS/hard"
+    rm -rf "$RUNS/encoder-hard"
     patchsight model pretrain-encoder --out "$RUNS/encoder-hard" --init-from "$BUNDLE" --hard-pair-rate 1.0 \
       --lr 3e-4 --time-limit-min "$1" --max-steps 100000 --batch-size "$PRETRAIN_BATCH" --seed "$2" \
       --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
-    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --frame-stride 2 \
-      --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 \
-      --threads "$THREADS" --time-limit-min "$HARD_HEAD_MIN" --device "$DEVICE" --out "$RUNS/hard" \
-      --model-id "$3" >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
-    rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
+    head_round "$HARD_HEAD_MIN" "$3"
   }
   if [ -n "$HARD_PAIR_MIN" ]; then
     hard_pair_round "$HARD_PAIR_MIN" 5 patchsight-compact-v5
@@ -167,25 +175,37 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     ablations="$RUNS/ablations-v8"
     rm -rf "$BUNDLE" && mv "$RUNS/cls-patch" "$BUNDLE"
 
-    # v9 and v10: more hard-pair rounds under v8's head, which keeps reading CLS + patches. Each
-    # round's four ablations start where it started (the previous head), with its recipe and its steps.
-    ablated_round() {  # minutes, version
-      local prev="$RUNS/v$(($2 - 1))" steps variant
+    # v9 and v10: more hard-pair rounds under v8's head, which keeps reading CLS + patches; v11: the
+    # same encoder, its head trained on with twice as many new parts (it had over-fitted the first
+    # seeds' parts). Each round's four ablations start where it started (the previous head), with its
+    # recipe and its steps.
+    ablated_round() {  # version, then the round that trains it and the round's arguments but the model id
+      local version=$1 prev="$RUNS/v$(($1 - 1))" steps variant
+      shift
       rm -rf "$prev" && cp -r "$BUNDLE" "$prev"
-      hard_pair_round "$1" "$2" "patchsight-compact-v$2"
+      "$@" "patchsight-compact-v$version"
       local args=(--encoder "$RUNS/encoder-hard" --init-head-from "$prev" "${more[@]}" --frame-stride 2
         --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --device "$DEVICE")
       steps=$(trained_steps "$BUNDLE")
-      rm -rf "$RUNS/ablations-v$2"
+      rm -rf "$RUNS/ablations-v$version"
       for variant in cls_only no_position question_blind no_position_at_all; do
-        limited ablate "$steps" "$RUNS/ablations-v$2" "$variant" "${args[@]}"
+        limited ablate "$steps" "$RUNS/ablations-v$version" "$variant" "${args[@]}"
       done
       wait_all
-      ablations="$RUNS/ablations-v$2"
+      ablations="$RUNS/ablations-v$version"
+    }
+    more_seeds_round() {  # minutes, model id
+      for seed in $MORE_SEEDS; do limited synth_seed train "$seed" 160 0.6; done
+      wait_all
+      for seed in $MORE_SEEDS; do more+=(--data "$RUNS/data/train-s$seed"); done
+      head_round "$1" "$2"
     }
     if [ -n "$HARD_PAIR_MIN3" ]; then
-      ablated_round "$HARD_PAIR_MIN3" 9
-      if [ -n "$HARD_PAIR_MIN4" ]; then ablated_round "$HARD_PAIR_MIN4" 10; fi  # v10: the same again
+      ablated_round 9 hard_pair_round "$HARD_PAIR_MIN3" 9
+      if [ -n "$HARD_PAIR_MIN4" ]; then
+        ablated_round 10 hard_pair_round "$HARD_PAIR_MIN4" 10  # v10: the same again
+        if [ -n "$MORE_SEEDS_MIN" ]; then ablated_round 11 more_seeds_round "$MORE_SEEDS_MIN"; fi
+      fi
     fi
   fi
 fi
