@@ -112,14 +112,20 @@ wait_all
 
 # v3: the head trained further, from the bundle just written, on seeds it has not seen.
 if [ -n "$CONTINUE_SEEDS" ]; then
-  for seed in $CONTINUE_SEEDS; do limited synth_seed train "$seed" 160 0.6; done
-  wait_all
-  more=()
-  for seed in $CONTINUE_SEEDS; do more+=(--data "$RUNS/data/train-s$seed"); done
+  more=()  # the --data arguments of every head round from v3 on
+  add_train_seeds() {  # seeds: rendered (160 frames each), then added to `more`
+    local seed
+    for seed in "$@"; do limited synth_seed train "$seed" 160 0.6; done
+    wait_all
+    for seed in "$@"; do more+=(--data "$RUNS/data/train-s$seed"); done
+  }
+  # the recipe every head round from v3 on shares, ablations included
+  recipe=(--frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20
+    --device "$DEVICE")
+  add_train_seeds $CONTINUE_SEEDS
   rm -rf "$RUNS/continued"
-  patchsight model finetune --encoder "$BUNDLE" --init-head "${more[@]}" --frame-stride 2 --cache "$RUNS/cache" \
-    --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 --threads "$THREADS" \
-    --time-limit-min "$CONTINUE_MIN" --device "$DEVICE" --out "$RUNS/continued" --model-id patchsight-compact-v3 \
+  patchsight model finetune --encoder "$BUNDLE" --init-head "${more[@]}" "${recipe[@]}" --max-steps 100000 \
+    --threads "$THREADS" --time-limit-min "$CONTINUE_MIN" --out "$RUNS/continued" --model-id patchsight-compact-v3 \
     >"$RUNS/finetune-continued.log" 2>&1 || { tail -20 "$RUNS/finetune-continued.log" >&2; exit 1; }
   rm -rf "$BUNDLE" && mv "$RUNS/continued" "$BUNDLE"
 
@@ -128,9 +134,8 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   # on that encoder; v7 is a second such round from v5.
   head_round() {  # minutes, model id: the bundle's head trained on, on $RUNS/encoder-hard and the seeds in `more`
     rm -rf "$RUNS/hard"
-    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --frame-stride 2 \
-      --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --max-steps 100000 \
-      --threads "$THREADS" --time-limit-min "$1" --device "$DEVICE" --out "$RUNS/hard" \
+    patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" "${recipe[@]}" \
+      --max-steps 100000 --threads "$THREADS" --time-limit-min "$1" --out "$RUNS/hard" \
       --model-id "$2" >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
     rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
   }
@@ -149,8 +154,7 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   # that token holds the surface defects the hard pairs taught (scripts/probe_features.py).
   if [ -n "$HARD_PAIR_MIN" ] && [ -n "$HARD_PAIR_MIN2" ] && [ -n "$CLS_HEAD_MIN" ]; then
     v8_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --image-tokens cls_patch
-      --frame-stride 2 --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20
-      --device "$DEVICE")
+      "${recipe[@]}")
     rm -rf "$RUNS/cls-patch"
     patchsight model finetune "${v8_args[@]}" --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \
       --out "$RUNS/cls-patch" --model-id patchsight-compact-v8 >"$RUNS/finetune-cls-patch.log" 2>&1 \
@@ -184,8 +188,7 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       shift
       rm -rf "$prev" && cp -r "$BUNDLE" "$prev"
       "$@" "patchsight-compact-v$version"
-      local args=(--encoder "$RUNS/encoder-hard" --init-head-from "$prev" "${more[@]}" --frame-stride 2
-        --cache "$RUNS/cache" --seed 0 --batch-frames 32 --lr 3e-4 --eval-every 50 --patience 20 --device "$DEVICE")
+      local args=(--encoder "$RUNS/encoder-hard" --init-head-from "$prev" "${more[@]}" "${recipe[@]}")
       steps=$(trained_steps "$BUNDLE")
       rm -rf "$RUNS/ablations-v$version"
       for variant in cls_only no_position question_blind no_position_at_all; do
@@ -195,9 +198,7 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       ablations="$RUNS/ablations-v$version"
     }
     more_seeds_round() {  # minutes, model id
-      for seed in $MORE_SEEDS; do limited synth_seed train "$seed" 160 0.6; done
-      wait_all
-      for seed in $MORE_SEEDS; do more+=(--data "$RUNS/data/train-s$seed"); done
+      add_train_seeds $MORE_SEEDS
       head_round "$1" "$2"
     }
     if [ -n "$HARD_PAIR_MIN3" ]; then
