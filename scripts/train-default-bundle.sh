@@ -3,9 +3,10 @@
 # the three ablation heads, optionally more head training on new seeds (v3) and an encoder
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
 # token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10) and the head
-# trained on with 72 more seeds (v11), each with its four ablations, threshold calibration and the
-# evaluation (against the ablations of the last of v8 to v11 that ran, else against the first
-# head's, trained at its budget).
+# trained on with 72 more seeds (v11), then 72 more (v12), and a hard-pair round on a CUDA GPU
+# under that head (v13), each with its four ablations, threshold calibration and the evaluation
+# (against the ablations of the last of v8 to v13 that ran, else against the first head's,
+# trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -20,8 +21,10 @@
 # HARD_PAIR_MIN: the v7 stage after it; v7 used 40), HARD_HEAD_MIN (24), CLS_HEAD_MIN (with
 # HARD_PAIR_MIN2: the v8 stage; v8 used 24), HARD_PAIR_MIN3 (with CLS_HEAD_MIN: the v9 stage; v9 used
 # 35), HARD_PAIR_MIN4 (with HARD_PAIR_MIN3: the v10 stage; v10 used 35), MORE_SEEDS_MIN (with
-# HARD_PAIR_MIN4: the v11 stage; the shipped v11 used 24) and MORE_SEEDS (85-156), CALIB_SEEDS
-# (501-508), SKIP_EVAL.
+# HARD_PAIR_MIN4: the v11 stage; v11 used 24) and MORE_SEEDS (85-156), MORE_SEEDS_MIN2 (with
+# MORE_SEEDS_MIN: the v12 stage; v12 used 24) and MORE_SEEDS2 (157-228), GPU_HARD_PAIR_MIN (with
+# MORE_SEEDS_MIN2: the v13 stage, whose encoder round runs on CUDA whatever DEVICE says; v13 used
+# 6.5), CALIB_SEEDS (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -49,13 +52,16 @@ HARD_PAIR_MIN3=${HARD_PAIR_MIN3:-}
 HARD_PAIR_MIN4=${HARD_PAIR_MIN4:-}
 MORE_SEEDS_MIN=${MORE_SEEDS_MIN:-}
 MORE_SEEDS=${MORE_SEEDS:-$(seq -s' ' 85 156)}
+MORE_SEEDS_MIN2=${MORE_SEEDS_MIN2:-}
+MORE_SEEDS2=${MORE_SEEDS2:-$(seq -s' ' 157 228)}
+GPU_HARD_PAIR_MIN=${GPU_HARD_PAIR_MIN:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v11) that ran
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v13) that ran
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -139,11 +145,13 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       --model-id "$2" >"$RUNS/finetune-hard.log" 2>&1 || { tail -20 "$RUNS/finetune-hard.log" >&2; exit 1; }
     rm -rf "$BUNDLE" && mv "$RUNS/hard" "$BUNDLE"
   }
-  hard_pair_round() {  # minutes, seed, model id
+  hard_pair_round() {  # minutes, seed, model id (PAIR_ON_GPU set: the encoder trains on a CUDA GPU)
+    local where=(--batch-size "$PRETRAIN_BATCH" --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS")
+    # v13's round: the batch and rendering processes that kept one H200 busy (1800 images/s)
+    [ -z "${PAIR_ON_GPU:-}" ] || where=(--batch-size 512 --device cuda --data-workers 14 --threads 1)
     rm -rf "$RUNS/encoder-hard"
     patchsight model pretrain-encoder --out "$RUNS/encoder-hard" --init-from "$BUNDLE" --hard-pair-rate 1.0 \
-      --lr 3e-4 --time-limit-min "$1" --max-steps 100000 --batch-size "$PRETRAIN_BATCH" --seed "$2" \
-      --device "$DEVICE" --data-workers "$DATA_WORKERS" --threads "$THREADS"
+      --lr 3e-4 --time-limit-min "$1" --max-steps 100000 --seed "$2" "${where[@]}"
     head_round "$HARD_HEAD_MIN" "$3"
   }
   if [ -n "$HARD_PAIR_MIN" ]; then
@@ -181,8 +189,8 @@ if [ -n "$CONTINUE_SEEDS" ]; then
 
     # v9 and v10: more hard-pair rounds under v8's head, which keeps reading CLS + patches; v11: the
     # same encoder, its head trained on with twice as many new parts (it had over-fitted the first
-    # seeds' parts). Each round's four ablations start where it started (the previous head), with its
-    # recipe and its steps.
+    # seeds' parts); v12: 72 parts' seeds more. Each round's four ablations start where it started
+    # (the previous head), with its recipe and its steps.
     ablated_round() {  # version, then the round that trains it and the round's arguments but the model id
       local version=$1 prev="$RUNS/v$(($1 - 1))" steps variant
       shift
@@ -197,15 +205,21 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       wait_all
       ablations="$RUNS/ablations-v$version"
     }
-    more_seeds_round() {  # minutes, model id
-      add_train_seeds $MORE_SEEDS
-      head_round "$1" "$2"
+    more_seeds_round() {  # seeds (one word), minutes, model id
+      add_train_seeds $1
+      head_round "$2" "$3"
     }
     if [ -n "$HARD_PAIR_MIN3" ]; then
       ablated_round 9 hard_pair_round "$HARD_PAIR_MIN3" 9
       if [ -n "$HARD_PAIR_MIN4" ]; then
         ablated_round 10 hard_pair_round "$HARD_PAIR_MIN4" 10  # v10: the same again
-        if [ -n "$MORE_SEEDS_MIN" ]; then ablated_round 11 more_seeds_round "$MORE_SEEDS_MIN"; fi
+        if [ -n "$MORE_SEEDS_MIN" ]; then
+          ablated_round 11 more_seeds_round "$MORE_SEEDS" "$MORE_SEEDS_MIN"
+          if [ -n "$MORE_SEEDS_MIN2" ]; then
+            ablated_round 12 more_seeds_round "$MORE_SEEDS2" "$MORE_SEEDS_MIN2"
+            if [ -n "$GPU_HARD_PAIR_MIN" ]; then PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12; fi
+          fi
+        fi
       fi
     fi
   fi
