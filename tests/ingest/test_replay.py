@@ -75,7 +75,9 @@ def test_looping_keeps_seq_increasing_deterministically(make_config, tmp_path):
 
 
 def test_speed_paces_the_replay(make_config, tmp_path):
-    recording = make_recording(tmp_path / "a", frames=6, fps=10.0)  # 0.5 s of frames
+    # 2 s of frames: long enough that the producer's own start and flush (0.4 s once in CI) cannot
+    # hide the pacing, and a replay that ignored the speed would take the whole 2 s again.
+    recording = make_recording(tmp_path / "a", frames=21, fps=10.0)
     config = make_config()
     ensure_topics(config.kafka, [config.kafka.topics.frames])
     started = time.monotonic()
@@ -84,8 +86,8 @@ def test_speed_paces_the_replay(make_config, tmp_path):
     started = time.monotonic()
     replay([recording], config, speed=5.0)
     fast = time.monotonic() - started
-    assert original >= 0.5
-    assert fast < original
+    assert original >= 2.0
+    assert fast < original / 2
 
 
 def test_replay_refuses_a_broken_recording_before_publishing(make_config, tmp_path):
