@@ -189,8 +189,8 @@ if [ -n "$CONTINUE_SEEDS" ]; then
 
     # v9 and v10: more hard-pair rounds under v8's head, which keeps reading CLS + patches; v11: the
     # same encoder, its head trained on with twice as many new parts (it had over-fitted the first
-    # seeds' parts); v12: 72 parts' seeds more. Each round's four ablations start where it started
-    # (the previous head), with its recipe and its steps.
+    # seeds' parts); v12: 72 seeds more; v13: a hard-pair round on a GPU. Each round's four ablations
+    # start where it started (the previous head), with its recipe and its steps.
     ablated_round() {  # version, then the round that trains it and the round's arguments but the model id
       local version=$1 prev="$RUNS/v$(($1 - 1))" steps variant
       shift
