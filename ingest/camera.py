@@ -84,6 +84,7 @@ def run_camera(
         client_id=f"{config.kafka.client_id_prefix}-ingest-{camera.id}",
         stop=stop,  # type: ignore[arg-type]
         quality=camera.jpeg_quality,
+        stall_s=config.ingest.producer_stall_s,
     )
     pump = threading.Thread(target=publish_from, args=(buffer, publisher), kwargs={"retry": False}, daemon=True)
     pump.start()

@@ -19,6 +19,13 @@ kafka-python's accumulator has no memory bound of its own, so the publisher caps
 frames in flight (sent, not yet acknowledged). While Kafka is slow or away the cap holds
 the publishing thread, the bounded buffer in front of it fills, and the buffer's policy
 decides: live cameras drop their oldest frames, replay waits.
+
+A live camera's publisher also replaces a producer that has acknowledged nothing for
+``ingest.producer_stall_s`` while frames were in flight. kafka-python's producer was once
+seen retrying ``NotLeaderForPartitionError`` for over a minute after a broker restart,
+delivering nothing (docs/operations.md); a new producer starts from fresh metadata. The
+old one's pending frames are failed (and counted): they are stale by then. Replay never
+replaces its producer, because it must not give up a frame.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import math
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
@@ -56,6 +64,7 @@ COUNTER_NAMES = (
     "rejected",  # over the size limit and not sent
     "reconnects",  # source reopened after a loss
     "errors",  # frames that could not be encoded, sources that failed
+    "producer_stalls",  # producers replaced after acknowledging nothing for ingest.producer_stall_s
 )
 
 
@@ -163,7 +172,8 @@ class FramePublisher:
     """Publish ``FrameMessage``s to the frames topic, keyed by camera id.
 
     Thread-safe. ``connect()`` retries until a broker answers (or ``stop`` is set), so a
-    process can start before Kafka does.
+    process can start before Kafka does. With ``stall_s`` set, a producer that acknowledges
+    nothing for that long while frames are in flight is replaced (see the module docstring).
     """
 
     def __init__(
@@ -176,6 +186,8 @@ class FramePublisher:
         stop: threading.Event | None = None,
         max_in_flight: int | None = None,
         quality: int = 85,
+        stall_s: float | None = None,
+        producer_factory: Callable[..., Any] = KafkaProducer,
     ) -> None:
         self.kafka = kafka
         self.ingest = ingest
@@ -184,8 +196,14 @@ class FramePublisher:
         self.client_id = client_id
         self.stop = stop or threading.Event()
         self.quality = quality
-        self._in_flight = threading.BoundedSemaphore(max_in_flight or max(8, ingest.buffer_frames))
-        self._producer: KafkaProducer | None = None
+        self.stall_s = stall_s
+        self.producer_factory = producer_factory
+        self._max_in_flight = max_in_flight or max(8, ingest.buffer_frames)
+        # One semaphore per producer: a replaced producer's late callbacks release their own.
+        self._in_flight = threading.BoundedSemaphore(self._max_in_flight)
+        self._pending = 0  # frames the current producer has neither acknowledged nor failed
+        self._quiet_since = time.monotonic()  # the last acknowledgement, or the first send after none pending
+        self._producer: Any = None
         self._last_failure_log = 0.0
         self._failures_since_log = 0
         self._lock = threading.Lock()
@@ -202,7 +220,7 @@ class FramePublisher:
         delay = self.ingest.reconnect_initial_s
         while not self.stop.is_set():
             try:
-                self._producer = KafkaProducer(**producer_settings(self.kafka, self.ingest, self.client_id))
+                self._producer = self.producer_factory(**producer_settings(self.kafka, self.ingest, self.client_id))
             except KafkaError as exc:
                 self.log.warning(
                     "kafka unreachable, retrying", bootstrap=self.kafka.bootstrap, error=str(exc), retry_in_s=delay
@@ -243,13 +261,23 @@ class FramePublisher:
         key, value, headers = frame.to_record()
         delay = self.ingest.reconnect_initial_s
         while True:
-            while not self._in_flight.acquire(timeout=0.1):
+            if self._stalled():
+                self._replace_stalled_producer()
+            if self._producer is None and not self.connect():
+                return False
+            permits = self._in_flight
+            if not permits.acquire(timeout=0.1):
                 if self.stop.is_set():
                     return False
+                continue
+            with self._lock:
+                if self._pending == 0:
+                    self._quiet_since = time.monotonic()
+                self._pending += 1
             try:
-                future = self._producer.send(self.topic, value=value, key=key, headers=headers)  # type: ignore[union-attr]
+                future = self._producer.send(self.topic, value=value, key=key, headers=headers)
             except KafkaError as exc:
-                self._in_flight.release()
+                self._settled(permits, acknowledged=False)
                 if not retry or self.stop.is_set():
                     self._failed(frame, exc)
                     return False
@@ -257,16 +285,43 @@ class FramePublisher:
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.ingest.reconnect_max_s)
                 continue
-            future.add_callback(self._delivered)
-            future.add_errback(self._delivery_failed, frame)
+            future.add_callback(self._delivered, permits)
+            future.add_errback(self._delivery_failed, frame, permits)
             return True
 
-    def _delivered(self, _metadata: Any) -> None:
-        self._in_flight.release()
+    def _stalled(self) -> bool:
+        if self.stall_s is None:
+            return False
+        with self._lock:
+            return self._pending > 0 and time.monotonic() - self._quiet_since > self.stall_s
+
+    def _replace_stalled_producer(self) -> None:
+        old, self._producer = self._producer, None
+        with self._lock:
+            abandoned, self._pending = self._pending, 0
+            self._in_flight = threading.BoundedSemaphore(self._max_in_flight)
+        self.counters.add("producer_stalls")
+        self.log.error(
+            "producer acknowledged nothing, replacing it", stalled_s=self.stall_s, abandoned_frames=abandoned
+        )
+        # off the publishing thread: a sick client may take its time to let go
+        threading.Thread(target=self._discard, args=(old, 5.0), name=f"{self.client_id}-discard", daemon=True).start()
+
+    def _settled(self, permits: threading.BoundedSemaphore, *, acknowledged: bool) -> None:
+        permits.release()
+        with self._lock:
+            if permits is not self._in_flight:
+                return  # a replaced producer's frame: it no longer counts towards a stall
+            self._pending -= 1
+            if acknowledged:
+                self._quiet_since = time.monotonic()
+
+    def _delivered(self, permits: threading.BoundedSemaphore, _metadata: Any) -> None:
+        self._settled(permits, acknowledged=True)
         self.counters.add("published")
 
-    def _delivery_failed(self, frame: FrameMessage, exc: Exception) -> None:
-        self._in_flight.release()
+    def _delivery_failed(self, frame: FrameMessage, permits: threading.BoundedSemaphore, exc: Exception) -> None:
+        self._settled(permits, acknowledged=False)
         self._failed(frame, exc)
 
     def _failed(self, frame: FrameMessage, exc: BaseException) -> None:
@@ -288,12 +343,28 @@ class FramePublisher:
 
     def close(self, timeout: float = 10.0) -> None:
         if self._producer is not None:
-            self.flush(timeout)
-            try:
-                self._producer.close(timeout=timeout)
-            except KafkaError as exc:  # the broker is still away: say so, and do not take the caller down
-                self.log.error("closed with frames undelivered", error=str(exc))
-            self._producer = None
+            producer, self._producer = self._producer, None
+            self._discard(producer, timeout)
+
+    def _discard(self, producer: Any, timeout: float) -> None:
+        """Close ``producer``; frames it cannot deliver within ``timeout`` are failed, and counted.
+
+        kafka-python's ``close(timeout)`` flushes first and raises when that flush times out,
+        before it reaches its own force-close, which would leave the client's IO thread
+        running. So on a timed-out flush the sender is force-closed here: that fails every
+        pending send, whose errbacks count the frames.
+        """
+        try:
+            producer.flush(timeout=timeout)
+        except KafkaError as exc:  # the broker is still away: say so, and do not take the caller down
+            self.log.error("closed with frames undelivered", error=str(exc))
+            sender = getattr(producer, "_sender", None)  # kafka-python has no public force-close
+            if sender is not None:
+                sender.force_close()
+        try:
+            producer.close(timeout=timeout)
+        except KafkaError as exc:
+            self.log.error("producer did not close cleanly", error=str(exc))
 
 
 def publish_from(buffer: "FrameBuffer[FrameMessage]", publisher: FramePublisher, *, retry: bool) -> None:

@@ -224,6 +224,9 @@ class IngestSettings(Section):
     reconnect_max_s: float = Field(30.0, gt=0)
     reconnect_give_up_s: float = Field(300.0, gt=0, description="report a camera dead after this long")
     linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    producer_stall_s: float = Field(
+        30.0, gt=0, description="a live camera replaces a producer that acknowledges nothing for this long"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus port of `patchsight ingest`; 0 picks a free port, unset: off"
     )

@@ -1,7 +1,11 @@
 import threading
+import time
 
 import numpy as np
 import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 
 from ingest.publisher import FramePublisher, FrameTooLarge, IngestCounters, encode_jpeg, fit_frame, record_size
 from ingest_helpers import consume, numbered_image
@@ -95,3 +99,90 @@ def test_connect_keeps_retrying_an_unreachable_broker_until_stopped(make_config)
     threading.Timer(1.0, stop.set).start()
     assert publisher.connect() is False
     assert not publisher.connected
+
+
+class SilentProducer:
+    """Plays the kafka-python producer seen stuck once after a broker restart (docs/operations.md).
+
+    It takes every send and acknowledges none, which is what the camera saw; the real stall
+    could not be brought about on purpose. Like kafka-python's force-close, closing it fails
+    the sends still pending.
+    """
+
+    def __init__(self) -> None:
+        self.futures: list[Future] = []
+        self.closed = False
+
+    def send(self, _topic: str, **_record: object) -> Future:
+        self.futures.append(Future())
+        return self.futures[-1]
+
+    def flush(self, timeout: float | None = None) -> None:
+        if any(not f.is_done for f in self.futures):
+            raise KafkaTimeoutError("nothing acknowledged")
+
+    def close(self, timeout: float | None = None) -> None:
+        for future in self.futures:
+            if not future.is_done:
+                future.failure(KafkaTimeoutError("producer closed"))
+        self.closed = True
+
+
+def silent_then_real(made: list):
+    def factory(**settings: object):
+        made.append(SilentProducer() if not made else KafkaProducer(**settings))
+        return made[-1]
+
+    return factory
+
+
+def test_a_live_publisher_replaces_a_producer_that_acknowledges_nothing(make_config):
+    config = make_config(ingest={"buffer_frames": 8})
+    ensure_topics(config.kafka, [config.kafka.topics.frames])
+    counters = IngestCounters()
+    made: list = []
+    publisher = FramePublisher(config.kafka, config.ingest, counters, client_id="test-stall", stall_s=1.0,
+                               producer_factory=silent_then_real(made))
+    sent: list[bool] = []
+
+    def publish_all() -> None:
+        for seq in range(20):
+            sent.append(publisher.publish(frame(seq=seq)))
+
+    pump = threading.Thread(target=publish_all, daemon=True)
+    pump.start()
+    pump.join(30)
+    assert not pump.is_alive(), "publishing stayed blocked behind a producer that acknowledges nothing"
+    publisher.close()
+    assert sent == [True] * 20
+    deadline = time.monotonic() + 10
+    while not made[0].closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(made) == 2 and made[0].closed, "the silent producer was not replaced and closed"
+    # the 8 frames in flight on the silent producer are failed and counted; the rest arrive, in order
+    assert counters.get("producer_stalls") == 1
+    assert counters.get("failed") == 8 and counters.get("published") == 12
+    records = consume(config.kafka, config.kafka.topics.frames, 12)
+    assert [FrameMessage.from_record(r.key, r.value, r.headers).seq for r in records] == list(range(8, 20))
+
+
+def test_a_publisher_without_a_stall_limit_keeps_waiting_for_its_producer(make_config):
+    # replay's publisher: it must never give up frames, so it waits on the same silent producer until stopped
+    config = make_config(ingest={"buffer_frames": 8})
+    stop = threading.Event()
+    made: list = []
+    publisher = FramePublisher(config.kafka, config.ingest, IngestCounters(), client_id="test-no-stall", stop=stop,
+                               producer_factory=silent_then_real(made))
+    sent: list[bool] = []
+
+    def publish_all() -> None:
+        for seq in range(9):
+            sent.append(publisher.publish(frame(seq=seq)))
+
+    pump = threading.Thread(target=publish_all, daemon=True)
+    pump.start()
+    pump.join(2.0)  # twice the other test's stall limit
+    assert pump.is_alive() and sent == [True] * 8 and len(made) == 1 and not made[0].closed
+    stop.set()
+    pump.join(5)
+    assert not pump.is_alive() and sent == [True] * 8 + [False]

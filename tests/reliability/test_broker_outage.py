@@ -156,7 +156,8 @@ def test_broker_stopped_for_20s_during_live_and_replay(  # noqa: F811 (fixtures 
         model={"bundle": str(bundle_dir), "device": "cpu"},
         inference={"group_id": unique("infer"), "metrics_port": 0, "decode_threads": 1, "max_batch": 8},
         alerts={"group_id": unique("alerts")},
-        ingest={"buffer_frames": 8, "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0},
+        # a stall limit inside the outage: the live camera replaces its producer while the broker is away
+        ingest={"buffer_frames": 8, "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, "producer_stall_s": 8.0},
         lines=[
             {"id": "line-r", "cameras": [{"id": "cam-r"}], "questions": [QUESTION],
              "alert_policy": {"k": 3, "n": 5, "clear_frames": 5}},
@@ -205,6 +206,7 @@ def test_broker_stopped_for_20s_during_live_and_replay(  # noqa: F811 (fixtures 
             "a replayed frame has no result after the broker came back"
         published_after = live.get("published")
         assert wait_for(lambda: live.get("published") > published_after + 10, 30), "the live camera did not resume"
+        assert live.get("producer_stalls") >= 1, "the live camera kept a producer that acknowledged nothing for 20 s"
         # the live camera keeps adding results: "caught up" means past everything there was just now
         target = result_ends(cfg)
         assert wait_for(lambda: alerts_committed_past(cfg, target), 60), diagnose(threads["alerts"], cfg, target)
