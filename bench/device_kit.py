@@ -113,11 +113,12 @@ def download_wheels(out: Path) -> None:
 
 def pack_tokenizers(out: Path) -> None:
     from bench.models import LLAVA_7B_LM, SIZES
-    from inference.head import cache_dir, compact_tokenizer
+    from inference.head import compact_tokenizer, compact_tokenizer_dir
 
     for vocab_size in sorted({SIZES["compact"]["decoder"].vocab_size, LLAVA_7B_LM.vocab_size}):
         compact_tokenizer(vocab_size)  # cut once into this machine's cache, then copied
-        shutil.copytree(cache_dir() / f"smollm2-bpe-{vocab_size}", out / f"smollm2-bpe-{vocab_size}")
+        folder = compact_tokenizer_dir(vocab_size)
+        shutil.copytree(folder, out / folder.name)
 
 
 def tree_bytes() -> int:

@@ -104,6 +104,11 @@ def smollm2_checkpoint() -> Path:
     return out
 
 
+def compact_tokenizer_dir(vocab_size: int) -> Path:
+    """The cache folder that holds SmolLM2's BPE cut to ``vocab_size`` (see ``compact_tokenizer``)."""
+    return cache_dir() / f"smollm2-bpe-{vocab_size}"
+
+
 def compact_tokenizer(vocab_size: int = 10240) -> PreTrainedTokenizerFast:
     """SmolLM2's byte-level BPE cut to its first ``vocab_size`` tokens.
 
@@ -111,7 +116,7 @@ def compact_tokenizer(vocab_size: int = 10240) -> PreTrainedTokenizerFast:
     tokenizer: common words stay single tokens, anything else falls back to bytes.
     10240 keeps " Yes"/" No"/" yes"/" no" as single tokens.
     """
-    out = cache_dir() / f"smollm2-bpe-{vocab_size}"
+    out = compact_tokenizer_dir(vocab_size)
     if (out / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(out))
     from tokenizers import Tokenizer
