@@ -128,6 +128,19 @@ class SilentProducer:
         self.closed = True
 
 
+def publish_in_background(publisher: FramePublisher, count: int) -> tuple[threading.Thread, list[bool]]:
+    """Publish frames 0..count-1 on a thread; the list fills with publish()'s answers as they come."""
+    sent: list[bool] = []
+
+    def publish_all() -> None:
+        for seq in range(count):
+            sent.append(publisher.publish(frame(seq=seq)))
+
+    pump = threading.Thread(target=publish_all, daemon=True)
+    pump.start()
+    return pump, sent
+
+
 def silent_then_real(made: list):
     def factory(**settings: object):
         made.append(SilentProducer() if not made else KafkaProducer(**settings))
@@ -143,14 +156,7 @@ def test_a_live_publisher_replaces_a_producer_that_acknowledges_nothing(make_con
     made: list = []
     publisher = FramePublisher(config.kafka, config.ingest, counters, client_id="test-stall", stall_s=1.0,
                                producer_factory=silent_then_real(made))
-    sent: list[bool] = []
-
-    def publish_all() -> None:
-        for seq in range(20):
-            sent.append(publisher.publish(frame(seq=seq)))
-
-    pump = threading.Thread(target=publish_all, daemon=True)
-    pump.start()
+    pump, sent = publish_in_background(publisher, 20)
     pump.join(30)
     assert not pump.is_alive(), "publishing stayed blocked behind a producer that acknowledges nothing"
     publisher.close()
@@ -173,14 +179,7 @@ def test_a_publisher_without_a_stall_limit_keeps_waiting_for_its_producer(make_c
     made: list = []
     publisher = FramePublisher(config.kafka, config.ingest, IngestCounters(), client_id="test-no-stall", stop=stop,
                                producer_factory=silent_then_real(made))
-    sent: list[bool] = []
-
-    def publish_all() -> None:
-        for seq in range(9):
-            sent.append(publisher.publish(frame(seq=seq)))
-
-    pump = threading.Thread(target=publish_all, daemon=True)
-    pump.start()
+    pump, sent = publish_in_background(publisher, 9)
     pump.join(2.0)  # twice the other test's stall limit
     assert pump.is_alive() and sent == [True] * 8 and len(made) == 1 and not made[0].closed
     stop.set()
