@@ -261,21 +261,26 @@ class FramePublisher:
         key, value, headers = frame.to_record()
         delay = self.ingest.reconnect_initial_s
         while True:
-            if self._stalled():
-                self._replace_stalled_producer()
+            self._replace_if_stalled()
             if self._producer is None and not self.connect():
                 return False
-            permits = self._in_flight
+            producer, permits = self._producer, self._in_flight
             if not permits.acquire(timeout=0.1):
                 if self.stop.is_set():
                     return False
                 continue
             with self._lock:
-                if self._pending == 0:
-                    self._quiet_since = time.monotonic()
-                self._pending += 1
+                # another publishing thread may have replaced the producer meanwhile
+                usable = producer is not None and permits is self._in_flight
+                if usable:
+                    if self._pending == 0:
+                        self._quiet_since = time.monotonic()
+                    self._pending += 1
+            if not usable:
+                permits.release()
+                continue
             try:
-                future = self._producer.send(self.topic, value=value, key=key, headers=headers)
+                future = producer.send(self.topic, value=value, key=key, headers=headers)
             except KafkaError as exc:
                 self._settled(permits, acknowledged=False)
                 if not retry or self.stop.is_set():
@@ -289,15 +294,14 @@ class FramePublisher:
             future.add_errback(self._delivery_failed, frame, permits)
             return True
 
-    def _stalled(self) -> bool:
+    def _replace_if_stalled(self) -> None:
+        """Drop a producer that has acknowledged nothing for ``stall_s``; ``connect()`` makes the next one."""
         if self.stall_s is None:
-            return False
-        with self._lock:
-            return self._pending > 0 and time.monotonic() - self._quiet_since > self.stall_s
-
-    def _replace_stalled_producer(self) -> None:
-        old, self._producer = self._producer, None
-        with self._lock:
+            return
+        with self._lock:  # checked and swapped at once: two publishing threads replace it only once
+            if self._producer is None or self._pending == 0 or time.monotonic() - self._quiet_since <= self.stall_s:
+                return
+            old, self._producer = self._producer, None
             abandoned, self._pending = self._pending, 0
             self._in_flight = threading.BoundedSemaphore(self._max_in_flight)
         self.counters.add("producer_stalls")
