@@ -149,12 +149,17 @@ def silent_then_real(made: list):
     return factory
 
 
+# Long enough that the real producer's first acknowledgement (connection, producer id, metadata) never
+# passes for a stall on a loaded CI machine.
+STALL_S = 3.0
+
+
 def test_a_live_publisher_replaces_a_producer_that_acknowledges_nothing(make_config):
     config = make_config(ingest={"buffer_frames": 8})
     ensure_topics(config.kafka, [config.kafka.topics.frames])
     counters = IngestCounters()
     made: list = []
-    publisher = FramePublisher(config.kafka, config.ingest, counters, client_id="test-stall", stall_s=1.0,
+    publisher = FramePublisher(config.kafka, config.ingest, counters, client_id="test-stall", stall_s=STALL_S,
                                producer_factory=silent_then_real(made))
     pump, sent = publish_in_background(publisher, 20)
     pump.join(30)
@@ -180,7 +185,7 @@ def test_a_publisher_without_a_stall_limit_keeps_waiting_for_its_producer(make_c
     publisher = FramePublisher(config.kafka, config.ingest, IngestCounters(), client_id="test-no-stall", stop=stop,
                                producer_factory=silent_then_real(made))
     pump, sent = publish_in_background(publisher, 9)
-    pump.join(2.0)  # twice the other test's stall limit
+    pump.join(STALL_S + 1.0)  # longer than the other test's stall limit
     assert pump.is_alive() and sent == [True] * 8 and len(made) == 1 and not made[0].closed
     stop.set()
     pump.join(5)
