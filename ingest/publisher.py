@@ -264,7 +264,8 @@ class FramePublisher:
             self._replace_if_stalled()
             if self._producer is None and not self.connect():
                 return False
-            producer, permits = self._producer, self._in_flight
+            with self._lock:  # read together: a swap between the two reads would pair the old producer with new permits
+                producer, permits = self._producer, self._in_flight
             if not permits.acquire(timeout=0.1):
                 if self.stop.is_set():
                     return False
