@@ -166,6 +166,9 @@ def finetune_command(
     decoder_layers: int = typer.Option(3, help="tiny decoder: layers"),
     batch_frames: int = typer.Option(24, help="frames per step (every question is asked of each)"),
     lr: float = typer.Option(1e-3),
+    lr_decay: str = typer.Option(
+        "none", help="none | cosine: after warmup keep --lr, or anneal it to zero by --max-steps or "
+        "--time-limit-min, whichever comes first"),
     eval_every: int = typer.Option(40),
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
@@ -188,6 +191,8 @@ def finetune_command(
         raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
     if image_tokens not in (None, "patch", "cls_patch"):
         raise typer.BadParameter("choose patch or cls_patch", param_hint="--image-tokens")
+    if lr_decay not in ("none", "cosine"):
+        raise typer.BadParameter("choose none or cosine", param_hint="--lr-decay")
     _quiet_transformers()
     console = Console(stderr=True)
     questions = None
@@ -209,7 +214,8 @@ def finetune_command(
     decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
                                 intermediate_size=3 * decoder_width)
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
-                         max_steps=max_steps, batch_frames=batch_frames, lr=lr, eval_every=eval_every,
+                         max_steps=max_steps, batch_frames=batch_frames, lr=lr, lr_decay=lr_decay,
+                         eval_every=eval_every,
                          patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads, device=device, max_false_positive_rate=max_fpr,
                          train_pairs=train_pairs, train_pair_seed=train_pair_seed)

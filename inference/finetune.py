@@ -63,6 +63,10 @@ class FinetuneConfig(BaseModel):
     batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
     defect_oversample: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from frames with a defect")
     lr: float = 1e-3
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="none: the rate stays at lr after warmup; cosine: it falls to zero by the end of the "
+        "run's budget (max_steps or time_limit_s, whichever comes first), a decay phase for a head that has "
+        "trained at a constant rate")
     weight_decay: float = 0.01
     warmup_steps: int = 30
     max_steps: int = 3000
@@ -438,7 +442,7 @@ def train_head(
     step = 0
     stopped = "max_steps"
     for step in range(1, cfg.max_steps + 1):
-        lr = cfg.lr * min(1.0, step / cfg.warmup_steps)
+        lr = learning_rate(cfg, step, time.time() - t0)
         for g in opt.param_groups:
             g["lr"] = lr
         n_def = int(round(cfg.batch_frames * cfg.defect_oversample)) if len(defective) else 0
@@ -456,7 +460,8 @@ def train_head(
         if step % cfg.eval_every == 0:
             metrics = evaluate_head(head, val, w_pos, w_neg)
             history.append({"step": step, "train_loss": round(running, 4), "val_loss": round(metrics["loss"], 4),
-                            "val_auroc": round(metrics["auroc"], 4), "elapsed_s": round(time.time() - t0, 1)})
+                            "val_auroc": round(metrics["auroc"], 4), "lr": float(f"{lr:.3g}"),
+                            "elapsed_s": round(time.time() - t0, 1)})
             improved = metrics["loss"] < best["loss"] - cfg.min_delta
             log(f"step {step:5d} train loss {running:.4f} val loss {metrics['loss']:.4f} "
                 f"auroc {metrics['auroc']:.3f} {'*' if improved else ' '} {time.time() - t0:.0f}s")
@@ -487,6 +492,19 @@ def train_head(
         "history": history,
     }
     return head, record
+
+
+def learning_rate(cfg: FinetuneConfig, step: int, elapsed_s: float) -> float:
+    """The rate for ``step``: a linear warmup, then constant or a cosine decay to zero.
+
+    The decay follows whichever budget runs out first, steps or time, so that a time-limited run
+    still ends at a rate near zero instead of being cut off mid-decay.
+    """
+    rate = cfg.lr * min(1.0, step / cfg.warmup_steps)
+    if cfg.lr_decay == "cosine":
+        progress = min(1.0, max(step / cfg.max_steps, elapsed_s / cfg.time_limit_s))
+        rate *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return rate
 
 
 def val_thresholds(head: MLLMHead, val: LabelledSet, max_fpr: float | None) -> dict[str, float]:

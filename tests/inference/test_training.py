@@ -306,6 +306,25 @@ def test_twin_pairs_need_questions_the_synthetic_parts_can_show(tiny_clip):
         ft.encode_pairs(encoder, [Question(id="burr", text="Is there a burr?", defect_type="burr")], 1, seed=1)
 
 
+def test_the_learning_rate_warms_up_then_stays_or_decays_by_the_first_budget_to_run_out():
+    constant = tiny_config(lr=1.0, warmup_steps=10, max_steps=100, time_limit_s=1000.0)
+    assert ft.learning_rate(constant, 5, 0.0) == pytest.approx(0.5)
+    assert ft.learning_rate(constant, 100, 999.0) == pytest.approx(1.0)
+    cosine = constant.model_copy(update={"lr_decay": "cosine"})
+    assert ft.learning_rate(cosine, 50, 0.0) == pytest.approx(0.5)  # half the steps: half the rate
+    assert ft.learning_rate(cosine, 20, 500.0) == pytest.approx(0.5)  # half the time, fewer steps: time decides
+    assert ft.learning_rate(cosine, 100, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert ft.learning_rate(cosine, 30, 2000.0) == pytest.approx(0.0, abs=1e-12)  # past the time limit: stays at 0
+
+
+def test_a_cosine_run_records_its_falling_rate(tiny_clip, recordings):
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    data = ft.encode_recordings(encoder, recordings, ft.questions_of(recordings), log=lambda m: None)
+    _, record = ft.train_head(tiny_config(lr_decay="cosine"), encoder, data, data, log=lambda m: None)
+    rates = [h["lr"] for h in record["history"][1:]]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] and rates[2] < 1e-4 * rates[0]
+
+
 def test_auroc_and_threshold():
     y = np.array([0, 0, 0, 1, 1])
     assert ft.auroc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
