@@ -157,6 +157,10 @@ def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray], batch: 
     return EncoderOutput.cat(parts)
 
 
+class NoLabelledFrames(ValueError):
+    """Recordings that are labelled, yet none of whose frames (at the stride) carries an answer."""
+
+
 def encode_recordings(
     encoder: FrameEncoder,
     recordings: Sequence[str | Path],
@@ -204,7 +208,7 @@ def encode_recordings(
                 log(f"encoded {len(groups)} frames ({len(groups) / (time.time() - t0):.0f}/s)")
     flush()
     if not groups:
-        raise ValueError("no labelled frames in the given recordings")
+        raise NoLabelledFrames("no labelled frames in the given recordings")
     if skipped:
         log(f"skipped {skipped} undecodable frames")
     return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [str(p) for p in recordings])
@@ -218,34 +222,54 @@ def cached_encoding(
     cache_dir: str | Path | None,
     log: Log = print,
 ) -> LabelledSet:
-    """``encode_recordings``, kept in ``cache_dir`` so that several heads can train on one encoding."""
+    """``encode_recordings``, each recording's encoding kept in ``cache_dir``.
+
+    Per recording, so that several heads share one encoding and a run that adds recordings
+    encodes only the new ones.
+    """
     if cache_dir is None:
         return encode_recordings(encoder, recordings, questions, stride, log=log)
     import hashlib
 
-    key = json.dumps({
-        "recordings": [str(Path(p).resolve()) for p in recordings],
-        "sizes": [(Path(p) / "frames.bin").stat().st_size for p in recordings],
+    common = {
         "questions": [q.id for q in questions], "stride": stride,
         "positions": encoder._saved_positions is None,
         # the bytes, not a float sum: a sum's rounding changes with the thread count
         "weights": hashlib.sha256(
             encoder.vision.embeddings.patch_embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest(),
-    }, sort_keys=True)
-    path = Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        log(f"using cached encoding {path}")
-        saved = torch.load(path, weights_only=False)
-        return LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"], list(questions), saved["sources"])
-    data = encode_recordings(encoder, recordings, questions, stride, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = data.tokens
-    # write then rename: heads trained side by side may share (and race for) one cache file
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
-                "groups": data.groups, "sources": data.sources}, partial)
-    partial.replace(path)
-    return data
+    }
+    sets: list[LabelledSet] = []
+    hits = 0
+    for rec in recordings:
+        key = json.dumps({**common, "recording": str(Path(rec).resolve()),
+                          "size": (Path(rec) / "frames.bin").stat().st_size}, sort_keys=True)
+        path = Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.is_file():
+            saved = torch.load(path, weights_only=False)
+            sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
+                                    list(questions), saved["sources"]))
+            hits += 1
+            continue
+        try:
+            data = encode_recordings(encoder, [rec], questions, stride, log=log)
+        except NoLabelledFrames:
+            continue  # others may have some; an empty piece is not cached, it costs nothing to read again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = data.tokens
+        # write then rename: heads trained side by side may share (and race for) one cache file
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
+                    "groups": data.groups, "sources": data.sources}, partial)
+        partial.replace(path)
+        sets.append(data)
+    if hits:
+        log(f"using cached encodings of {hits} of {len(recordings)} recordings from {cache_dir}")
+    if not sets:
+        raise NoLabelledFrames("no labelled frames in the given recordings")
+    joined = LabelledSet(EncoderOutput.cat([d.tokens for d in sets]), torch.cat([d.labels for d in sets]),
+                         [g for d in sets for g in d.groups], list(questions), [s for d in sets for s in d.sources])
+    sets.clear()  # the pieces' memory goes before the caller makes its splits
+    return joined
 
 
 def render_pairs(

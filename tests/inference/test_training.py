@@ -276,14 +276,31 @@ def test_the_encoding_cache_follows_the_encoder_weights(tiny_clip, recordings, w
     seen: list[str] = []
     ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
     ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
-    assert sum("using cached encoding" in m for m in seen) == 1
+    assert sum("using cached encodings of 1 of 1" in m for m in seen) == 1
     # Two weights swapped: the same sum, another encoder, so the cache must not answer.
     weight = encoder.vision.embeddings.patch_embedding.weight
     with torch.no_grad():
         flat = weight.view(-1)
         flat[[0, 1]] = flat[[1, 0]].clone()
     ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
-    assert sum("using cached encoding" in m for m in seen) == 1
+    assert sum("using cached encodings" in m for m in seen) == 1
+
+
+def test_a_run_with_more_recordings_encodes_only_the_new_ones(tiny_clip, recordings, workdir):
+    encoder = ft.load_encoder(tiny_clip)[0]
+    questions = ft.questions_of(recordings)
+    cache = workdir / "cache-grow"
+    first = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    assert len(list(cache.glob("encoded-*.pt"))) == 1
+    seen: list[str] = []
+    both = ft.cached_encoding(encoder, recordings, questions, 2, cache, seen.append)
+    assert any("using cached encodings of 1 of 2" in m for m in seen)
+    assert len(list(cache.glob("encoded-*.pt"))) == 2  # the second recording's, and nothing else
+    fresh = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
+    assert len(both) == len(fresh) == 40 and both.groups == fresh.groups and both.sources == fresh.sources
+    assert torch.equal(both.labels, fresh.labels)
+    torch.testing.assert_close(both.tokens.patch_tokens, fresh.tokens.patch_tokens)
+    torch.testing.assert_close(both.tokens.patch_tokens[: len(first)], first.tokens.patch_tokens)
 
 
 def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdir):
