@@ -178,7 +178,8 @@ def finetune_command(
     time_limit_min: float = typer.Option(30.0),
     max_fpr: float = typer.Option(0.05, "--max-fpr", min=0.0, max=1.0,
                                   help="thresholds flag at most this share of clean validation frames (1: no cap)"),
-    cache: Path = typer.Option(None, "--cache", help="keep encoded frames here, a file per recording (several heads share one encoding; added recordings are encoded alone)"),
+    cache: Path = typer.Option(None, "--cache", help="keep encoded frames here, a file per recording (several heads "
+                               "share one encoding; added recordings are encoded alone)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(2),
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the encoder and the head train"),
