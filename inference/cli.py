@@ -171,6 +171,8 @@ def finetune_command(
         "--time-limit-min, whichever comes first"),
     eval_every: int = typer.Option(40),
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
+    val_frames: int = typer.Option(
+        320, min=1, help="validation frames scored at each evaluation; more: a steadier loss to keep the best step by"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
     train_pairs: int = typer.Option(
         0, min=0, help="also train on this many rendered twin pairs per question (synthetic-line questions only)"),
@@ -216,8 +218,8 @@ def finetune_command(
                                 intermediate_size=3 * decoder_width)
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
                          max_steps=max_steps, batch_frames=batch_frames, lr=lr, lr_decay=lr_decay,
-                         eval_every=eval_every,
-                         patience=patience, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
+                         eval_every=eval_every, patience=patience, max_val_frames=val_frames,
+                         frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads, device=device, max_false_positive_rate=max_fpr,
                          train_pairs=train_pairs, train_pair_seed=train_pair_seed)
     try:

@@ -74,7 +74,9 @@ class FinetuneConfig(BaseModel):
     patience: int = Field(6, description="evaluations without improvement before stopping")
     min_delta: float = 1e-3
     val_fraction: float = 0.15
-    max_val_frames: int = 320
+    max_val_frames: int = Field(
+        320, ge=1, description="validation frames scored at each evaluation (a random sample of the validation "
+        "parts' frames): more gives a steadier loss to pick the kept step by, at the cost of time")
     frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
     train_pairs: int = Field(
         0, ge=0, description="rendered twin pairs per question added to the training frames (not to validation): "

@@ -342,6 +342,13 @@ def test_a_cosine_run_records_its_falling_rate(tiny_clip, recordings):
     assert len(rates) == 3 and rates[0] > rates[1] > rates[2] and rates[2] < 1e-4 * rates[0]
 
 
+def test_the_validation_sample_has_the_size_asked_for(tiny_clip, recordings):
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    data = ft.encode_recordings(encoder, recordings, ft.questions_of(recordings), log=lambda m: None)
+    _, record = ft.train_head(tiny_config(max_steps=10, max_val_frames=7), encoder, data, data, log=lambda m: None)
+    assert record["val_frames"] == 7 and len(data) > 7
+
+
 def test_auroc_and_threshold():
     y = np.array([0, 0, 0, 1, 1])
     assert ft.auroc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
