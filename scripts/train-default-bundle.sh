@@ -4,9 +4,9 @@
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
 # token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10) and the head
 # trained on with 72 more seeds (v11), then 72 more (v12), and a hard-pair round on a CUDA GPU
-# under that head (v13), each with its four ablations, threshold calibration and the evaluation
-# (against the ablations of the last of v8 to v13 that ran, else against the first head's,
-# trained at its budget).
+# under that head (v13) and a decay phase for that head (v14), each with its four ablations,
+# threshold calibration and the evaluation (against the ablations of the last of v8 to v14 that
+# ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -24,7 +24,8 @@
 # HARD_PAIR_MIN4: the v11 stage; v11 used 24) and MORE_SEEDS (85-156), MORE_SEEDS_MIN2 (with
 # MORE_SEEDS_MIN: the v12 stage; v12 used 24) and MORE_SEEDS2 (157-228), GPU_HARD_PAIR_MIN (with
 # MORE_SEEDS_MIN2: the v13 stage, whose encoder round runs on CUDA whatever DEVICE says; v13 used
-# 6.5), CALIB_SEEDS (501-508), SKIP_EVAL.
+# 6.5), DECAY_STEPS (with GPU_HARD_PAIR_MIN: the v14 stage; v14 used 1500), CALIB_SEEDS (501-508),
+# SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -55,6 +56,7 @@ MORE_SEEDS=${MORE_SEEDS:-$(seq -s' ' 85 156)}
 MORE_SEEDS_MIN2=${MORE_SEEDS_MIN2:-}
 MORE_SEEDS2=${MORE_SEEDS2:-$(seq -s' ' 157 228)}
 GPU_HARD_PAIR_MIN=${GPU_HARD_PAIR_MIN:-}
+DECAY_STEPS=${DECAY_STEPS:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
 BATCH_FRAMES=${BATCH_FRAMES:-32}
 THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
@@ -205,6 +207,25 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       wait_all
       ablations="$RUNS/ablations-v$version"
     }
+    # v14: a decay phase. The head, on the same encoder and seeds, trains `steps` more steps with
+    # the rate annealed from the recipe's to zero; each ablation continues its own head of the
+    # round before the same way, so that every variant has had the same training.
+    decay_round() {  # version, steps
+      local version=$1 steps=$2 variant
+      rm -rf "$RUNS/decayed"
+      patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" "${recipe[@]}" \
+        --lr-decay cosine --max-steps "$steps" --threads "$THREADS" --time-limit-min 600 --out "$RUNS/decayed" \
+        --model-id "patchsight-compact-v$version" >"$RUNS/finetune-decayed.log" 2>&1 \
+        || { tail -20 "$RUNS/finetune-decayed.log" >&2; exit 1; }
+      rm -rf "$BUNDLE" && mv "$RUNS/decayed" "$BUNDLE"
+      rm -rf "$RUNS/ablations-v$version"
+      for variant in cls_only no_position question_blind no_position_at_all; do
+        limited ablate "$steps" "$RUNS/ablations-v$version" "$variant" --encoder "$RUNS/encoder-hard" \
+          --init-head-from "$ablations/$variant" "${more[@]}" "${recipe[@]}" --lr-decay cosine
+      done
+      wait_all
+      ablations="$RUNS/ablations-v$version"
+    }
     more_seeds_round() {  # seeds (one word), minutes, model id
       add_train_seeds $1
       head_round "$2" "$3"
@@ -217,7 +238,10 @@ if [ -n "$CONTINUE_SEEDS" ]; then
           ablated_round 11 more_seeds_round "$MORE_SEEDS" "$MORE_SEEDS_MIN"
           if [ -n "$MORE_SEEDS_MIN2" ]; then
             ablated_round 12 more_seeds_round "$MORE_SEEDS2" "$MORE_SEEDS_MIN2"
-            if [ -n "$GPU_HARD_PAIR_MIN" ]; then PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12; fi
+            if [ -n "$GPU_HARD_PAIR_MIN" ]; then
+              PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12
+              if [ -n "$DECAY_STEPS" ]; then decay_round 14 "$DECAY_STEPS"; fi
+            fi
           fi
         fi
       fi
