@@ -240,17 +240,22 @@ def cached_encoding(
         "weights": hashlib.sha256(
             encoder.vision.embeddings.patch_embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest(),
     }
-    sets: list[LabelledSet] = []
-    hits = 0
+    paths = []
     for rec in recordings:
         key = json.dumps({**common, "recording": str(Path(rec).resolve()),
                           "size": (Path(rec) / "frames.bin").stat().st_size}, sort_keys=True)
-        path = Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        paths.append(Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
+    hits = sum(path.is_file() for path in paths)
+    if hits:
+        log(f"using cached encodings of {hits} of {len(recordings)} recordings from {cache_dir}")
+    if hits < len(recordings):
+        log(f"encoding {len(recordings) - hits} recordings")
+    sets: list[LabelledSet] = []
+    for rec, path in zip(recordings, paths):
         if path.is_file():
             saved = torch.load(path, weights_only=False)
             sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
                                     list(questions), saved["sources"]))
-            hits += 1
             continue
         try:
             data = encode_recordings(encoder, [rec], questions, stride, log=log)
@@ -264,8 +269,6 @@ def cached_encoding(
                     "groups": data.groups, "sources": data.sources}, partial)
         partial.replace(path)
         sets.append(data)
-    if hits:
-        log(f"using cached encodings of {hits} of {len(recordings)} recordings from {cache_dir}")
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
     joined = LabelledSet(EncoderOutput.cat([d.tokens for d in sets]), torch.cat([d.labels for d in sets]),
