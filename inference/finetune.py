@@ -121,8 +121,14 @@ class LabelledSet:
         return self.labels.shape[0]
 
     def concat(self, other: LabelledSet) -> LabelledSet:
-        return LabelledSet(EncoderOutput.cat([self.tokens, other.tokens]), torch.cat([self.labels, other.labels]),
-                           self.groups + other.groups, self.questions, self.sources + other.sources)
+        return LabelledSet.join([self, other])
+
+    @staticmethod
+    def join(sets: Sequence[LabelledSet]) -> LabelledSet:
+        """The sets one after another, in one copy (the first set's questions)."""
+        return LabelledSet(EncoderOutput.cat([d.tokens for d in sets]), torch.cat([d.labels for d in sets]),
+                           [g for d in sets for g in d.groups], sets[0].questions,
+                           [s for d in sets for s in d.sources])
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
@@ -245,14 +251,15 @@ def cached_encoding(
         key = json.dumps({**common, "recording": str(Path(rec).resolve()),
                           "size": (Path(rec) / "frames.bin").stat().st_size}, sort_keys=True)
         paths.append(Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
-    hits = sum(path.is_file() for path in paths)
+    cached = [path.is_file() for path in paths]
+    hits = sum(cached)
     if hits:
         log(f"using cached encodings of {hits} of {len(recordings)} recordings from {cache_dir}")
     if hits < len(recordings):
         log(f"encoding {len(recordings) - hits} recordings")
     sets: list[LabelledSet] = []
-    for rec, path in zip(recordings, paths):
-        if path.is_file():
+    for rec, path, is_cached in zip(recordings, paths, cached):
+        if is_cached:
             saved = torch.load(path, weights_only=False)
             sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
                                     list(questions), saved["sources"]))
@@ -271,8 +278,7 @@ def cached_encoding(
         sets.append(data)
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
-    joined = LabelledSet(EncoderOutput.cat([d.tokens for d in sets]), torch.cat([d.labels for d in sets]),
-                         [g for d in sets for g in d.groups], list(questions), [s for d in sets for s in d.sources])
+    joined = LabelledSet.join(sets)
     sets.clear()  # the pieces' memory goes before the caller makes its splits
     return joined
 
