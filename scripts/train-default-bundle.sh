@@ -4,9 +4,9 @@
 # pretrained further with hard pairs under the head (v5, then v7), a head that also reads the CLS
 # token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10) and the head
 # trained on with 72 more seeds (v11), then 72 more (v12), and a hard-pair round on a CUDA GPU
-# under that head (v13) and a decay phase for that head (v14), each with its four ablations,
-# threshold calibration and the evaluation (against the ablations of the last of v8 to v14 that
-# ran, else against the first head's, trained at its budget).
+# under that head (v13), a decay phase for that head (v14) and the same again with 72 more seeds
+# (v15), each with its four ablations, threshold calibration and the evaluation (against the
+# ablations of the last of v8 to v15 that ran, else against the first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -24,8 +24,9 @@
 # HARD_PAIR_MIN4: the v11 stage; v11 used 24) and MORE_SEEDS (85-156), MORE_SEEDS_MIN2 (with
 # MORE_SEEDS_MIN: the v12 stage; v12 used 24) and MORE_SEEDS2 (157-228), GPU_HARD_PAIR_MIN (with
 # MORE_SEEDS_MIN2: the v13 stage, whose encoder round runs on CUDA whatever DEVICE says; v13 used
-# 6.5), DECAY_STEPS (with GPU_HARD_PAIR_MIN: the v14 stage; v14 used 1500), CALIB_SEEDS (501-508),
-# SKIP_EVAL.
+# 6.5), DECAY_STEPS (with GPU_HARD_PAIR_MIN: the v14 stage; v14 used 1500), MORE_SEEDS3 (with DECAY_STEPS:
+# the v15 stage, which adds these seeds and runs the decay round again; v15 used 229-300), CALIB_SEEDS
+# (501-508), SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -55,6 +56,7 @@ MORE_SEEDS_MIN=${MORE_SEEDS_MIN:-}
 MORE_SEEDS=${MORE_SEEDS:-$(seq -s' ' 85 156)}
 MORE_SEEDS_MIN2=${MORE_SEEDS_MIN2:-}
 MORE_SEEDS2=${MORE_SEEDS2:-$(seq -s' ' 157 228)}
+MORE_SEEDS3=${MORE_SEEDS3:-}
 GPU_HARD_PAIR_MIN=${GPU_HARD_PAIR_MIN:-}
 DECAY_STEPS=${DECAY_STEPS:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
@@ -63,7 +65,7 @@ THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v13) that ran
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v15) that ran
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -209,9 +211,12 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     }
     # v14: a decay phase. The head, on the same encoder and seeds, trains `steps` more steps with
     # the rate annealed from the recipe's to zero; each ablation continues its own head of the
-    # round before the same way, so that every variant has had the same training.
-    decay_round() {  # version, steps
-      local version=$1 steps=$2 variant
+    # round before the same way, so that every variant has had the same training (start: own).
+    # v15 ran it again on more seeds, on a machine that no longer had v14's ablation heads: its
+    # ablations start from v14's full head, as those of v9 to v13 start from the head before (full).
+    decay_round() {  # version, steps, where each ablation starts: own (its own head of the round before) or full
+      local version=$1 steps=$2 start=$3 prev="$RUNS/v$(($1 - 1))" variant from
+      rm -rf "$prev" && cp -r "$BUNDLE" "$prev"
       rm -rf "$RUNS/decayed"
       patchsight model finetune --encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" "${recipe[@]}" \
         --lr-decay cosine --max-steps "$steps" --threads "$THREADS" --time-limit-min 600 --out "$RUNS/decayed" \
@@ -220,8 +225,10 @@ if [ -n "$CONTINUE_SEEDS" ]; then
       rm -rf "$BUNDLE" && mv "$RUNS/decayed" "$BUNDLE"
       rm -rf "$RUNS/ablations-v$version"
       for variant in cls_only no_position question_blind no_position_at_all; do
+        from="$ablations/$variant"
+        [ "$start" = own ] || from=$prev
         limited ablate "$steps" "$RUNS/ablations-v$version" "$variant" --encoder "$RUNS/encoder-hard" \
-          --init-head-from "$ablations/$variant" "${more[@]}" "${recipe[@]}" --lr-decay cosine
+          --init-head-from "$from" "${more[@]}" "${recipe[@]}" --lr-decay cosine
       done
       wait_all
       ablations="$RUNS/ablations-v$version"
@@ -240,7 +247,11 @@ if [ -n "$CONTINUE_SEEDS" ]; then
             ablated_round 12 more_seeds_round "$MORE_SEEDS2" "$MORE_SEEDS_MIN2"
             if [ -n "$GPU_HARD_PAIR_MIN" ]; then
               PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12
-              if [ -n "$DECAY_STEPS" ]; then decay_round 14 "$DECAY_STEPS"; fi
+              if [ -n "$DECAY_STEPS" ]; then
+                decay_round 14 "$DECAY_STEPS" own
+                # v15: 72 seeds more and the same decay round again, over all the seeds
+                if [ -n "$MORE_SEEDS3" ]; then add_train_seeds $MORE_SEEDS3; decay_round 15 "$DECAY_STEPS" full; fi
+              fi
             fi
           fi
         fi
