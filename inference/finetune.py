@@ -638,6 +638,10 @@ def finetune(
         col = data.labels[:, j]
         log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
     train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
+    # The split copied every frame into train or val: drop the joined set, or training holds each
+    # frame twice.
+    n_frames = len(data)
+    del data
     if cfg.train_pairs:
         # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
         train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
@@ -655,7 +659,7 @@ def finetune(
         "config": cfg.model_dump(mode="json"),
         "encoder_source": str(encoder_source),
         "data": [{"path": str(p), "source": Recording(p).meta.source} for p in recordings],
-        "frames": len(data),
+        "frames": n_frames,
         "thresholds": thresholds,
         "total_wall_s": round(time.time() - t_start, 1),
         "torch": torch.__version__,
@@ -667,7 +671,7 @@ def finetune(
         (out / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
         log(f"wrote head ({cfg.variant}) -> {out}")
         return record
-    probe = LinearProbe(data.tokens.image_embeds.shape[1], [q.id for q in questions])
+    probe = LinearProbe(train.tokens.image_embeds.shape[1], [q.id for q in questions])
     probe.fit(train.tokens.image_embeds, train.labels)
     provenance = {"finetune": {k: v for k, v in record.items() if k != "history"}, "finetune_history": record["history"]}
     pretrain_file = Path(encoder_source) / "pretrain.json"

@@ -312,6 +312,7 @@ def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdi
     questions = ft.questions_of(recordings)
     assert record["train_frames"] == plain["train_frames"] + 2 * 3 * len(questions)
     assert record["val_frames"] == plain["val_frames"]
+    assert record["frames"] == plain["frames"] == plain["train_frames"] + plain["val_frames"]  # the recordings' frames
     assert record["config"]["train_pairs"] == 3 and any("twin pairs (seed 4001)" in m for m in seen)
 
 
