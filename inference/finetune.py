@@ -124,10 +124,30 @@ class LabelledSet:
         return LabelledSet.join([self, other])
 
     @staticmethod
-    def join(sets: Sequence[LabelledSet]) -> LabelledSet:
-        """The sets one after another, in one copy (the first set's questions)."""
-        return LabelledSet(EncoderOutput.cat([d.tokens for d in sets]), torch.cat([d.labels for d in sets]),
-                           [g for d in sets for g in d.groups], sets[0].questions,
+    def join(sets: Sequence[LabelledSet], rows: Sequence[np.ndarray] | None = None) -> LabelledSet:
+        """The sets one after another (only the given ``rows`` of each), in one copy (the first set's questions).
+
+        Rows are copied straight into tensors of the final size: sets memory-mapped from the
+        cache are read once and never held in memory twice.
+        """
+        if rows is None:
+            picks = [torch.arange(len(d)) for d in sets]
+        else:
+            picks = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in rows]
+
+        def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
+            out = torch.empty((sum(len(p) for p in picks), *tensors[0].shape[1:]), dtype=tensors[0].dtype)
+            at = 0
+            for t, p in zip(tensors, picks):
+                torch.index_select(t, 0, p, out=out[at : at + len(p)])
+                at += len(p)
+            return out
+
+        embeds = None if sets[0].tokens.image_embeds is None else gather([d.tokens.image_embeds for d in sets])
+        tokens = EncoderOutput(embeds, gather([d.tokens.patch_tokens for d in sets]),
+                               gather([d.tokens.cls_token for d in sets]))
+        return LabelledSet(tokens, gather([d.labels for d in sets]),
+                           [d.groups[i] for d, p in zip(sets, picks) for i in p.tolist()], sets[0].questions,
                            [s for d in sets for s in d.sources])
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
@@ -235,8 +255,24 @@ def cached_encoding(
     Per recording, so that several heads share one encoding and a run that adds recordings
     encodes only the new ones.
     """
+    return LabelledSet.join(cached_pieces(encoder, recordings, questions, stride, cache_dir, log))
+
+
+def cached_pieces(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int,
+    cache_dir: str | Path | None,
+    log: Log = print,
+) -> list[LabelledSet]:
+    """``cached_encoding`` before the join: one set per recording that has labelled frames.
+
+    Cached pieces are memory-mapped from their files, so holding all of them costs page
+    cache, not memory, until they are joined or split.
+    """
     if cache_dir is None:
-        return encode_recordings(encoder, recordings, questions, stride, log=log)
+        return [encode_recordings(encoder, recordings, questions, stride, log=log)]
     import hashlib
 
     common = {
@@ -260,7 +296,7 @@ def cached_encoding(
     sets: list[LabelledSet] = []
     for rec, path, is_cached in zip(recordings, paths, cached):
         if is_cached:
-            saved = torch.load(path, weights_only=False)
+            saved = torch.load(path, weights_only=False, mmap=True)
             sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
                                     list(questions), saved["sources"]))
             continue
@@ -278,9 +314,7 @@ def cached_encoding(
         sets.append(data)
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
-    joined = LabelledSet.join(sets)
-    sets.clear()  # the pieces' memory goes before the caller makes its splits
-    return joined
+    return sets
 
 
 def render_pairs(
@@ -332,14 +366,18 @@ def encode_pairs(
     return LabelledSet(tokens, torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
 
 
-def split_by_group(data: LabelledSet, val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
+def split_by_group(pieces: Sequence[LabelledSet], val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
+    """Training and validation sets of the pieces, split by group, each filled straight from the pieces.
+
+    The same split as splitting the pieces' join, without ever holding the join.
+    """
     rng = np.random.default_rng(seed)
-    names = sorted(set(data.groups))
+    names = sorted({g for d in pieces for g in d.groups})
     rng.shuffle(names)
     val_names = set(names[: max(1, int(round(len(names) * val_fraction)))])
-    val = [i for i, g in enumerate(data.groups) if g in val_names]
-    train = [i for i, g in enumerate(data.groups) if g not in val_names]
-    return data.subset(train), data.subset(val)
+    in_val = [np.array([g in val_names for g in d.groups], dtype=bool) for d in pieces]
+    return (LabelledSet.join(pieces, [np.flatnonzero(~v) for v in in_val]),
+            LabelledSet.join(pieces, [np.flatnonzero(v) for v in in_val]))
 
 
 # --- Metrics ----------------------------------------------------------------------------
@@ -633,15 +671,15 @@ def finetune(
     if cfg.head_config().image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
         raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
                          "image tokens 'cls_patch' needs one that selects patch tokens")
-    data = cached_encoding(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
+    pieces = cached_pieces(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
+    labels = torch.cat([d.labels for d in pieces])
     for j, q in enumerate(questions):
-        col = data.labels[:, j]
-        log(f"  {q.id:16s} {int((col == 1).sum()):5d} yes {int((col == 0).sum()):5d} no")
-    train, val = split_by_group(data, cfg.val_fraction, cfg.seed)
-    # The split copied every frame into train or val: drop the joined set, or training holds each
-    # frame twice.
-    n_frames = len(data)
-    del data
+        log(f"  {q.id:16s} {int((labels[:, j] == 1).sum()):5d} yes {int((labels[:, j] == 0).sum()):5d} no")
+    # Split straight from the pieces (memory-mapped when cached), so that no joined copy of every
+    # frame is held beside the training and validation sets.
+    train, val = split_by_group(pieces, cfg.val_fraction, cfg.seed)
+    n_frames = len(labels)
+    del pieces, labels
     if cfg.train_pairs:
         # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
         train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))

@@ -303,6 +303,23 @@ def test_a_run_with_more_recordings_encodes_only_the_new_ones(tiny_clip, recordi
     torch.testing.assert_close(both.tokens.patch_tokens[: len(first)], first.tokens.patch_tokens)
 
 
+def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, recordings, workdir):
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    questions = ft.questions_of(recordings)
+    joined = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
+    ft.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)
+    pieces = ft.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)  # read back
+    assert len(pieces) == len(recordings) > 1
+    train, val = ft.split_by_group(pieces, 0.3, seed=5)
+    want_train, want_val = ft.split_by_group([joined], 0.3, seed=5)
+    assert set(train.groups).isdisjoint(val.groups) and len(train) + len(val) == len(joined)
+    for got, want in ((train, want_train), (val, want_val)):
+        assert len(got) > 0 and got.groups == want.groups and torch.equal(got.labels, want.labels)
+        torch.testing.assert_close(got.tokens.patch_tokens, want.tokens.patch_tokens)
+        torch.testing.assert_close(got.tokens.cls_token, want.tokens.cls_token)
+        torch.testing.assert_close(got.tokens.image_embeds, want.tokens.image_embeds)
+
+
 def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdir):
     plain = ft.finetune(tiny_config(max_steps=2), tiny_clip, recordings, workdir / "plain", log=lambda m: None,
                         head_only=True, cache_dir=workdir / "cache")
