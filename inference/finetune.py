@@ -295,23 +295,22 @@ def cached_pieces(
         log(f"encoding {len(recordings) - hits} recordings")
     sets: list[LabelledSet] = []
     for rec, path, is_cached in zip(recordings, paths, cached):
-        if is_cached:
-            saved = torch.load(path, weights_only=False, mmap=True)
-            sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
-                                    list(questions), saved["sources"]))
-            continue
-        try:
-            data = encode_recordings(encoder, [rec], questions, stride, log=log)
-        except NoLabelledFrames:
-            continue  # others may have some; an empty piece is not cached, it costs nothing to read again
-        path.parent.mkdir(parents=True, exist_ok=True)
-        t = data.tokens
-        # write then rename: heads trained side by side may share (and race for) one cache file
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
-                    "groups": data.groups, "sources": data.sources}, partial)
-        partial.replace(path)
-        sets.append(data)
+        if not is_cached:
+            try:
+                data = encode_recordings(encoder, [rec], questions, stride, log=log)
+            except NoLabelledFrames:
+                continue  # others may have some; an empty piece is not cached, it costs nothing to read again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            t = data.tokens
+            # write then rename: heads trained side by side may share (and race for) one cache file
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
+                        "groups": data.groups, "sources": data.sources}, partial)
+            partial.replace(path)
+            del data, t  # read back below, memory-mapped like the cached pieces, so new encodings leave memory too
+        saved = torch.load(path, weights_only=False, mmap=True)
+        sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
+                                list(questions), saved["sources"]))
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
     return sets
