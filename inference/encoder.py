@@ -137,6 +137,8 @@ class FramePreprocessor:
     ) -> None:
         self.image_size = image_size
         self.resize_to = resize_to or image_size
+        # saved as given: recomputed from the float32 arrays below, a bundle's config would change on every save
+        self.image_mean, self.image_std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
 
@@ -162,8 +164,8 @@ class FramePreprocessor:
             "do_rescale": True,
             "rescale_factor": 1 / 255,
             "do_normalize": True,
-            "image_mean": [float(m) / 255.0 for m in self.mean],
-            "image_std": [1.0 / (float(s) * 255.0) for s in self.inv_std],
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
             "do_convert_rgb": True,
         }
 

@@ -77,6 +77,19 @@ def test_preprocess_matches_clip_image_processor(tmp_path):
     assert (ours - ref).abs().mean() < 0.05
 
 
+def test_a_saved_preprocessor_config_is_written_back_unchanged(tmp_path):
+    import json
+
+    from inference.encoder import CLIP_STD
+
+    FramePreprocessor(image_size=64, resize_to=72).save_pretrained(tmp_path)
+    first = (tmp_path / "preprocessor_config.json").read_text()
+    for _ in range(3):  # each bundle round loads its encoder and saves it again
+        FramePreprocessor.from_pretrained(tmp_path).save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").read_text() == first
+    assert json.loads(first)["image_std"] == list(CLIP_STD)
+
+
 def test_preprocess_rejects_bad_frames():
     pre = FramePreprocessor(32)
     with pytest.raises(ValueError, match="BGR uint8"):
