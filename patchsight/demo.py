@@ -180,13 +180,16 @@ def score_alerts(
 ) -> dict[str, TypeScore]:
     """Match alerts to defect events: same camera and question, overlapping frames.
 
-    A second alert for an event already caught counts as a duplicate: the one
-    thing operators must never see.
+    An alert's frames run from its k-of-n window to its last frame above threshold, so an
+    alert raised just before a defective part and held open through it catches that part.
+    A second alert for an event already caught counts as a duplicate: the one thing
+    operators must never see.
     """
     scores: dict[str, TypeScore] = {}
     caught: set[int] = set()
     for alert in sorted(alerts, key=lambda a: (a.camera_id, a.first_seq)):
         score = scores.setdefault(alert.defect_type, TypeScore())
+        last = alert.last_seq if alert.last_defect_seq is None else max(alert.last_seq, alert.last_defect_seq)
         match = next(
             (
                 i
@@ -195,7 +198,7 @@ def score_alerts(
                 and ev.question_id == alert.question_id
                 # the k-of-n window may start a frame or two before the part is judged in view
                 and alert.first_seq <= ev.seqs[1] + 2
-                and alert.last_seq >= ev.seqs[0]
+                and last >= ev.seqs[0]
             ),
             None,
         )
