@@ -346,6 +346,16 @@ def run_demo(options: DemoOptions) -> int:
         started = time.monotonic()
         status = "running"
 
+        def read_alerts(live: Live) -> None:
+            for alert in store.list_alerts(unresolved_only=False, limit=10_000):
+                new = alert.alert_id not in alerts
+                alerts[alert.alert_id] = alert  # the latest copy: an open alert's last defect frame moves on
+                if new:
+                    live.console.print(
+                        f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
+                        f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
+                    )
+
         def table() -> Table:
             t = Table(title=f"patchsight demo - {status}", show_header=False)
             t.add_row("frames inspected", f"{len(seen)} / {total}")
@@ -366,13 +376,7 @@ def run_demo(options: DemoOptions) -> int:
                         duplicates_results += 1
                     seen.add(key)
                     skipped += res.status is ResultStatus.skipped
-                for alert in store.list_alerts(unresolved_only=False, limit=10_000):
-                    if alert.alert_id not in alerts:
-                        alerts[alert.alert_id] = alert
-                        live.console.print(
-                            f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
-                            f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
-                        )
+                read_alerts(live)
                 live.update(table())
                 if procs.failed():
                     status = "a service failed"
@@ -380,6 +384,7 @@ def run_demo(options: DemoOptions) -> int:
                 replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
                 if replays_done and len(seen) >= total and _alerts_caught_up(results, alerts_group, topic):
                     status = "done"
+                    read_alerts(live)  # it may have caught up since the read above: take its final copies
                     break
                 if time.monotonic() - started > options.timeout_s:
                     status = "timed out"
