@@ -85,7 +85,8 @@ def measure(way: str, bundle: str, data: list[str], cache: str, stride: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="models/default", help="the encoder whose cached encodings to read")
-    parser.add_argument("--data", action="append", required=True, help="a labelled recording or a folder of them (repeat)")
+    parser.add_argument("--data", action="append", required=True,
+                        help="a labelled recording or a folder of them (repeat)")
     parser.add_argument("--cache", required=True, help="the encoding cache folder")
     parser.add_argument("--frame-stride", type=int, default=2)
     parser.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)

@@ -14,18 +14,19 @@ def alert(first_seq: int, last_seq: int, last_defect_seq: int | None, camera: st
 EVENT = DefectEvent("line-a", "cam1", "missing_screw", part_id=13, seqs=(192, 204))
 
 
+def counts(alerts: list[DefectAlert]) -> tuple[int, int, int, int]:
+    """(caught, duplicates, false alerts, missed) of the one event."""
+    s = score_alerts(alerts, [EVENT], {"missing_screw": "missing_screw"})["missing_screw"]
+    return s.caught, s.duplicates, s.false_alerts, s.missed
+
+
 def test_an_alert_held_open_into_a_defective_part_catches_it():
-    scores = score_alerts([alert(182, 185, 215)], [EVENT], {"missing_screw": "missing_screw"})
-    assert (scores["missing_screw"].caught, scores["missing_screw"].false_alerts, scores["missing_screw"].missed) == (1, 0, 0)
+    assert counts([alert(182, 185, 215)]) == (1, 0, 0, 0)
 
 
 def test_an_alert_that_ended_before_the_part_is_false_and_the_part_missed():
-    scores = score_alerts([alert(170, 173, 180)], [EVENT], {"missing_screw": "missing_screw"})
-    assert (scores["missing_screw"].caught, scores["missing_screw"].false_alerts, scores["missing_screw"].missed) == (0, 1, 1)
+    assert counts([alert(170, 173, 180)]) == (0, 0, 1, 1)
 
 
 def test_a_second_alert_on_a_caught_part_is_a_duplicate_and_another_camera_never_matches():
-    alerts = [alert(190, 194, 200), alert(201, 203, 204), alert(192, 196, 204, camera="cam2")]
-    scores = score_alerts(alerts, [EVENT], {"missing_screw": "missing_screw"})
-    s = scores["missing_screw"]
-    assert (s.caught, s.duplicates, s.false_alerts, s.missed) == (1, 1, 1, 0)
+    assert counts([alert(190, 194, 200), alert(201, 203, 204), alert(192, 196, 204, camera="cam2")]) == (1, 1, 1, 0)
