@@ -269,7 +269,9 @@ def cached_pieces(
     """``cached_encoding`` before the join: one set per recording that has labelled frames.
 
     Cached pieces are memory-mapped from their files, so holding all of them costs page
-    cache, not memory, until they are joined or split.
+    cache, not memory, until they are joined or split. Files are only ever replaced by a
+    rename, never rewritten in place, so a mapping stays valid while another run writes the
+    same file. An unreadable file is encoded again.
     """
     if cache_dir is None:
         return [encode_recordings(encoder, recordings, questions, stride, log=log)]
@@ -295,7 +297,8 @@ def cached_pieces(
         log(f"encoding {len(recordings) - hits} recordings")
     sets: list[LabelledSet] = []
     for rec, path, is_cached in zip(recordings, paths, cached):
-        if not is_cached:
+        saved = read_cached_piece(path, log) if is_cached else None
+        if saved is None:
             try:
                 data = encode_recordings(encoder, [rec], questions, stride, log=log)
             except NoLabelledFrames:
@@ -307,13 +310,22 @@ def cached_pieces(
             torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
                         "groups": data.groups, "sources": data.sources}, partial)
             partial.replace(path)
-            del data, t  # read back below, memory-mapped like the cached pieces, so new encodings leave memory too
-        saved = torch.load(path, weights_only=False, mmap=True)
+            del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too
+            saved = torch.load(path, weights_only=False, mmap=True)
         sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
                                 list(questions), saved["sources"]))
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
     return sets
+
+
+def read_cached_piece(path: Path, log: Log = print) -> dict | None:
+    """A cached encoding, memory-mapped; None (and a log line) when the file cannot be read, to encode again."""
+    try:
+        return torch.load(path, weights_only=False, mmap=True)
+    except Exception as exc:  # a truncated or foreign file: the recording is still there to encode
+        log(f"cached encoding {path} is unreadable ({type(exc).__name__}: {exc}); encoding its recording again")
+        return None
 
 
 def render_pairs(

@@ -320,6 +320,24 @@ def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, record
         torch.testing.assert_close(got.tokens.image_embeds, want.tokens.image_embeds)
 
 
+def test_an_unreadable_cached_encoding_is_encoded_again(tiny_clip, recordings, workdir):
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    questions = ft.questions_of(recordings)
+    cache = workdir / "cache-broken"
+    ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    [path] = list(cache.glob("encoded-*.pt"))
+    path.write_bytes(path.read_bytes()[:200])  # cut off, as by a full disk or a killed copy
+    seen = []
+    again = ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)
+    assert any("is unreadable" in m and "encoding its recording again" in m for m in seen)
+    fresh = ft.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
+    assert again[0].groups == fresh.groups and torch.equal(again[0].labels, fresh.labels)
+    torch.testing.assert_close(again[0].tokens.patch_tokens, fresh.tokens.patch_tokens)
+    seen.clear()
+    ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)  # the rewritten file reads
+    assert not any("unreadable" in m for m in seen) and not any(m.startswith("encoded ") for m in seen)
+
+
 def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdir):
     plain = ft.finetune(tiny_config(max_steps=2), tiny_clip, recordings, workdir / "plain", log=lambda m: None,
                         head_only=True, cache_dir=workdir / "cache")
