@@ -92,7 +92,7 @@ def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
     for name in line or [None]:
         for a in store.list_alerts(name):
             table.add_row(a.state.value, f"{a.line_id}/{a.camera_id}", a.defect_type, f"{a.score:.2f}",
-                          f"{a.first_seq}-{a.last_defect_seq or a.last_seq}",
+                          f"{a.first_seq}-{a.last_frame_seq}",
                           time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.raised_ns / 1e9)), a.alert_id)
     console.print(table)
 

@@ -189,7 +189,6 @@ def score_alerts(
     caught: set[int] = set()
     for alert in sorted(alerts, key=lambda a: (a.camera_id, a.first_seq)):
         score = scores.setdefault(alert.defect_type, TypeScore())
-        last = alert.last_seq if alert.last_defect_seq is None else max(alert.last_seq, alert.last_defect_seq)
         match = next(
             (
                 i
@@ -198,7 +197,7 @@ def score_alerts(
                 and ev.question_id == alert.question_id
                 # the k-of-n window may start a frame or two before the part is judged in view
                 and alert.first_seq <= ev.seqs[1] + 2
-                and last >= ev.seqs[0]
+                and alert.last_frame_seq >= ev.seqs[0]
             ),
             None,
         )

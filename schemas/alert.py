@@ -65,5 +65,10 @@ class DefectAlert(VersionedMessage):
     resolved_by: str | None = None
     resolved_ns: int | None = None
 
+    @property
+    def last_frame_seq(self) -> int:
+        """The alert's last frame: its latest frame above threshold, else the one that raised it."""
+        return self.last_defect_seq if self.last_defect_seq is not None else self.last_seq
+
     def record_key(self) -> bytes:
         return self.camera_id.encode()
