@@ -151,10 +151,7 @@ class LabelledSet:
                            [s for d in sets for s in d.sources])
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
-        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return LabelledSet(
-            self.tokens.select(idx), self.labels[idx], [self.groups[i] for i in idx.tolist()], self.questions, self.sources
-        )
+        return LabelledSet.join([self], [np.asarray(index)])
 
 
 def questions_of(recordings: Sequence[str | Path], include_relations: bool = False) -> list[Question]:
