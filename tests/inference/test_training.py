@@ -439,9 +439,10 @@ def test_shipped_bundle_loads_offline_and_scores_sensibly(monkeypatch):
     thresholds = bundle.thresholds_for(questions)
     rng = np.random.default_rng(77)
     look = synth.CameraLook(noise_sigma=3)
-    # Small surface defects are not asserted: the shipped head misses its fine-detail target
-    # (held-out scratch AUROC 0.78, docs/evaluation.md), and a lone scratch barely moves its score.
-    diffs: dict[str, list[float]] = {"stain": [], "label_left": []}
+    # Missing screws and hole counts are not asserted: the shipped head misses its targets there
+    # (held-out AUROC 0.94 and 0.88, docs/evaluation.md), and on a few of these parts they lower
+    # the score.
+    diffs: dict[str, list[float]] = {"scratch": [], "crack": [], "stain": [], "label_left": []}
     for i, part_type in enumerate(sorted(synth.PART_TYPES) * 2):
         clean = synth.PartSpec(part_type, seed=100 + i)
         obvious = clean.replace(scratch=True, crack=True, stain=True, label_side="left", holes=5)
