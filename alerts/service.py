@@ -45,6 +45,7 @@ log = get_logger("alerts.service")
 
 REDIS_RETRY_INITIAL_S = 0.1
 REDIS_RETRY_MAX_S = 5.0
+COMMIT_TIMEOUT_MS = 5_000  # a stalled commit must not hold the loop for the client's 30 s request timeout
 
 
 class Stopped(Exception):
@@ -62,6 +63,8 @@ class ServiceMetrics:
         self.redis_retries = Counter("patchsight_alerts_redis_retries", "Redis writes retried", registry=r)
         self.conflicts = Counter("patchsight_alerts_state_conflicts", "Debounce state moved by another writer", registry=r)
         self.webhooks = Counter("patchsight_alerts_webhook_deliveries", "Webhook attempts", ["outcome"], registry=r)
+        self.commits_failed = Counter("patchsight_alerts_commits_failed", "Offset commits that failed or timed out",
+                                      registry=r)
         self.latency = Histogram(
             "patchsight_alerts_process_seconds",
             "Decide + write time per result",
@@ -78,6 +81,9 @@ class _ForgetOnRevoke(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         # Another instance may now move these cameras' state on; our copies would be stale.
         self.service._states.clear()
+        # and their offsets are the new owner's to commit
+        for tp in revoked:
+            self.service._uncommitted.pop(tp, None)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         pass
@@ -101,6 +107,7 @@ class AlertService:
         self._webhook_stop = threading.Event()
         self._webhook_thread: threading.Thread | None = None
         self._warned_lines: set[str] = set()
+        self._uncommitted: dict[TopicPartition, int] = {}  # handled, stored, and not yet committed
 
     # --- lifecycle ---
 
@@ -280,15 +287,29 @@ class AlertService:
             return
 
     def _commit(self, done: dict[TopicPartition, int]) -> None:
-        if not done:
+        """Commit what this batch handled, with what earlier commits could not."""
+        self._uncommitted.update(done)
+        if not self._uncommitted:
             return
         assert self._consumer is not None
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()}
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in done.items()})
+            self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except CommitFailedError as exc:
             # The group rebalanced while we worked (e.g. a long Redis outage): the new owner
             # reprocesses from the last commit, which the debounce state makes harmless.
+            self.metrics.commits_failed.inc()
+            self._uncommitted.clear()
             log.warning("offset commit refused after a rebalance; results will be redelivered", error=str(exc))
+            return
+        except KafkaError as exc:
+            # A slow or unreachable coordinator: what was handled is stored, so keep going and
+            # commit it with the next batch (or on the next idle poll).
+            self.metrics.commits_failed.inc()
+            log.warning("offset commit failed; retrying with the next poll", error=str(exc),
+                        partitions=len(offsets))
+            return
+        self._uncommitted.clear()
 
     def _dead_letter(self, record: Any, exc: SchemaError) -> None:
         self.metrics.results.labels("invalid").inc()

@@ -9,6 +9,7 @@ import urllib.request
 
 from alert_helpers import CAMERA, LINE, THUMB, defect_run, drain, publish, result
 from kafka import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from alerts.service import AlertService
@@ -174,5 +175,35 @@ def test_run_stops_on_event_and_commits(alert_config):
         thread.join(timeout=10)
         assert not thread.is_alive()
     # everything was committed: a restarted service finds nothing to do
+    with AlertService(cfg, "t2") as service:
+        assert drain(service, 1, timeout_s=2) == 0
+
+
+def test_a_commit_that_times_out_is_retried_and_the_service_goes_on(alert_config, monkeypatch):
+    # A fresh broker under load can take longer than the request timeout to create the offsets
+    # topic for the first commit; the demo's alert service once died of exactly that.
+    cfg = alert_config()
+    results = defect_run(first=0, frames=4)
+    publish(cfg, results)
+    with AlertService(cfg, "t1") as service:
+        real_commit = service._consumer.commit
+        calls = []
+
+        def slow_coordinator(offsets, timeout_ms=None):
+            calls.append(dict(offsets))
+            if len(calls) == 1:
+                raise KafkaTimeoutError("coordinator did not answer")
+            return real_commit(offsets, timeout_ms=timeout_ms)
+
+        monkeypatch.setattr(service._consumer, "commit", slow_coordinator)
+        assert drain(service, len(results)) == len(results)
+        assert len(store_for(cfg).list_alerts(LINE)) == 1
+        # with nothing new to handle, the next poll commits what the failed commit held
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            service.process_batch(timeout_ms=200)
+        assert len(calls) == 2 and all(calls[1][tp].offset >= o.offset for tp, o in calls[0].items())
+        assert service.metrics.registry.get_sample_value("patchsight_alerts_commits_failed_total") == 1.0
+    # the retried commit holds: a restarted service in the same group finds nothing to do
     with AlertService(cfg, "t2") as service:
         assert drain(service, 1, timeout_s=2) == 0
