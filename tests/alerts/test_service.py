@@ -180,8 +180,8 @@ def test_run_stops_on_event_and_commits(alert_config):
 
 
 def test_a_commit_that_times_out_is_retried_and_the_service_goes_on(alert_config, monkeypatch):
-    # A fresh broker under load can take longer than the request timeout to create the offsets
-    # topic for the first commit; the demo's alert service once died of exactly that.
+    # Under load a freshly started broker's group coordinator can stay unavailable for longer than
+    # the commit's timeout; the demo's alert service once died of exactly that.
     cfg = alert_config()
     results = defect_run(first=0, frames=4)
     publish(cfg, results)
