@@ -350,9 +350,16 @@ class RedisAlertStore:
         return self.redis.get(self.thumbnail_key(alert_id))
 
     def list_alerts(self, line_id: str | None = None, unresolved_only: bool = True, limit: int = 200) -> list[DefectAlert]:
-        """Newest first."""
-        key = self.unresolved_key if unresolved_only or line_id is None else self.line_alerts_key(line_id)
-        ids = [_text(i) for i in self.redis.zrevrange(key, 0, -1 if line_id else limit - 1)]
+        """Newest first: the unresolved ones, or (``unresolved_only=False``) all, of one line or every line."""
+        if unresolved_only:
+            # one index across lines: a line's alerts are picked out of all of them below
+            scored = self.redis.zrevrange(self.unresolved_key, 0, -1 if line_id else limit - 1, withscores=True)
+        else:
+            lines = [line_id] if line_id else self.lines()
+            scored = [a for line in lines for a in self.redis.zrevrange(self.line_alerts_key(line), 0, limit - 1,
+                                                                       withscores=True)]
+            scored = sorted(scored, key=lambda item: item[1], reverse=True)[:limit]
+        ids = [_text(alert_id) for alert_id, _ in scored]
         pipe = self.redis.pipeline(transaction=False)
         for alert_id in ids:
             pipe.hgetall(self.alert_key(alert_id))

@@ -158,6 +158,10 @@ def test_state_machine_forward_only_with_who_and_when(raised_alert):
     with pytest.raises(AlertNotFound):
         store.resolve("0" * 20, "carol")
     assert store.list_alerts(LINE) == []  # resolved alerts leave the open list
+    assert store.list_alerts() == []
+    # and stay in the full lists, of the line and of every line
+    assert [a.alert_id for a in store.list_alerts(LINE, unresolved_only=False)] == [alert.alert_id]
+    assert [a.alert_id for a in store.list_alerts(unresolved_only=False)] == [alert.alert_id]
     assert [e.event for e in store.events(LINE)] == ["raised", "acknowledged", "resolved"]
     assert store.get_alert(alert.alert_id).acknowledged_by == "alice"  # the failed moves changed nothing
 
