@@ -346,7 +346,8 @@ def run_demo(options: DemoOptions) -> int:
         status = "running"
 
         def read_alerts(live: Live) -> None:
-            for alert in store.list_alerts(unresolved_only=False, limit=10_000):
+            # oldest first, so that alerts found in one read print in the order they were raised
+            for alert in reversed(store.list_alerts(unresolved_only=False, limit=10_000)):
                 new = alert.alert_id not in alerts
                 alerts[alert.alert_id] = alert  # the latest copy: an open alert's last defect frame moves on
                 if new:
