@@ -253,16 +253,15 @@ if [ -n "$CONTINUE_SEEDS" ]; then
               PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12
               if [ -n "$DECAY_STEPS" ]; then
                 decay_round 14 "$DECAY_STEPS" own
-                # v15, v16, then v17: more seeds and the same decay round again, over all the seeds
-                if [ -n "$MORE_SEEDS3" ]; then
-                  add_train_seeds $MORE_SEEDS3
-                  decay_round 15 "$DECAY_STEPS" full
-                  if [ -n "$MORE_SEEDS4" ]; then
-                    add_train_seeds $MORE_SEEDS4
-                    decay_round 16 "$DECAY_STEPS" full
-                    if [ -n "$MORE_SEEDS5" ]; then add_train_seeds $MORE_SEEDS5; decay_round 17 "$DECAY_STEPS" full; fi
-                  fi
-                fi
+                # v15, v16, then v17: more seeds and the same decay round again, over all the seeds;
+                # each stage runs only after the one before it
+                version=15
+                for seeds in "$MORE_SEEDS3" "$MORE_SEEDS4" "$MORE_SEEDS5"; do
+                  [ -n "$seeds" ] || break
+                  add_train_seeds $seeds
+                  decay_round "$version" "$DECAY_STEPS" full
+                  version=$((version + 1))
+                done
               fi
             fi
           fi
