@@ -19,6 +19,7 @@ own line), under the same rule as training: best balanced accuracy, false-positi
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -272,7 +273,6 @@ def cached_pieces(
     """
     if cache_dir is None:
         return [encode_recordings(encoder, recordings, questions, stride, log=log)]
-    import hashlib
 
     common = {
         "questions": [q.id for q in questions], "stride": stride,
@@ -728,8 +728,8 @@ def finetune(
         provenance["encoder_pretraining"] = base.spec.provenance.get("encoder_pretraining")
     if init_bundle is not None:
         # The head continued from another bundle's: keep how that one was made, to reproduce both steps.
-        provenance["init_head"] = {"model_id": init_bundle.spec.model_id, **{
-            k: v for k, v in init_bundle.spec.provenance.items() if k in ("finetune", "init_head")}}
+        provenance["init_head"] = earlier_round({"model_id": init_bundle.spec.model_id, **{
+            k: v for k, v in init_bundle.spec.provenance.items() if k in ("finetune", "init_head")}})
     elif init is not None:
         provenance["init_head"] = {"source": str(init_head_from)}
     bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
@@ -739,6 +739,27 @@ def finetune(
     log(f"wrote bundle {model_id} ({size / 1e6:.1f} MB) -> {out}")
     record["bundle_bytes"] = size
     return record
+
+
+def earlier_round(record: dict) -> dict:
+    """How a starting head was made, as the next bundle keeps it: everything but the data lists,
+    which shrink to a digest (count, sha256, sources) at every level of the nested rounds.
+
+    Each round's list repeats the last one's and adds seeds; kept whole at every level, they were
+    most of bundle.json, and it grew by a whole list a round.
+    """
+    out = dict(record)
+    finetune_record = out.get("finetune")
+    if isinstance(finetune_record, dict) and isinstance(finetune_record.get("data"), list):
+        data = finetune_record["data"]
+        out["finetune"] = {**finetune_record, "data": {
+            "recordings": len(data),
+            "sha256": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "sources": list(dict.fromkeys(str(d.get("source")) for d in data)),
+        }}
+    if isinstance(out.get("init_head"), dict):
+        out["init_head"] = earlier_round(out["init_head"])
+    return out
 
 
 def calibrate(

@@ -144,6 +144,18 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
     assert prov["init_head"]["model_id"] == "first"
     assert prov["init_head"]["finetune"]["config"]["seed"] == 1 and prov["finetune"]["config"]["seed"] == 0
     assert "captions" in prov["encoder_pretraining"]
+    # the round's own data stays a list; the earlier round's shrinks to a digest, one level deeper each round
+    assert [d["path"] for d in prov["finetune"]["data"]] == [str(r) for r in recordings]
+    digest = prov["init_head"]["finetune"]["data"]
+    assert digest["recordings"] == len(recordings) and len(digest["sha256"]) == 64
+    assert digest["sources"] == list(dict.fromkeys(d["source"] for d in prov["finetune"]["data"]))
+    third = workdir / "third"
+    ft.finetune(tiny_config(max_steps=2), second, recordings, third, log=lambda m: None, model_id="third",
+                init_head=True, cache_dir=workdir / "cache")
+    prov3 = load_bundle(third, device="cpu").spec.provenance
+    assert prov3["init_head"]["model_id"] == "continued" and prov3["init_head"]["init_head"]["model_id"] == "first"
+    assert prov3["init_head"]["finetune"]["data"] == digest
+    assert prov3["init_head"]["init_head"]["finetune"]["data"] == digest
 
 
 def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, recordings, workdir):
