@@ -108,6 +108,13 @@ class FinetuneConfig(BaseModel):
 # --- Data -------------------------------------------------------------------------------
 
 
+# Patch tokens are nearly all of a training set's memory (64 x 192 floats a frame at the compact
+# encoder: 13 GB in float32 for v18's 268k training frames, which left 24 GB machines under 2 GB
+# free). Held in float16 they take half; the head casts each batch back to its own precision, and
+# the rounding moved the shipped head's scores by at most 3e-4 on cached frames.
+HELD_PATCH_DTYPE = torch.float16
+
+
 @dataclass
 class LabelledSet:
     """Encoded frames with their answers: labels (N, Q) in {0, 1}, -1 where a frame has no answer."""
@@ -136,16 +143,19 @@ class LabelledSet:
         else:
             picks = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in rows]
 
-        def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
-            out = torch.empty((sum(len(p) for p in picks), *tensors[0].shape[1:]), dtype=tensors[0].dtype)
+        def gather(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+            out = torch.empty((sum(len(p) for p in picks), *tensors[0].shape[1:]), dtype=dtype or tensors[0].dtype)
             at = 0
             for t, p in zip(tensors, picks):
-                torch.index_select(t, 0, p, out=out[at : at + len(p)])
+                if t.dtype == out.dtype:
+                    torch.index_select(t, 0, p, out=out[at : at + len(p)])
+                else:
+                    out[at : at + len(p)] = t[p]
                 at += len(p)
             return out
 
         embeds = None if sets[0].tokens.image_embeds is None else gather([d.tokens.image_embeds for d in sets])
-        tokens = EncoderOutput(embeds, gather([d.tokens.patch_tokens for d in sets]),
+        tokens = EncoderOutput(embeds, gather([d.tokens.patch_tokens for d in sets], HELD_PATCH_DTYPE),
                                gather([d.tokens.cls_token for d in sets]))
         return LabelledSet(tokens, gather([d.labels for d in sets]),
                            [d.groups[i] for d, p in zip(sets, picks) for i in p.tolist()], sets[0].questions,

@@ -332,6 +332,27 @@ def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, record
         torch.testing.assert_close(got.tokens.image_embeds, want.tokens.image_embeds)
 
 
+def test_a_training_set_holds_patch_tokens_in_half_precision_and_the_head_scores_them_alike(tiny_clip, recordings):
+    from inference.head import MLLMHead
+
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    questions = ft.questions_of(recordings)
+    encoded = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)  # as the encoder gave it
+    held, _ = ft.split_by_group([encoded], 0.0001, seed=0)  # what training holds: a join of the pieces
+    assert encoded.tokens.patch_tokens.dtype == torch.float32
+    assert held.tokens.patch_tokens.dtype == ft.HELD_PATCH_DTYPE == torch.float16
+    assert held.tokens.cls_token.dtype == held.tokens.image_embeds.dtype == torch.float32  # the probe fits on these
+    kept = torch.as_tensor([i for i, g in enumerate(encoded.groups) if g in set(held.groups)])  # in order
+    torch.testing.assert_close(held.tokens.patch_tokens.float(), encoded.tokens.patch_tokens[kept], rtol=1e-3, atol=1e-3)
+    assert 0 < len(kept) == len(held) < len(encoded)
+    head = MLLMHead.create(tiny_config().head_config(), encoder=encoder, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        full = head.logits(encoded.tokens.select(kept), questions)
+        half = head.logits(held.tokens, questions)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=1e-2, atol=1e-2)
+
+
 def test_an_unreadable_cached_encoding_is_encoded_again(tiny_clip, recordings, workdir):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     questions = ft.questions_of(recordings)
