@@ -2,14 +2,16 @@
 
     python bench/finetune_memory.py --bundle models/default --data runs/data/train-s49 ... --cache runs/cache
 
-Two ways, each in a fresh process. The measure is the peak of the process's anonymous memory
+Three ways, each in a fresh process. The measure is the peak of the process's anonymous memory
 (``RssAnon``, sampled every 5 ms): memory-mapped cache pages are resident too, but they are page
 cache the kernel can drop, so they do not count towards running out of memory. ``ru_maxrss``
 (all resident pages) is recorded beside it.
 
-- ``split`` (what ``finetune`` does): memory-mapped pieces, split straight into the two sets;
-- ``join-then-split`` (what it did before): the pieces joined into one set, then split, so the
-  join and the two sets are held together.
+- ``split`` (what ``finetune`` does): memory-mapped pieces, split straight into the two sets,
+  which hold patch tokens in float16 (``HELD_PATCH_DTYPE``);
+- ``split-float32``: the same with the patch tokens held in float32, as the sets did before;
+- ``join-then-split`` (what it did before that): the pieces joined into one set, then split, so
+  the join and the two sets are held together (float16 patch tokens, as now).
 
 ``--data`` takes recordings or folders of them, like ``finetune``. Their encodings should
 already be in the cache (a ``finetune --cache`` run, or a first run of this bench, writes them);
@@ -31,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-WAYS = ("split", "join-then-split")
+WAYS = ("split", "split-float32", "join-then-split")
 
 
 def anonymous_bytes() -> int:
@@ -61,6 +63,8 @@ def measure(way: str, bundle: str, data: list[str], cache: str, stride: int) -> 
     from ingest.recording import find_recordings
 
     torch.set_num_threads(1)
+    if way == "split-float32":
+        ft.HELD_PATCH_DTYPE = torch.float32
     t0 = time.time()
     encoder, _, _, _ = ft.load_encoder(bundle)
     recordings = find_recordings(data)
