@@ -356,9 +356,11 @@ class RedisAlertStore:
             scored = self.redis.zrevrange(self.unresolved_key, 0, -1 if line_id else limit - 1, withscores=True)
         else:
             lines = [line_id] if line_id else self.lines()
-            scored = [a for line in lines for a in self.redis.zrevrange(self.line_alerts_key(line), 0, limit - 1,
-                                                                       withscores=True)]
-            scored = sorted(scored, key=lambda item: item[1], reverse=True)[:limit]
+            pipe = self.redis.pipeline(transaction=False)  # one round trip, however many lines
+            for line in lines:
+                pipe.zrevrange(self.line_alerts_key(line), 0, limit - 1, withscores=True)
+            scored = sorted((a for per_line in pipe.execute() for a in per_line), key=lambda item: item[1],
+                            reverse=True)[:limit]
         ids = [_text(alert_id) for alert_id, _ in scored]
         pipe = self.redis.pipeline(transaction=False)
         for alert_id in ids:
