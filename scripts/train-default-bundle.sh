@@ -5,8 +5,9 @@
 # token (v8) with its ablations, two more hard-pair rounds under that head (v9, v10) and the head
 # trained on with 72 more seeds (v11), then 72 more (v12), and a hard-pair round on a CUDA GPU
 # under that head (v13), a decay phase for that head (v14) and the same again with more seeds
-# (v15 and v16: 72 each; v17: 128), each with its four ablations, threshold calibration and the evaluation (against the
-# ablations of the last of v8 to v17 that ran, else against the first head's, trained at its budget).
+# (v15 and v16: 72 each; v17: 128; v18: 192), each with its four ablations, threshold calibration
+# and the evaluation (against the ablations of the last of v8 to v18 that ran, else against the
+# first head's, trained at its budget).
 # Every step is a `patchsight` command; docs/evaluation.md lists the ones the shipped bundle ran.
 #
 #   bash scripts/train-default-bundle.sh               # 2 CPU cores: about 2 hours
@@ -27,7 +28,8 @@
 # 6.5), DECAY_STEPS (with GPU_HARD_PAIR_MIN: the v14 stage; v14 used 1500), MORE_SEEDS3 (with DECAY_STEPS:
 # the v15 stage, which adds these seeds and runs the decay round again; v15 used 229-300), MORE_SEEDS4
 # (with MORE_SEEDS3: the v16 stage, the same with these seeds; v16 used 301-372), MORE_SEEDS5 (with
-# MORE_SEEDS4: the v17 stage, the same again; v17 used 373-500), CALIB_SEEDS (501-508),
+# MORE_SEEDS4: the v17 stage, the same again; v17 used 373-500), MORE_SEEDS6 (with MORE_SEEDS5: the
+# v18 stage; v18 used 509-700, past the calibration seeds), CALIB_SEEDS (501-508),
 # SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,7 @@ MORE_SEEDS2=${MORE_SEEDS2:-$(seq -s' ' 157 228)}
 MORE_SEEDS3=${MORE_SEEDS3:-}
 MORE_SEEDS4=${MORE_SEEDS4:-}
 MORE_SEEDS5=${MORE_SEEDS5:-}
+MORE_SEEDS6=${MORE_SEEDS6:-}
 GPU_HARD_PAIR_MIN=${GPU_HARD_PAIR_MIN:-}
 DECAY_STEPS=${DECAY_STEPS:-}
 CALIB_SEEDS=${CALIB_SEEDS:-501 502 503 504 505 506 507 508}
@@ -69,7 +72,7 @@ THREADS=$([ "$DEVICE" = cpu ] && echo 2 || echo 1)
 export HF_HUB_OFFLINE=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 patchsight() { "$PY" -m patchsight.cli "$@"; }
 mkdir -p "$RUNS/data" "$RUNS/ablations"
-ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v17) that ran
+ablations="$RUNS/ablations"  # the ablations the evaluation compares: v2's, or the last stage's (v8 to v18) that ran
 
 # Runs "$@" in the background, at most JOBS at a time; wait_all waits for the rest.
 running=0 failed=0
@@ -253,10 +256,10 @@ if [ -n "$CONTINUE_SEEDS" ]; then
               PAIR_ON_GPU=1 ablated_round 13 hard_pair_round "$GPU_HARD_PAIR_MIN" 12
               if [ -n "$DECAY_STEPS" ]; then
                 decay_round 14 "$DECAY_STEPS" own
-                # v15, v16, then v17: more seeds and the same decay round again, over all the seeds;
+                # v15 to v18: more seeds and the same decay round again, over all the seeds;
                 # each stage runs only after the one before it
                 version=15
-                for seeds in "$MORE_SEEDS3" "$MORE_SEEDS4" "$MORE_SEEDS5"; do
+                for seeds in "$MORE_SEEDS3" "$MORE_SEEDS4" "$MORE_SEEDS5" "$MORE_SEEDS6"; do
                   [ -n "$seeds" ] || break
                   add_train_seeds $seeds
                   decay_round "$version" "$DECAY_STEPS" full
