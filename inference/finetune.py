@@ -111,7 +111,9 @@ class FinetuneConfig(BaseModel):
 # Patch tokens are nearly all of a training set's memory (64 x 192 floats a frame at the compact
 # encoder: 13 GB in float32 for v18's 268k training frames, which left 24 GB machines under 2 GB
 # free). Held in float16 they take half; the head casts each batch back to its own precision, and
-# the rounding moved the shipped head's scores by at most 3e-4 on cached frames.
+# the rounding moved the shipped head's scores by at most 3e-4 on cached frames. The encoding
+# cache stores them so too: every reader joins the pieces into this precision anyway, so float32
+# on disk only doubled the cache and the page cache a run maps.
 HELD_PATCH_DTYPE = torch.float16
 
 
@@ -279,7 +281,8 @@ def cached_pieces(
     Cached pieces are memory-mapped from their files, so holding all of them costs page
     cache, not memory, until they are joined or split. Files are only ever replaced by a
     rename, never rewritten in place, so a mapping stays valid while another run writes the
-    same file. An unreadable file is encoded again.
+    same file. An unreadable file is encoded again. Patch tokens are stored in
+    ``HELD_PATCH_DTYPE``; files with float32 ones, from before, are read as they are.
     """
     if cache_dir is None:
         return [encode_recordings(encoder, recordings, questions, stride, log=log)]
@@ -314,8 +317,8 @@ def cached_pieces(
             t = data.tokens
             # write then rename: heads trained side by side may share (and race for) one cache file
             partial = path.with_suffix(f".{os.getpid()}.partial")
-            torch.save({"tokens": (t.image_embeds, t.patch_tokens, t.cls_token), "labels": data.labels,
-                        "groups": data.groups, "sources": data.sources}, partial)
+            torch.save({"tokens": (t.image_embeds, t.patch_tokens.to(HELD_PATCH_DTYPE), t.cls_token),
+                        "labels": data.labels, "groups": data.groups, "sources": data.sources}, partial)
             partial.replace(path)
             del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too
             saved = torch.load(path, weights_only=False, mmap=True)

@@ -316,6 +316,27 @@ def test_a_run_with_more_recordings_encodes_only_the_new_ones(tiny_clip, recordi
     torch.testing.assert_close(both.tokens.patch_tokens[: len(first)], first.tokens.patch_tokens)
 
 
+def test_the_cache_stores_patch_tokens_in_half_precision_and_still_reads_float32_files(tiny_clip, recordings, workdir):
+    encoder = ft.load_encoder(tiny_clip)[0]
+    questions = ft.questions_of(recordings)
+    cache = workdir / "cache-half"
+    half = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    [path] = list(cache.glob("encoded-*.pt"))
+    saved = torch.load(path, weights_only=False)
+    embeds, patches, cls = saved["tokens"]
+    assert patches.dtype == ft.HELD_PATCH_DTYPE and cls.dtype == embeds.dtype == torch.float32
+    fresh = ft.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
+    # a file written before, with float32 patch tokens, under the same name
+    torch.save({**saved, "tokens": (embeds, fresh.tokens.patch_tokens, cls)}, path)
+    assert torch.load(path, weights_only=False)["tokens"][1].dtype == torch.float32
+    seen: list[str] = []
+    old = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, seen.append)
+    assert any("using cached encodings of 1 of 1" in m for m in seen) and not any("encoding 1" in m for m in seen)
+    assert old.tokens.patch_tokens.dtype == ft.HELD_PATCH_DTYPE and old.groups == half.groups
+    assert torch.equal(old.tokens.patch_tokens, half.tokens.patch_tokens)
+    assert torch.equal(old.tokens.cls_token, half.tokens.cls_token) and torch.equal(old.labels, half.labels)
+
+
 def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, recordings, workdir):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     questions = ft.questions_of(recordings)
@@ -366,7 +387,7 @@ def test_an_unreadable_cached_encoding_is_encoded_again(tiny_clip, recordings, w
     assert any("is unreadable" in m and "encoding its recording again" in m for m in seen)
     fresh = ft.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
     assert again[0].groups == fresh.groups and torch.equal(again[0].labels, fresh.labels)
-    torch.testing.assert_close(again[0].tokens.patch_tokens, fresh.tokens.patch_tokens)
+    torch.testing.assert_close(again[0].tokens.patch_tokens, fresh.tokens.patch_tokens.to(ft.HELD_PATCH_DTYPE))
     seen.clear()
     ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)  # the rewritten file reads
     assert not any("unreadable" in m for m in seen) and not any(m.startswith("encoded ") for m in seen)
