@@ -24,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import yaml
 from rich.console import Console
@@ -364,7 +365,7 @@ def run_demo(options: DemoOptions) -> int:
             t.add_row("elapsed", f"{time.monotonic() - started:.0f} s")
             return t
 
-        with Live(table(), console=console, refresh_per_second=4, transient=False) as live:
+        with live_display(table(), console) as live:
             while not interrupted:
                 for record in results:
                     try:
@@ -453,6 +454,19 @@ def _alerts_caught_up(results: "KafkaConsumer", alerts_group: "KafkaConsumer", t
     parts = [TopicPartition(topic, p) for p in (results.partitions_for_topic(topic) or [])]
     ends = results.end_offsets(parts)
     return all((alerts_group.committed(tp) or 0) >= ends[tp] for tp in parts)
+
+
+@contextmanager
+def live_display(renderable: Table, console: Console) -> Iterator[Live]:
+    """rich's Live display, followed by a line break also when the output is not a terminal.
+
+    rich breaks the line only on a terminal; in a log file (``make demo > demo.log``) whatever
+    is printed next would continue the last line of the table.
+    """
+    with Live(renderable, console=console, refresh_per_second=4, transient=False) as live:
+        yield live
+    if not console.is_terminal:
+        console.line()
 
 
 def _summary(
