@@ -291,8 +291,12 @@ def eval_command(
     _quiet_transformers()
     console = Console(stderr=True)
     out = out or Path("runs") / f"eval-{_time.strftime('%Y%m%d-%H%M%S')}"
-    evaluate(bundle, _recordings(data), out, ablations=ablations, pairs_per_question=pairs, pair_seed=pair_seed,
-             threads=threads, log=console.print)
+    try:
+        evaluate(bundle, _recordings(data), out, ablations=ablations, pairs_per_question=pairs, pair_seed=pair_seed,
+                 threads=threads, log=console.print)
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+        console.print(f"[red]eval failed:[/] {exc}")
+        raise typer.Exit(1) from None
     console.print((out / "report.md").read_text())
     typer.echo(str(out))
 

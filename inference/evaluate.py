@@ -113,12 +113,16 @@ def load_ablations(directory: str | Path | None, encoder) -> dict[str, tuple[obj
     heads: dict[str, tuple[object, dict[str, float]]] = {}
     if directory is None:
         return heads
+    if not Path(directory).is_dir():
+        raise ValueError(f"--ablations {directory} is not a folder")
     for sub in sorted(Path(directory).iterdir()):
         info = sub / "finetune.json"
         if sub.is_dir() and info.is_file():
             record = json.loads(info.read_text())
             head = MLLMHead.from_pretrained(sub, encoder=encoder, device="cpu", dtype=torch.float32)
             heads[record["variant"]] = (head, record["thresholds"])
+    if not heads:  # a typo here would otherwise cost a full evaluation that reports the target unmeasured
+        raise ValueError(f"no ablation heads in {directory} (folders that `finetune --head-only` wrote)")
     return heads
 
 
@@ -141,6 +145,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_path, device="cpu", dtype=torch.float32)
+    ablation_heads = load_ablations(ablations, bundle.encoder)  # before the slow part: a bad folder fails now
     questions = questions_of(recordings, include_relations=True) or list(bundle.spec.questions)
     trained = {q.id for q in bundle.spec.questions}
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
@@ -189,7 +194,7 @@ def evaluate(
 
     # frames, pair positives, pair negatives without position embeddings: encoded once, for every such ablation
     no_position: tuple[EncoderOutput, EncoderOutput, EncoderOutput] | None = None
-    for variant, (head, head_thresholds) in load_ablations(ablations, bundle.encoder).items():
+    for variant, (head, head_thresholds) in ablation_heads.items():
         log(f"scoring: ablation {variant}")
         thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
         if variant in WITHOUT_ENCODER_POSITIONS:

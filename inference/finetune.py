@@ -624,7 +624,11 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
         encoder, clip, tok = bundle.encoder, bundle.clip_model, bundle.clip.tokenizer if bundle.clip else None
     else:
         bundle = None
-        clip = load_clip(source, device=device, dtype=torch.float32, local_files_only=True)
+        try:
+            clip = load_clip(source, device=device, dtype=torch.float32, local_files_only=True)
+        except OSError as exc:  # transformers' own message is about repo ids, even for a mistyped folder
+            raise ValueError(f"cannot load the encoder {source}: it is not a bundle, a CLIP folder or a "
+                             f"hub id in the local cache ({exc})") from None
         preprocess = FramePreprocessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
         encoder = FrameEncoder.from_clip(clip, EncoderConfig(), preprocess)
         tok = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)

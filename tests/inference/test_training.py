@@ -269,6 +269,37 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
     assert json.loads((out / "report.json").read_text())["targets"] == report["targets"]
 
 
+def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(tiny_clip, recordings, workdir):
+    from typer.testing import CliRunner
+
+    from inference.cli import app
+
+    runner = CliRunner()
+
+    def said(result) -> str:  # rich wraps long lines
+        return " ".join(result.output.split())
+
+    rec = str(recordings[0])
+    bundle = workdir / "bundle"
+    if not bundle.is_dir():
+        ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
+
+    result = runner.invoke(app, ["model", "eval", str(workdir / "missing"), "--data", rec, "--out", str(workdir / "e1")])
+    assert result.exit_code == 1 and "eval failed" in said(result) and "not a model bundle" in said(result)
+    # an --ablations folder without heads fails before the encoding, not after a report without them
+    empty = workdir / "no-heads"
+    empty.mkdir()
+    result = runner.invoke(app, ["model", "eval", str(bundle), "--data", rec, "--ablations", str(empty),
+                                 "--out", str(workdir / "e2"), "--pairs", "2", "--threads", "1"])
+    assert result.exit_code == 1 and "no ablation heads" in said(result)
+    assert not (workdir / "e2" / "report.md").exists()
+
+    result = runner.invoke(app, ["model", "finetune", "--encoder", str(workdir / "no-such-clip"), "--data", rec,
+                                 "--out", str(workdir / "f1"), "--max-steps", "1", "--threads", "1"])
+    assert result.exit_code == 1 and "cannot load the encoder" in said(result)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_pair_images_differ_only_in_the_asked_property():
     qs = [q for q in synth.SYNTH_QUESTIONS if q.id in ("label_left", "scratch")]
     pos, neg, answers = ft.render_pairs(qs, 2, seed=1, size=(320, 240))
