@@ -87,14 +87,26 @@ def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
     from rich.table import Table
 
     _, store = _store(config)
-    table = Table("state", "line/camera", "defect", "score", "frames", "raised")
-    table.add_column("id", no_wrap=True)
+    # In a narrow terminal the cells fold rather than end in "…": "part_f…" could be any of
+    # several defects, and the id must stay whole to be acknowledged.
+    table = Table()
+    for name in ("state", "line/camera", "defect"):
+        table.add_column(name, overflow="fold")
+    for name in ("score", "frames", "raised", "id"):
+        table.add_column(name, no_wrap=True)
+    today = time.strftime("%Y-%m-%d")
     for name in line or [None]:
         for a in store.list_alerts(name):
             table.add_row(a.state.value, f"{a.line_id}/{a.camera_id}", a.defect_type, f"{a.score:.2f}",
                           f"{a.first_seq}-{a.last_frame_seq}",
-                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.raised_ns / 1e9)), a.alert_id)
+                          _raised_at(a.raised_ns, today), a.alert_id)
     console.print(table)
+
+
+def _raised_at(ns: int, today: str) -> str:
+    """Local time; the date only when it is not today, to keep the table narrow."""
+    day, clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)).split()
+    return clock if day == today else f"{day} {clock}"
 
 
 def _transition(config: ConfigOption, alert_id: str, target: str, by: str | None) -> None:

@@ -176,8 +176,9 @@ def test_cli_ack_resolve_list(raised_alert, tmp_path, monkeypatch):
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     runner = CliRunner()
-    listed = runner.invoke(alerts_app, ["list", "--config", str(path)])
+    listed = runner.invoke(alerts_app, ["list", "--config", str(path)], env={"COLUMNS": "80"})
     assert listed.exit_code == 0 and alert.alert_id in listed.output
+    assert "…" not in listed.output  # narrow: cells fold instead of being cut
     ok = runner.invoke(alerts_app, ["ack", alert.alert_id, "--config", str(path), "--by", "erin"])
     assert ok.exit_code == 0, ok.output
     assert store.get_alert(alert.alert_id).acknowledged_by == "erin"
