@@ -142,10 +142,12 @@ class Question(Section):
 class CameraSource(Section):
     """Where a camera's frames come from: exactly one of url, device, video, images."""
 
-    url: str | None = None  # rtsp://, http(s)://
-    device: int | None = Field(None, ge=0)
-    video: Path | None = None
-    images: Path | None = None  # a folder of images, read in name order
+    url: str | None = Field(None, description="rtsp:// or http(s):// stream; reconnected with backoff when lost")
+    device: int | None = Field(None, ge=0, description="local capture device index (/dev/videoN)")
+    video: Path | None = Field(
+        None, description="video file, played from the start again when it ends, like a live camera "
+        "(to inspect it once: `patchsight record --frames N` it, then `replay` the recording)")
+    images: Path | None = Field(None, description="folder of images, read in name order and again from the first")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "CameraSource":
