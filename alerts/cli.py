@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from patchsight.cli_options import ConfigOption, config_or_exit
+from patchsight.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
 app = typer.Typer(help="Debounce inspection results into alerts in Redis; follow and drive them.", no_args_is_help=True)
 console = Console()
@@ -41,7 +41,7 @@ def serve(
     # Finish the batch in hand, commit it, then exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with AlertService(cfg, instance) as service:
+    with kafka_or_exit(cfg.kafka, "alert service failed"), AlertService(cfg, instance) as service:
         service.run(stop)
 
 

@@ -76,12 +76,13 @@ def infer(
     Start several (processes or machines) with the same inference.group_id to share
     the frames topic; they scale up to its partition count. Live or replay is per frame.
     """
-    from patchsight.cli_options import config_or_exit
+    from patchsight.cli_options import config_or_exit, kafka_or_exit
     from inference.worker import ModelLoadError, WorkerError, serve
 
     cfg = config_or_exit(config)
     try:
-        serve(cfg, worker_id)
+        with kafka_or_exit(cfg.kafka, "worker failed"):
+            serve(cfg, worker_id)
     except ModelLoadError as exc:
         typer.secho(f"model error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

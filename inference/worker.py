@@ -741,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except WorkerError as exc:
+    except (WorkerError, KafkaError) as exc:
         print(f"worker failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from patchsight.cli_options import ConfigOption, config_or_exit
+from patchsight.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
 app = typer.Typer(
     help="Cameras -> Kafka frames topic: run live cameras, record them, replay recordings.",
@@ -80,7 +80,7 @@ def record(
     stop = threading.Event()
     progress, task = _progress(frames, f"recording {camera or cfg.kafka.topics.frames}")
     try:
-        with progress:
+        with kafka_or_exit(cfg.kafka, "record failed"), progress:
             if from_topic:
                 counts = record_topic(
                     cfg, out, camera_id=camera, frames=frames, duration_s=duration, from_beginning=not latest,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from schemas.config import PatchsightConfig, load_config
+from schemas.config import KafkaSettings, PatchsightConfig, load_config
 from schemas.errors import ConfigError
 
 ConfigOption = Annotated[
@@ -29,3 +31,21 @@ def config_or_exit(path: Optional[Path]) -> PatchsightConfig:
     except ConfigError as exc:
         typer.secho(f"configuration error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def kafka_or_exit(kafka: KafkaSettings, what: str) -> Iterator[None]:
+    """A Kafka error that reaches the command becomes one line and exit status 1.
+
+    Mostly a broker that is not there when the command starts. A broker lost while the
+    services run is ridden out inside them (docs/reliability.md); at start, the supervisor's
+    restart (compose's ``restart: unless-stopped``) is the retry.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        yield
+    except KafkaError as exc:
+        typer.secho(f"{what}: kafka at {kafka.bootstrap}: {exc} (is the broker running? `patchsight infra status`)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None

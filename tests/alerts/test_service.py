@@ -207,3 +207,17 @@ def test_a_commit_that_times_out_is_retried_and_the_service_goes_on(alert_config
     # the retried commit holds: a restarted service in the same group finds nothing to do
     with AlertService(cfg, "t2") as service:
         assert drain(service, 1, timeout_s=2) == 0
+
+
+def test_serve_without_a_broker_exits_with_one_line_naming_it(make_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from alerts.cli import app
+
+    cfg = make_config(kafka={"bootstrap": "127.0.0.1:1"})  # nothing listens on port 1
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    result = CliRunner().invoke(app, ["serve", "--config", str(path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, said
+    assert "alert service failed: kafka at 127.0.0.1:1" in said and "Traceback" not in said
