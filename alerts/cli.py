@@ -19,10 +19,21 @@ LineOption = Annotated[Optional[list[str]], typer.Option("--line", "-l", help="O
 
 
 def _store(config: ConfigOption):  # type: ignore[no-untyped-def]
+    """The config and the alert store, once Redis has answered; otherwise one line and exit 1."""
+    from redis.exceptions import RedisError
+
     from alerts.store import RedisAlertStore, connect
+    from patchsight.log import redact
 
     cfg = config_or_exit(config)
-    return cfg, RedisAlertStore(connect(cfg.redis), cfg.alerts)
+    client = connect(cfg.redis)
+    try:
+        client.ping()
+    except RedisError as exc:
+        typer.secho(redact(f"cannot reach Redis at {cfg.redis.url}: {exc} (is it running? `patchsight infra status`)"),
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    return cfg, RedisAlertStore(client, cfg.alerts)
 
 
 @app.command()

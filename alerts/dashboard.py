@@ -18,8 +18,9 @@ from typing import AsyncIterator
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
 
 from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, connect
 from schemas.alert import AlertState
@@ -59,6 +60,12 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
 
     app = FastAPI(title="patchsight dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     guarded = [Depends(authorized)]
+
+    @app.exception_handler(RedisError)
+    async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        # 503, not 500: the page and load balancers retry later, and nothing here is a bug.
+        return JSONResponse({"detail": f"the alert store (Redis) is unavailable: {type(exc).__name__}"},
+                            status_code=503, headers={"Retry-After": "2"})
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -135,3 +135,15 @@ def test_alert_appears_live_in_the_browser_and_ack_reaches_redis(alert_config):
         server.should_exit = True
         thread.join(timeout=10)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_without_redis_the_api_and_healthz_answer_503(make_config):
+    cfg = make_config(redis={"url": "redis://127.0.0.1:1/0"})  # nothing listens on port 1
+    client = TestClient(create_app(cfg), raise_server_exceptions=False)
+    assert client.get("/").status_code == 200  # the page itself needs no store
+    for path in ("/healthz", "/api/alerts", "/api/lines"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert "alert store (Redis) is unavailable" in response.json()["detail"]
+        assert response.headers["retry-after"] == "2"
+    assert client.post("/api/alerts/some-id/acknowledge").status_code == 503

@@ -188,3 +188,14 @@ def test_cli_ack_resolve_list(raised_alert, tmp_path, monkeypatch):
     assert done.exit_code == 0 and store.get_alert(alert.alert_id).state == AlertState.resolved
     missing = runner.invoke(alerts_app, ["resolve", "nope", "--config", str(path)])
     assert missing.exit_code == 1 and "no alert with id" in missing.output
+
+
+def test_cli_without_redis_says_so_in_one_line_without_the_password(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("redis:\n  url: redis://:hunter2@127.0.0.1:1/0\n")  # nothing listens on port 1
+    for command in (["list"], ["ack", "some-id"], ["failed-webhooks"]):
+        result = CliRunner().invoke(alerts_app, [*command, "--config", str(path)])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1, said
+        assert "cannot reach Redis at redis://" in said and "127.0.0.1:1" in said
+        assert "hunter2" not in said and "Traceback" not in said
