@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchsight.log import get_logger
 from schemas.frame import Id
 
 RECORDING_FORMAT_VERSION = 1
@@ -130,7 +131,13 @@ class Recording:
                     break  # a torn last line from an interrupted recorder: keep what is whole
                 raise RecordingError(f"{self.path}/index.jsonl line {lineno} is invalid") from None
             if entry.offset + entry.length > size:
-                break  # frames.bin was cut short; the rest of the index is unusable
+                # frames.bin was cut short; the rest of the index is unusable. Said aloud, since
+                # a copy cut short by a full disk looks just like a short recording otherwise.
+                unreadable = sum(1 for rest in lines[lineno - 1:] if rest.strip())
+                get_logger("ingest.recording").warning(
+                    "frames.bin ends early: the frames after it are unreadable", path=str(self.path),
+                    readable=len(self.entries), unreadable=unreadable)
+                break
             self.entries.append(entry)
 
     def __len__(self) -> int:

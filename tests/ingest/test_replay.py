@@ -96,6 +96,21 @@ def test_replay_refuses_a_broken_recording_before_publishing(make_config, tmp_pa
         replay([tmp_path / "empty"], make_config())
 
 
+def test_a_recording_cut_short_keeps_its_whole_frames_and_says_how_many_are_lost(tmp_path):
+    from structlog.testing import capture_logs
+
+    path = make_recording(tmp_path / "cut", frames=6)
+    whole = Recording(path)
+    data = path / "frames.bin"
+    data.write_bytes(data.read_bytes()[: whole.entries[2].offset + 10])  # frame 2 is torn
+    with capture_logs() as logs:
+        cut = Recording(path)
+    assert [e.seq for e in cut.entries] == [0, 1]
+    assert [cut.read(e) for e in cut.entries] == [whole.read(e) for e in whole.entries[:2]]
+    warned = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warned) == 1 and warned[0]["readable"] == 2 and warned[0]["unreadable"] == 4
+
+
 def test_find_recordings_takes_recordings_and_folders_of_them(tmp_path):
     single = make_recording(tmp_path / "single")
     nested = [make_recording(tmp_path / "set" / name, frames=1) for name in ("b", "a")]
