@@ -13,9 +13,11 @@ file renamed over it), so an interrupted label run never corrupts a recording.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ingest.recording import FrameTruth, Recording, RecordingError
+from schemas.frame import ID_PATTERN
 
 
 def parse_ranges(specs: list[str]) -> list[tuple[int, int]]:
@@ -40,10 +42,18 @@ def label_recording(
     no_rest: bool = False,
 ) -> dict[str, int]:
     """Set answers for one question; returns how many frames got yes/no in this call."""
+    if not re.match(ID_PATTERN, question_id):
+        # a label under an id no config can hold would never be trained or evaluated on
+        raise ValueError(f"not a question id: {question_id!r} (letters, digits, '_', '.', '-'; as in the line config)")
     rec = Recording(path)
     overlap = [(a, b) for a, b in yes for c, d in no if a <= d and c <= b]
     if overlap:
         raise RecordingError(f"a seq range is both yes and no: {overlap[0]}")
+    seqs = [entry.seq for entry in rec.entries]
+    for lo, hi in [*yes, *no]:
+        if not any(lo <= seq <= hi for seq in seqs):  # a typo would otherwise label nothing, silently
+            held = f"seqs {min(seqs)}-{max(seqs)}" if seqs else "no frames"
+            raise RecordingError(f"no frame has a seq in {lo}-{hi} ({rec.path} holds {held})")
     counts = {"yes": 0, "no": 0}
     for entry in rec.entries:
         truth = entry.truth or FrameTruth()

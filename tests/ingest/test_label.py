@@ -55,6 +55,16 @@ def test_conflicting_answers_are_refused(tmp_path: Path) -> None:
         label_recording(rec, "scratch", yes=[(1, 5)], no=[(5, 6)])
 
 
+def test_a_range_with_no_frame_or_a_bad_question_id_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    rec = make_recording(tmp_path / "rec")
+    before = (rec / "index.jsonl").read_bytes()
+    with pytest.raises(RecordingError, match=r"no frame has a seq in 40-45 .*seqs 0-9"):
+        label_recording(rec, "scratch", yes=[(2, 3), (40, 45)])
+    with pytest.raises(ValueError, match="not a question id"):
+        label_recording(rec, "bad id!", yes=[(2, 3)])
+    assert (rec / "index.jsonl").read_bytes() == before
+
+
 def test_cli(tmp_path: Path) -> None:
     rec = make_recording(tmp_path / "rec")
     out = subprocess.run([sys.executable, "-m", "patchsight.cli", "label", str(rec), "-q", "stain", "--yes", "1-2",
