@@ -157,7 +157,8 @@ def finetune_command(
     init_head_from: Path | None = typer.Option(
         None, "--init-head-from", help="start from this bundle's (or head folder's) head instead"),
     model_id: str = typer.Option("patchsight-compact", help="the bundle's model id"),
-    config: Path = typer.Option(None, "--config", help="take the questions from this config's --line"),
+    config: Path = typer.Option(None, "--config", help="take the questions from this config's --line (default: the "
+                                "recordings' own list, else the ids their labels answer, worded as the --encoder bundle does)"),
     line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
     max_steps: int = typer.Option(3000),
     image_tokens: str | None = typer.Option(

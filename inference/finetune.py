@@ -178,6 +178,22 @@ def questions_of(recordings: Sequence[str | Path], include_relations: bool = Fal
     return list(seen.values())
 
 
+def labelled_questions(recordings: Sequence[str | Path], worded_by: Sequence[Question]) -> list[Question]:
+    """The questions the recordings' labels answer (``patchsight label``), as ``worded_by`` words them.
+
+    A recorded camera's metadata lists no questions, only the ids its labels answer; their
+    text comes from the bundle being adapted (or, failing that, the user's line config).
+    """
+    ids = sorted({qid for path in recordings for entry in Recording(path).entries if entry.truth
+                  for qid in entry.truth.answers})
+    known = {q.id: q for q in worded_by}
+    unknown = [qid for qid in ids if qid not in known]
+    if unknown:
+        raise ValueError(f"the labels answer {', '.join(unknown)}, which no question here words: pass --config "
+                         "and --line naming the line whose questions these are")
+    return [known[qid] for qid in ids]
+
+
 def decode(jpeg: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -673,9 +689,10 @@ def finetune(
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
-    questions = list(questions or questions_of(recordings))
+    questions = list(questions or questions_of(recordings)
+                     or labelled_questions(recordings, base.spec.questions if base is not None else []))
     if not questions:
-        raise ValueError("no questions: pass them, or use recordings whose metadata lists them (synth does)")
+        raise ValueError("no questions: label the recordings (`patchsight label`), or pass a line config's")
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
     # The starting head is resolved before the frames are encoded, so a bad choice fails in seconds.
     init, init_bundle = None, None

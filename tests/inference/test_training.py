@@ -132,6 +132,33 @@ def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, record
         assert scores.shape == (2, len(questions)) and ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tiny_clip, recordings, workdir):
+    """README's "Adapting the head to your line": record, label, finetune with no line config."""
+    from inference.bundle import load_bundle
+    from ingest.label import label_recording
+    from ingest.recording import RecordingMeta, RecordingWriter
+
+    bundle = workdir / "bundle"
+    if not bundle.is_dir():
+        ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
+    camera = workdir / "recorded-camera"  # no questions in its metadata, no truth: what `record` writes
+    source = Recording(recordings[0])
+    with RecordingWriter(camera, RecordingMeta(line_id="press-3", camera_id="press-3-top", fps=10, width=320,
+                                               height=240, source="camera test")) as writer:
+        for entry, jpeg in source.frames():
+            writer.append(entry.seq, entry.capture_ns, jpeg)
+    label_recording(camera, "scratch", yes=[(5, 12)], no_rest=True)
+
+    out = workdir / "adapted"
+    ft.finetune(tiny_config(max_steps=3), bundle, [camera], out, log=lambda m: None)
+    scratch = next(q for q in ft.questions_of(recordings) if q.id == "scratch")
+    assert list(load_bundle(out, device="cpu").spec.questions) == [scratch]  # the bundle's wording
+
+    label_recording(camera, "dent", yes=[(20, 22)])
+    with pytest.raises(ValueError, match="the labels answer dent"):
+        ft.finetune(tiny_config(max_steps=3), bundle, [camera], workdir / "adapted-2", log=lambda m: None)
+
+
 def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, recordings, workdir):
     from inference.bundle import load_bundle
 
