@@ -123,6 +123,21 @@ def _stop_pid(pidfile: Path, name: str, timeout: float = 30.0) -> bool:
     return True
 
 
+def _refuse_a_second_server(pidfile: Path, name: str, address: str, problem: str | None) -> None:
+    """Raise if the server this state folder already runs is alive: a second one would share its data.
+
+    Two Kafka brokers on one data folder corrupt its metadata log (the running one dies of it);
+    two redis-servers would write one append-only file.
+    """
+    pid = _read_pid(pidfile)
+    if pid is not None:
+        raise InfraError(
+            f"the {name} that patchsight started from {pidfile.parent} is running (pid {pid}) but does not answer "
+            f"at {address} ({problem}); a second one would share its data. Point the config at the running one, "
+            "or stop it first with `patchsight infra down`."
+        )
+
+
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host:
@@ -411,6 +426,7 @@ def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
         problem = _kafka_probe(client)
         if problem is None:
             return _kafka_running(settings)
+    _refuse_a_second_server(state_dir() / "kafka" / "kafka.pid", "Kafka broker", settings.bootstrap, problem)
     for p in (port, port + 1):
         if _port_open(host, p):
             raise InfraError(
@@ -587,6 +603,7 @@ def redis_up(settings: RedisSettings, wait_s: float = 20.0) -> ServiceStatus:
         if problem is None:
             pid = _read_pid(state_dir() / "redis" / "redis.pid")
             return ServiceStatus("redis", "running" if pid else "external", redact(settings.url), pid)
+    _refuse_a_second_server(state_dir() / "redis" / "redis.pid", "Redis", redact(settings.url), problem)
     if _port_open(host, port):
         raise InfraError(
             f"port {port} on {host} is taken by something that does not answer as Redis at that URL ({problem})."

@@ -51,6 +51,15 @@ def test_up_round_trip_status_down(tmp_path: Path) -> None:
 
         again = cli("infra", "up", env=env)  # idempotent: finds them running
         assert again.returncode == 0 and again.stdout.count("running") == 2
+
+        # pointed elsewhere, `up` must not start a second server on the same data: it says so instead
+        for name, moved in (("Kafka broker", {"KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port_pair()}"}),
+                            ("Redis", {"REDIS_URL": f"redis://127.0.0.1:{free_port_pair()}/0"})):
+            second = cli("infra", "up", env={**env, **moved})
+            assert second.returncode == 1, second.stdout
+            assert f"the {name} that patchsight started" in second.stderr and "infra down" in second.stderr
+        still = cli("infra", "status", env=env)
+        assert still.returncode == 0 and still.stdout.count("running") == 2, still.stdout
     finally:
         down = cli("infra", "down", env=env)
     assert "kafka" in down.stdout and "redis" in down.stdout
