@@ -426,7 +426,6 @@ def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
         problem = _kafka_probe(client)
         if problem is None:
             return _kafka_running(settings)
-    _refuse_a_second_server(state_dir() / "kafka" / "kafka.pid", "Kafka broker", settings.bootstrap, problem)
     for p in (port, port + 1):
         if _port_open(host, p):
             raise InfraError(
@@ -435,6 +434,7 @@ def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
                 "(the controller uses port+1). A broker that refuses the credentials or TLS settings of "
                 "kafka.security just closes the connection: check those too."
             )
+    _refuse_a_second_server(state_dir() / "kafka" / "kafka.pid", "Kafka broker", settings.bootstrap, problem)
     if _java_major() < 17:
         raise InfraError("Kafka 4 needs Java 17 or newer; install openjdk-17-jre-headless.")
     home = state_dir() / "kafka"
@@ -603,11 +603,11 @@ def redis_up(settings: RedisSettings, wait_s: float = 20.0) -> ServiceStatus:
         if problem is None:
             pid = _read_pid(state_dir() / "redis" / "redis.pid")
             return ServiceStatus("redis", "running" if pid else "external", redact(settings.url), pid)
-    _refuse_a_second_server(state_dir() / "redis" / "redis.pid", "Redis", redact(settings.url), problem)
     if _port_open(host, port):
         raise InfraError(
             f"port {port} on {host} is taken by something that does not answer as Redis at that URL ({problem})."
         )
+    _refuse_a_second_server(state_dir() / "redis" / "redis.pid", "Redis", redact(settings.url), problem)
     binary = _redis_server_binary()
     home = state_dir() / "redis"
     home.mkdir(parents=True, exist_ok=True)
