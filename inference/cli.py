@@ -228,7 +228,7 @@ def finetune_command(
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache,
                           init_head_from=init_head_from)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: --out cannot be written
         console.print(f"[red]finetune failed:[/] {exc}")
         raise typer.Exit(1) from None
     console.print(f"best step {record['best_step']} of {record['steps']} ({record['stopped']}), "

@@ -694,6 +694,7 @@ def finetune(
     if not questions:
         raise ValueError("no questions: label the recordings (`patchsight label`), or pass a line config's")
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
+    Path(out).mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails now, not after training
     # The starting head is resolved before the frames are encoded, so a bad choice fails in seconds.
     init, init_bundle = None, None
     if init_head_from is not None:

@@ -105,7 +105,7 @@ def record(
         stop.set()
         typer.echo("interrupted; the recording keeps the frames written so far", err=True)
         raise typer.Exit(130) from None
-    except (RecordingError, CameraLost, ValueError) as exc:
+    except (RecordingError, CameraLost, ValueError, OSError) as exc:  # OSError: OUT cannot be written
         typer.secho(f"record failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     typer.echo(", ".join(f"{cam}: {n} frames" for cam, n in counts.items()) or "no frames recorded")

@@ -50,7 +50,7 @@ def synth(
                 out, lines=lines, cameras=cameras, frames=frames, seed=seed, fps=fps, defect_rate=defect_rate,
                 size=(width, height), jpeg_quality=jpeg_quality, on_frame=tick,
             )
-        except (RecordingError, ValueError) as exc:
+        except (RecordingError, ValueError, OSError) as exc:  # OSError: --out cannot be written
             console.print(f"[red]synth failed:[/] {exc}")
             raise typer.Exit(1) from None
     dt = time.perf_counter() - t0

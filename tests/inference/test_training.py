@@ -326,6 +326,11 @@ def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(t
     assert result.exit_code == 1 and "cannot load the encoder" in said(result)
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
+    (workdir / "a-file").write_text("")  # an --out under a file fails before any training, not after it
+    result = runner.invoke(app, ["model", "finetune", "--encoder", str(bundle), "--data", rec, "--out",
+                                 str(workdir / "a-file" / "out"), "--max-steps", "1", "--threads", "1"])
+    assert result.exit_code == 1 and "finetune failed" in said(result) and "encoded" not in said(result)
+
 
 def test_pair_images_differ_only_in_the_asked_property():
     qs = [q for q in synth.SYNTH_QUESTIONS if q.id in ("label_left", "scratch")]

@@ -41,3 +41,20 @@ def test_bad_arguments_exit_with_a_message(tmp_path):
     assert result.exit_code == 2 and "no camera 'nope'" in result.output
     result = runner.invoke(app, ["replay", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "not a recording" in result.output
+
+
+def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(make_config, tmp_path):
+    from patchsight.cli import app as patchsight_app
+
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "out"  # its parent is a file: no one can create it, root included
+    config = make_config(lines=[{
+        "id": "line-c", "questions": [{"id": "q", "text": "Is it broken?", "defect_type": "broken"}],
+        "cameras": [{"id": "cam-c", "fps": 50.0, "source": {"images": str(write_images(tmp_path / "imgs", 2))}}],
+    }])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = runner.invoke(app, ["record", str(unwritable), "-c", str(path), "--camera", "cam-c", "--frames", "2"])
+    assert result.exit_code == 1 and "record failed" in result.output, result.output
+    result = runner.invoke(patchsight_app, ["synth", "--out", str(unwritable), "--frames", "2", "--lines", "1"])
+    assert result.exit_code == 1 and "synth failed" in result.output, result.output
