@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import yaml
 from typer.testing import CliRunner
 
@@ -44,8 +47,6 @@ def test_bad_arguments_exit_with_a_message(tmp_path):
 
 
 def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(make_config, tmp_path):
-    from patchsight.cli import app as patchsight_app
-
     (tmp_path / "a-file").write_text("")
     unwritable = tmp_path / "a-file" / "out"  # its parent is a file: no one can create it, root included
     config = make_config(lines=[{
@@ -56,5 +57,8 @@ def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(make_confi
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     result = runner.invoke(app, ["record", str(unwritable), "-c", str(path), "--camera", "cam-c", "--frames", "2"])
     assert result.exit_code == 1 and "record failed" in result.output, result.output
-    result = runner.invoke(patchsight_app, ["synth", "--out", str(unwritable), "--frames", "2", "--lines", "1"])
-    assert result.exit_code == 1 and "synth failed" in result.output, result.output
+    # in its own process: the top-level command configures logging for the process it runs in
+    synth = subprocess.run([sys.executable, "-m", "patchsight.cli", "synth", "--out", str(unwritable), "--frames", "2",
+                            "--lines", "1"], capture_output=True, text=True)
+    assert synth.returncode == 1 and "synth failed" in synth.stdout + synth.stderr, synth.stdout + synth.stderr
+    assert "Traceback" not in synth.stderr
