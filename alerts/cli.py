@@ -45,15 +45,19 @@ def serve(
     import signal
     import threading
 
-    from alerts.service import AlertService
+    from alerts.service import AlertService, AlertServiceError
 
     cfg = config_or_exit(config)
     stop = threading.Event()
     # Finish the batch in hand, commit it, then exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with kafka_or_exit(cfg.kafka, "alert service failed"), AlertService(cfg, instance) as service:
-        service.run(stop)
+    try:
+        with kafka_or_exit(cfg.kafka, "alert service failed"), AlertService(cfg, instance) as service:
+            service.run(stop)
+    except AlertServiceError as exc:
+        typer.secho(f"alert service failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def _print_event(event) -> None:  # type: ignore[no-untyped-def]

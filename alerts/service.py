@@ -48,6 +48,10 @@ REDIS_RETRY_MAX_S = 5.0
 COMMIT_TIMEOUT_MS = 5_000  # a stalled commit must not hold the loop for the client's 30 s request timeout
 
 
+class AlertServiceError(RuntimeError):
+    """The service cannot start; the message says what to change."""
+
+
 class Stopped(Exception):
     """Stop was requested while waiting for Redis; the current record stays uncommitted."""
 
@@ -113,6 +117,7 @@ class AlertService:
 
     def start(self) -> "AlertService":
         kafka = self.config.kafka
+        self._start_http()  # first: a port in use fails before anything joins the group
         ensure_topics(kafka, [kafka.topics.results, kafka.topics.dead_letter])
         self._consumer = KafkaConsumer(
             **kafka.client_kwargs(),
@@ -127,7 +132,6 @@ class AlertService:
         subscribe_when_known(self._consumer, kafka.topics.results, listener=_ForgetOnRevoke(self))
         self._awake = threading.Event()
         keep_awake(self._consumer, self._awake)
-        self._start_http()
         if self.settings.webhooks:
             sender = WebhookSender(self.store, on_outcome=lambda o: self.metrics.webhooks.labels(o).inc())
             dispatcher = WebhookDispatcher(self.store, self.settings.webhooks, self.instance_id, sender)
@@ -361,7 +365,12 @@ class AlertService:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._http = ThreadingHTTPServer(("0.0.0.0", self.settings.metrics_port), Handler)
+        try:
+            self._http = ThreadingHTTPServer(("0.0.0.0", self.settings.metrics_port), Handler)
+        except OSError as exc:
+            raise AlertServiceError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} "
+                                    "(another alert service on this host? set alerts.metrics_port; 0 picks a free one)"
+                                    ) from None
         self._http.daemon_threads = True
         self.metrics_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, name="alerts-http", daemon=True).start()

@@ -232,13 +232,17 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then drain, publish, commit and return."""
         kafka, topics = self.config.kafka, self.config.kafka.topics
+        try:  # first: a port in use fails before anything joins the group
+            health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
+        except OSError as exc:
+            raise WorkerError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} (another "
+                              "worker on this host? set inference.metrics_port; 0 picks a free one)") from None
         ensure_topics(kafka)
         producer = KafkaProducer(
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-results",
             acks="all", linger_ms=2,
         )
         consumer, awake = self._open_consumer()
-        health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
         health.start()
         self.metrics_port = health.port
         decoder = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")

@@ -221,3 +221,19 @@ def test_serve_without_a_broker_exits_with_one_line_naming_it(make_config, tmp_p
     said = " ".join(result.output.split())
     assert result.exit_code == 1, said
     assert "alert service failed: kafka at 127.0.0.1:1" in said and "Traceback" not in said
+
+
+def test_a_metrics_port_in_use_stops_the_service_before_it_joins_the_group(alert_config):
+    import socket
+
+    import pytest
+
+    from alerts.service import AlertServiceError
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = alert_config(alerts={"metrics_port": port})
+        with pytest.raises(AlertServiceError, match=f"cannot serve /metrics on port {port}.*alerts.metrics_port"):
+            AlertService(cfg).start()

@@ -366,3 +366,22 @@ def test_model_loading_errors_name_the_bundle_and_the_reason(tmp_path: Path) -> 
     not_a_bundle = validate_config({"model": {"bundle": str(tmp_path / "empty"), "device": "cpu"}})
     with pytest.raises(ModelLoadError, match=r"empty.*not a model bundle"):
         load_model(not_a_bundle)
+
+
+def test_a_metrics_port_in_use_stops_the_worker_before_it_joins_the_group(config, bundle: Bundle) -> None:
+    import socket
+
+    from inference.worker import WorkerError
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(metrics_port=port)
+        with pytest.raises(WorkerError, match=f"cannot serve /metrics on port {port}.*inference.metrics_port"):
+            Worker(cfg, bundle).run(threading.Event())
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:  # nothing joined: the group was never created
+        assert cfg.inference.group_id not in {g["group_id"] for g in admin.list_groups()}
+    finally:
+        admin.close()
