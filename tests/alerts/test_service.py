@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.request
 
+import pytest
 from alert_helpers import CAMERA, LINE, THUMB, defect_run, drain, publish, result
 from kafka import KafkaConsumer
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
-from alerts.service import AlertService
+from alerts.service import AlertService, AlertServiceError
 from alerts.store import RedisAlertStore, connect
 from schemas.alert import AlertState, alert_id_for
 from schemas.dead_letter import DeadLetter
@@ -224,12 +226,6 @@ def test_serve_without_a_broker_exits_with_one_line_naming_it(make_config, tmp_p
 
 
 def test_a_metrics_port_in_use_stops_the_service_before_it_joins_the_group(alert_config):
-    import socket
-
-    import pytest
-
-    from alerts.service import AlertServiceError
-
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
