@@ -3,11 +3,12 @@
 Every service imports its messages from here and nothing from the others.
 """
 
-from schemas.alert import ALLOWED_TRANSITIONS, AlertState, DefectAlert, alert_id_for
+from schemas.alert import ALLOWED_TRANSITIONS, AlertState, DefectAlert, Finding, alert_id_for, part_alert_id
 from schemas.config import (
     AlertPolicy,
     CameraConfig,
     CameraSource,
+    InspectionZone,
     LineConfig,
     PatchsightConfig,
     Question,
@@ -18,12 +19,13 @@ from schemas.config import (
 from schemas.dead_letter import DeadLetter
 from schemas.errors import ConfigError, MalformedMessage, SchemaError, UnsupportedSchemaVersion
 from schemas.frame import FRAME_SCHEMA_VERSION, FrameEncoding, FrameMessage, FrameMode
+from schemas.part import PartAggregate, PartObservation, PartScores, aggregate_scores
 from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
 
 __all__ = [
     "ALLOWED_TRANSITIONS", "AlertPolicy", "AlertState", "CameraConfig", "CameraSource", "ConfigError",
-    "DeadLetter", "DefectAlert", "FRAME_SCHEMA_VERSION", "FrameEncoding", "FrameMessage", "FrameMode",
+    "DeadLetter", "DefectAlert", "Finding", "InspectionZone", "PartAggregate", "PartObservation", "PartScores", "FRAME_SCHEMA_VERSION", "FrameEncoding", "FrameMessage", "FrameMode",
     "InspectionResult", "LineConfig", "MalformedMessage", "PatchsightConfig", "Question", "QuestionCategory",
-    "QuestionScore", "ResultStatus", "SchemaError", "Timing", "UnsupportedSchemaVersion", "alert_id_for",
+    "QuestionScore", "ResultStatus", "SchemaError", "Timing", "UnsupportedSchemaVersion", "aggregate_scores", "alert_id_for", "part_alert_id",
     "load_config", "validate_config",
 ]

@@ -1,4 +1,10 @@
-"""The defect alert: what the alert service stores in Redis and announces."""
+"""The defect alert: what the alert service stores in Redis and announces.
+
+Version 2: an alert is about one defective part (``part_id``) and lists every question whose
+part score reached its threshold (``findings``); ``question_id``, ``score`` and ``threshold``
+are those of its strongest finding. Cameras without part tracking still raise one alert per
+question with the k-of-n debounce; their alerts have no ``part_id`` and one finding.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import hashlib
 from enum import Enum
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.envelope import VersionedMessage
 from schemas.frame import Id
@@ -40,13 +46,37 @@ def alert_id_for(line_id: str, camera_id: str, question_id: str, first_seq: int,
     return hashlib.sha256(cause).hexdigest()[:20]
 
 
+def part_alert_id(line_id: str, part_id: str, epoch: int = 0) -> str:
+    """The alert id of a defective part: one per part and line, whichever camera or question flags it."""
+    cause = f"{line_id}\x1fpart\x1f{part_id}"
+    if epoch:
+        cause += f"\x1f{epoch}"
+    return hashlib.sha256(cause.encode()).hexdigest()[:20]
+
+
+class Finding(BaseModel):
+    """One question whose score on the part reached its threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question_id: Id
+    question: str
+    defect_type: str
+    score: float = Field(ge=0.0, le=1.0, description="the part's aggregate score (per frame for k-of-n alerts)")
+    threshold: float = Field(ge=0.0, le=1.0)
+    camera_id: Id
+
+
 class DefectAlert(VersionedMessage):
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
     KIND: ClassVar[str] = "defect-alert"
 
+    schema_version: int = 2
     alert_id: str
     line_id: Id
     camera_id: Id
+    part_id: Id | None = Field(None, description="the defective part; None for k-of-n alerts")
+    findings: list[Finding] = Field(default_factory=list, description="every question over its threshold")
     question_id: Id
     question: str
     defect_type: str

@@ -168,6 +168,25 @@ class CameraSource(Section):
         return str(self.video or self.images)
 
 
+class InspectionZone(Section):
+    """Where a camera's parts are inspected, in pixels of its frames as published (after ``resize``).
+
+    A part is inspected while it lies wholly inside the zone. Unset: the central square of
+    the frame, which is what a CLIP encoder reads of a whole frame.
+    """
+
+    x0: int = Field(ge=0)
+    y0: int = Field(ge=0)
+    x1: int = Field(gt=0)
+    y1: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "InspectionZone":
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise ValueError(f"zone ({self.x0}, {self.y0}, {self.x1}, {self.y1}) needs x0 < x1 and y0 < y1")
+        return self
+
+
 class CameraConfig(Section):
     """One camera of a line."""
 
@@ -176,10 +195,21 @@ class CameraConfig(Section):
     fps: float = Field(10.0, gt=0, le=240, description="capture rate")
     jpeg_quality: int = Field(85, ge=10, le=100)
     resize: tuple[int, int] | None = Field(None, description="(width, height) before encoding")
+    zone: InspectionZone | None = Field(None, description="inspection zone; unset: the frame's central square")
+    track_parts: bool = Field(
+        True, description="decide once per part (tracked in the zone, or named by a ps-part-id header); "
+        "false: judge every frame on its own with the k-of-n debounce")
 
 
 class AlertPolicy(Section):
-    """k-of-n debounce and a cooldown; the defaults suit ~10 fps cameras."""
+    """How results become alerts: once per part, or (cameras without part tracking) k-of-n over frames."""
+
+    max_false_alarm_rate: float = Field(
+        0.02, ge=0.0, le=1.0, description="share of good parts that may be flagged; `model calibrate` "
+        "chooses the questions' part thresholds together to stay within it")
+    part_timeout_s: float = Field(
+        10.0, gt=0, description="a part is decided when it leaves the zone, or when its camera sends nothing "
+        "for this long")
 
     k: int = Field(3, ge=1, description="alert when k of the last n frames are above threshold")
     n: int = Field(5, ge=1)

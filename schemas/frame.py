@@ -8,7 +8,8 @@ publish a valid frame without a patchsight library:
 * value: the encoded image bytes (JPEG), unchanged: no base64, no envelope.
 * headers (all UTF-8 strings): ``ps-schema``, ``ps-line``, ``ps-camera``,
   ``ps-seq``, ``ps-capture-ns``, ``ps-encoding``, ``ps-width``, ``ps-height``,
-  ``ps-mode``.
+  ``ps-mode``, and ``ps-part-id`` where the camera or a PLC knows which part the frame
+  shows (then the worker uses it instead of its own tracker).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class FrameMessage(BaseModel):
     width: int = Field(gt=0, le=MAX_DIMENSION)
     height: int = Field(gt=0, le=MAX_DIMENSION)
     mode: FrameMode = FrameMode.live
+    part_id: Id | None = Field(
+        None, description="the part the frame shows, from the camera or a PLC (ps-part-id); unique per line"
+    )
     payload: bytes = Field(repr=False, min_length=1)
 
     def to_record(self) -> tuple[bytes, bytes, Headers]:
@@ -72,6 +76,8 @@ class FrameMessage(BaseModel):
             ("ps-height", str(self.height).encode()),
             ("ps-mode", self.mode.value.encode()),
         ]
+        if self.part_id is not None:
+            headers.append(("ps-part-id", self.part_id.encode()))
         return self.camera_id.encode(), self.payload, headers
 
     @classmethod
@@ -123,6 +129,7 @@ class FrameMessage(BaseModel):
             "width": integer("ps-width"),
             "height": integer("ps-height"),
             "mode": found.get("ps-mode", FrameMode.live.value),
+            "part_id": found.get("ps-part-id"),
             "payload": value,
         }
         try:

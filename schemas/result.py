@@ -1,4 +1,9 @@
-"""The inspection result: one per frame on the ``results`` topic, keyed by camera."""
+"""The inspection result: one per frame on the ``results`` topic, keyed by camera.
+
+Version 2 added ``part``: which part the frame shows. A frame that shows no part in the
+camera's inspection zone is ``skipped`` (``skip_reason`` "no part in the zone"): the model
+does not run on it, and it tells the alert service that the part before it has left.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.envelope import VersionedMessage
 from schemas.frame import Id
+from schemas.part import PartObservation
 
 
 class ResultStatus(str, Enum):
@@ -23,7 +29,8 @@ class QuestionScore(BaseModel):
 
     question_id: Id
     score: float = Field(ge=0.0, le=1.0)
-    threshold: float = Field(ge=0.0, le=1.0, description="the bundle/line threshold used")
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="the bundle/line threshold: a part is flagged when its aggregate reaches it")
     defect_type: str
     above_threshold: bool
 
@@ -41,8 +48,10 @@ class Timing(BaseModel):
 
 
 class InspectionResult(VersionedMessage):
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
     KIND: ClassVar[str] = "inspection-result"
+
+    schema_version: int = 2
 
     line_id: Id
     camera_id: Id
@@ -50,6 +59,7 @@ class InspectionResult(VersionedMessage):
     capture_ns: int = Field(ge=0)
     status: ResultStatus = ResultStatus.ok
     skip_reason: str | None = None
+    part: PartObservation | None = None  # None: no part tracking on this camera, or no part in view
     model_id: str
     worker_id: str
     scores: list[QuestionScore] = Field(default_factory=list)

@@ -27,8 +27,9 @@ def test_result_round_trip_and_key() -> None:
 def test_future_version_is_refused_before_parsing() -> None:
     _, value, _ = result().to_record()
     with pytest.raises(UnsupportedSchemaVersion):
-        InspectionResult.from_record(value, [("ps-schema", b"2")])
-    body = value.replace(b'"schema_version":1', b'"schema_version":2')
+        InspectionResult.from_record(value, [("ps-schema", b"3")])
+    body = value.replace(b'"schema_version":2', b'"schema_version":3')
+    assert body != value
     with pytest.raises(UnsupportedSchemaVersion):
         InspectionResult.from_json(body)
 
@@ -66,3 +67,32 @@ def test_dead_letter_keeps_the_original_record() -> None:
     assert (back.reason, back.source_topic, back.source_partition, back.source_offset) == (
         "unsupported-version", "frames", 2, 17)
     assert back.headers == original
+
+
+def test_part_scores_aggregate_like_the_formulas() -> None:
+    from schemas.part import PartScores, aggregate_scores
+
+    scores = [0.1, 0.9, 0.5, 0.7]
+    assert aggregate_scores(scores, "mean") == pytest.approx(0.55)
+    assert aggregate_scores(scores, "top3") == pytest.approx((0.9 + 0.7 + 0.5) / 3)
+    assert aggregate_scores(scores, "noisy_or") == pytest.approx(1 - 0.9 * 0.1 * 0.5 * 0.3)
+    # the running form survives a JSON round trip (the alert service keeps it in Redis)
+    acc = PartScores.of(scores[:2])
+    acc = PartScores.model_validate_json(acc.model_dump_json())
+    for s in scores[2:]:
+        acc.add(s)
+    assert acc.value("top3") == pytest.approx(aggregate_scores(scores, "top3"))
+    assert aggregate_scores([], "mean") == 0.0
+
+
+def test_a_frame_carries_a_part_id_from_its_header() -> None:
+    from schemas.frame import FrameMessage
+
+    frame = FrameMessage(line_id="l", camera_id="c", seq=1, capture_ns=1, width=2, height=2, payload=b"x",
+                         part_id="lot7-0042")
+    key, value, headers = frame.to_record()
+    assert ("ps-part-id", b"lot7-0042") in headers
+    assert FrameMessage.from_record(key, value, headers).part_id == "lot7-0042"
+    bad = [(n, v) if n != "ps-part-id" else (n, b"no spaces allowed") for n, v in headers]
+    with pytest.raises(MalformedMessage):
+        FrameMessage.from_record(key, value, bad)
