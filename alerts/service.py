@@ -32,9 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from alerts.policy import DebounceState, decide
 from alerts.store import RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
-from patchsight.kafka_wakeup import keep_awake
-from patchsight.log import get_logger
-from patchsight.topics import ensure_topics, subscribe_when_known
+from runtime.kafka_wakeup import keep_awake
+from runtime.log import get_logger
+from runtime.topics import ensure_topics, subscribe_when_known
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter

@@ -53,8 +53,8 @@ from inference.batcher import DynamicBatcher  # noqa: E402
 from inference.bundle import Bundle  # noqa: E402
 from inference.worker import Worker  # noqa: E402
 from models import QUESTIONS, random_bundle, save_random_bundle  # noqa: E402
-from patchsight.log import configure_logging  # noqa: E402
-from patchsight.topics import ensure_topics  # noqa: E402
+from runtime.log import configure_logging  # noqa: E402
+from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, validate_config  # noqa: E402
 from schemas.frame import FrameMessage, FrameMode  # noqa: E402
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ingest.publisher import FramePublisher, IngestCounters, encode_jpeg  # noqa: E402
-from patchsight.log import configure_logging  # noqa: E402
-from patchsight.topics import ensure_topics  # noqa: E402
+from runtime.log import configure_logging  # noqa: E402
+from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import IngestSettings, KafkaSettings, Topics  # noqa: E402
 from schemas.frame import FrameMessage  # noqa: E402
 

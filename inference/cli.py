@@ -76,7 +76,7 @@ def infer(
     Start several (processes or machines) with the same inference.group_id to share
     the frames topic; they scale up to its partition count. Live or replay is per frame.
     """
-    from patchsight.cli_options import config_or_exit, kafka_or_exit
+    from runtime.cli_options import config_or_exit, kafka_or_exit
     from inference.worker import ModelLoadError, WorkerError, serve
 
     cfg = config_or_exit(config)

@@ -64,9 +64,9 @@ from kafka.structs import OffsetAndMetadata
 
 from inference.batcher import Batch, DynamicBatcher
 from inference.metrics import HealthServer, WorkerMetrics
-from patchsight.kafka_wakeup import keep_awake
-from patchsight.log import get_logger
-from patchsight.topics import ensure_topics, subscribe_when_known
+from runtime.kafka_wakeup import keep_awake
+from runtime.log import get_logger
+from runtime.topics import ensure_topics, subscribe_when_known
 from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
@@ -730,7 +730,7 @@ def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from patchsight.log import configure_logging
+    from runtime.log import configure_logging
     from schemas.config import load_config
     from schemas.errors import ConfigError
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from patchsight.log import configure_logging, get_logger
+from runtime.log import configure_logging, get_logger
 from schemas.config import CameraConfig, CameraSource, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage, FrameMode
 

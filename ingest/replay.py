@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import PatchsightConfig
 from schemas.frame import FrameMessage, FrameMode
 

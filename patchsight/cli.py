@@ -20,8 +20,8 @@ from alerts import cli as alerts_cli
 from inference import cli as inference_cli
 from ingest import cli as ingest_cli
 from ingest import synth_cli
-from patchsight.cli_options import ConfigOption, config_or_exit
-from patchsight.log import configure_logging, redact
+from runtime.cli_options import ConfigOption, config_or_exit
+from runtime.log import configure_logging, redact
 from patchsight.infra import InfraError
 from schemas.config import PatchsightConfig
 from schemas.errors import ConfigError
@@ -75,7 +75,7 @@ def _print_status(rows: list) -> None:
 def infra_up(config: ConfigOption = None) -> None:
     """Start Kafka and Redis locally, or use the ones configured if they answer."""
     from patchsight import infra
-    from patchsight.topics import ensure_topics
+    from runtime.topics import ensure_topics
 
     from kafka.errors import KafkaError
 

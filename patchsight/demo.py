@@ -36,7 +36,7 @@ from rich.table import Table
 
 from ingest.recording import Recording
 from patchsight import infra
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config
 from schemas.result import InspectionResult, ResultStatus

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import SecretStr
 
 from patchsight.certs import CertificateError, LocalTLS, ensure_local_tls
-from patchsight.log import get_logger, redact
+from runtime.log import get_logger, redact
 from schemas.config import KafkaSettings, RedisSettings
 
 log = get_logger("patchsight.infra")

@@ -30,7 +30,7 @@ from inference.worker import Worker
 from ingest.recording import Recording
 from ingest.replay import replay
 from ingest.synth import write_recordings
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
 

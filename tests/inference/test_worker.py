@@ -31,7 +31,7 @@ from inference.bundle import Bundle, load_bundle
 from inference.encoder import EncoderConfig, FrameEncoder
 from inference.head import HeadConfig, MLLMHead
 from inference.worker import Worker
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.frame import FrameMessage, FrameMode

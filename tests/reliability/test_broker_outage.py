@@ -34,7 +34,7 @@ from ingest.publisher import IngestCounters, encode_jpeg
 from ingest.recording import RecordingMeta, RecordingWriter
 from ingest.replay import ReplayResult, replay
 from patchsight import infra
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
 from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
