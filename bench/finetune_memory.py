@@ -59,7 +59,7 @@ def measure(way: str, bundle: str, data: list[str], cache: str, stride: int) -> 
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from inference import finetune as ft
+    from training import finetune as ft
     from ingest.recording import find_recordings
 
     torch.set_num_threads(1)

@@ -50,8 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from inference.batcher import DynamicBatcher  # noqa: E402
-from inference.bundle import Bundle  # noqa: E402
 from inference.worker import Worker  # noqa: E402
+from model.bundle import Bundle  # noqa: E402
 from models import QUESTIONS, random_bundle, save_random_bundle  # noqa: E402
 from runtime.log import configure_logging  # noqa: E402
 from runtime.topics import ensure_topics  # noqa: E402

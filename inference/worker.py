@@ -74,7 +74,7 @@ from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
 
 if TYPE_CHECKING:
-    from inference.bundle import Bundle
+    from model.bundle import Bundle
 
 THUMBNAIL_JPEG_QUALITY = 80
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
@@ -694,7 +694,7 @@ class ModelLoadError(RuntimeError):
 
 
 def load_model(config: PatchsightConfig) -> "Bundle":
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     path = Path(config.model.bundle)
     if not path.exists():

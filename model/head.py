@@ -61,7 +61,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from inference.encoder import EncoderOutput, FrameEncoder, default_dtype, hub_kwargs, resolve_device
+from model.encoder import EncoderOutput, FrameEncoder, default_dtype, hub_kwargs, resolve_device
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -311,7 +311,7 @@ class MLLMHead(nn.Module):
 
         ``local_files_only=None`` decides from the source: a folder never touches the network.
         """
-        from inference.encoder import EncoderConfig, FramePreprocessor
+        from model.encoder import EncoderConfig, FramePreprocessor
 
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)

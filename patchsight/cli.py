@@ -20,11 +20,12 @@ from alerts import cli as alerts_cli
 from inference import cli as inference_cli
 from ingest import cli as ingest_cli
 from ingest import synth_cli
+from patchsight.infra import InfraError
 from runtime.cli_options import ConfigOption, config_or_exit
 from runtime.log import configure_logging, redact
-from patchsight.infra import InfraError
 from schemas.config import PatchsightConfig
 from schemas.errors import ConfigError
+from training import cli as training_cli
 
 app = typer.Typer(
     name="patchsight",
@@ -44,7 +45,7 @@ app.command("record")(ingest_cli.record)
 app.command("replay")(ingest_cli.replay)
 app.command("label")(ingest_cli.label)
 app.command("infer")(inference_cli.infer)
-app.add_typer(inference_cli.model_app, name="model")
+app.add_typer(training_cli.model_app, name="model")
 app.add_typer(alerts_cli.app, name="alerts")
 app.command("dashboard")(alerts_cli.dashboard)
 

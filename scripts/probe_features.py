@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.encoder import EncoderOutput
-from inference.finetune import auroc, cached_encoding, load_encoder
 from ingest.recording import find_recordings
+from model.encoder import EncoderOutput
 from schemas.config import QuestionCategory
+from training.finetune import auroc, cached_encoding, load_encoder
 
 
 def standardize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
 
 def layer_features(encoder, recordings, questions, stride: int, layers: list[int], image_size: int | None):
     """(features by name, labels (N, Q)) of every ``stride``-th labelled frame, per transformer layer."""
-    from inference.finetune import decode
+    from training.finetune import decode
     from ingest.recording import Recording
 
     preprocess = encoder.preprocess

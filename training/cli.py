@@ -1,7 +1,7 @@
-"""The inference CLI: ``patchsight inference ...``.
+"""The ``patchsight model ...`` commands: inspect, build, train, calibrate and evaluate bundles.
 
-``model_app`` holds the ``model ...`` commands; other modules add theirs to it
-(``@model_app.command("finetune")`` etc.), so every model command lives under one group.
+``patchsight`` mounts ``model_app`` as its ``model`` group. Heavy imports (torch,
+transformers) happen inside the commands, so ``patchsight --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Inference: model bundles and scoring.", no_args_is_help=True)
 model_app = typer.Typer(help="Model bundles: inspect, train, evaluate.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
 
 
 @model_app.command("info")
@@ -27,7 +25,7 @@ def model_info(
     """Print what a bundle contains: encoder, head, questions, thresholds, provenance."""
     from transformers.utils import logging as hf_logging
 
-    from inference.bundle import BundleError, load_bundle
+    from model.bundle import BundleError, load_bundle
 
     hf_logging.disable_progress_bar()
     console = Console()
@@ -65,33 +63,7 @@ def model_info(
         console.print_json(json.dumps(info["provenance"], default=str))
 
 
-@app.command("infer")
-def infer(
-    config: Path = typer.Option(None, "--config", "-c", envvar="PATCHSIGHT_CONFIG",
-                                help="YAML configuration file (env: PATCHSIGHT_CONFIG)."),
-    worker_id: str = typer.Option(None, "--worker-id", help="Name in results and logs (default: host-pid)."),
-) -> None:
-    """Run one inference worker: frames topic -> model -> results topic, until SIGTERM/SIGINT.
-
-    Start several (processes or machines) with the same inference.group_id to share
-    the frames topic; they scale up to its partition count. Live or replay is per frame.
-    """
-    from runtime.cli_options import config_or_exit, kafka_or_exit
-    from inference.worker import ModelLoadError, WorkerError, serve
-
-    cfg = config_or_exit(config)
-    try:
-        with kafka_or_exit(cfg.kafka, "worker failed"):
-            serve(cfg, worker_id)
-    except ModelLoadError as exc:
-        typer.secho(f"model error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except WorkerError as exc:
-        typer.secho(f"worker failed: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-
-
-# --- Training and evaluation (inference/pretrain.py, finetune.py, evaluate.py) ---------------
+# --- Training and evaluation (training/pretrain.py, finetune.py, calibrate.py, evaluate.py) -----
 
 
 def _recordings(paths: list[Path]) -> list[Path]:
@@ -128,7 +100,7 @@ def pretrain_encoder(
         None, help="continue from this CLIP folder (or a bundle's encoder) instead of a new model"),
 ) -> None:
     """Pretrain a compact CLIP contrastively on synthetic frames with web-style captions."""
-    from inference.pretrain import PretrainConfig, pretrain
+    from training.pretrain import PretrainConfig, pretrain
 
     _quiet_transformers()
     console = Console(stderr=True)
@@ -189,7 +161,7 @@ def finetune_command(
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the encoder and the head train"),
 ) -> None:
     """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
-    from inference.finetune import VARIANTS, FinetuneConfig, finetune
+    from training.finetune import VARIANTS, FinetuneConfig, finetune
     from schemas.errors import ConfigError
 
     if variant not in VARIANTS:
@@ -214,7 +186,7 @@ def finetune_command(
             console.print(f"[red]no line {line!r} in {config}[/]")
             raise typer.Exit(1)
         questions = chosen.questions
-    from inference.head import HeadConfig, TinyDecoderConfig
+    from model.head import HeadConfig, TinyDecoderConfig
 
     decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
                                 intermediate_size=3 * decoder_width)
@@ -253,8 +225,8 @@ def calibrate_command(
     """
     import torch
 
-    from inference.bundle import BundleError
-    from inference.finetune import calibrate
+    from model.bundle import BundleError
+    from training.finetune import calibrate
 
     _quiet_transformers()
     torch.set_num_threads(threads)
@@ -288,7 +260,7 @@ def eval_command(
     """CLIP zero-shot vs linear probe vs MLLM head (and ablations): markdown, JSON and plots."""
     import time as _time
 
-    from inference.evaluate import evaluate
+    from training.evaluate import evaluate
 
     _quiet_transformers()
     console = Console(stderr=True)
@@ -313,7 +285,7 @@ def from_llava(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Build a zero-shot bundle from a Hugging Face LLaVA checkpoint and its CLIP (the paper's pair)."""
-    from inference.bundle import bundle_from_llava
+    from model.bundle import bundle_from_llava
     from schemas.config import load_config
 
     questions = []

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from inference.encoder import EncoderOutput, FrameEncoder
-from inference.head import HeadConfig, MLLMHead
 from ingest import synth
 from ingest.recording import Recording
+from model.encoder import EncoderOutput, FrameEncoder
+from model.head import HeadConfig, MLLMHead
 from schemas.config import Question, QuestionCategory
 
 Variant = Literal["full", "cls_only", "no_position", "no_position_at_all", "question_blind"]
@@ -364,7 +364,7 @@ def render_pairs(
     frames. Returns the yes images, the no images (Q*n each, question-major) and, per image in
     that order (all yes images, then all no images), the answer to every catalog question.
     """
-    from inference.pretrain import random_look
+    from training.pretrain import random_look
 
     rng = np.random.default_rng([seed, 0xE7A1])
     pos, neg, pos_answers, neg_answers = [], [], [], []
@@ -631,8 +631,8 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
     """(encoder, clip_model, clip_tokenizer, base_bundle_or_None) from a CLIP folder or a bundle."""
     from transformers import CLIPTokenizer
 
-    from inference.bundle import BUNDLE_FILE, load_bundle
-    from inference.encoder import EncoderConfig, FramePreprocessor, load_clip
+    from model.bundle import BUNDLE_FILE, load_bundle
+    from model.encoder import EncoderConfig, FramePreprocessor, load_clip
 
     source = Path(source)
     if (source / BUNDLE_FILE).is_file():
@@ -654,7 +654,7 @@ def load_encoder(source: str | Path, variant: Variant = "full", device: str = "c
 
 def load_head(source: str | Path, device: str = "cpu"):  # type: ignore[no-untyped-def]
     """(head, its bundle or None) from a bundle or a head folder (``--head-only`` output)."""
-    from inference.bundle import BUNDLE_FILE, load_bundle
+    from model.bundle import BUNDLE_FILE, load_bundle
 
     source = Path(source)
     if (source / BUNDLE_FILE).is_file():
@@ -683,8 +683,8 @@ def finetune(
     was pretrained further, when its features moved but a trained head is still a better
     start than a random one.
     """
-    from inference.bundle import Bundle
-    from inference.clip_baseline import LinearProbe
+    from model.bundle import Bundle
+    from model.clip_baseline import LinearProbe
 
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
@@ -811,7 +811,7 @@ def calibrate(
     thresholds fitted on training frames would be too optimistic. A question the recordings
     do not answer (too few yes or no frames) keeps its threshold.
     """
-    from inference.bundle import BUNDLE_FILE, load_bundle
+    from model.bundle import BUNDLE_FILE, load_bundle
 
     bundle = load_bundle(bundle_dir, device="cpu", dtype=torch.float32)
     questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from inference.clip_baseline import clip_tokenizer
-from inference.encoder import FramePreprocessor, compact_clip_config
 from ingest import synth
+from model.clip_baseline import clip_tokenizer
+from model.encoder import FramePreprocessor, compact_clip_config
 
 
 class PretrainConfig(BaseModel):
@@ -307,7 +307,7 @@ def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
     ``encoder/`` folder; the record is the bundle's provenance), so a shipped encoder can be
     trained further as it is.
     """
-    from inference.bundle import BUNDLE_FILE, BundleSpec
+    from model.bundle import BUNDLE_FILE, BundleSpec
 
     folder = Path(folder)
     record = None
@@ -327,7 +327,7 @@ def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
 
 def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Train and save ``out/`` (CLIPModel + tokenizer + pretrain.json); returns the run record."""
-    from inference.encoder import resolve_device
+    from model.encoder import resolve_device
 
     out = Path(out)
     torch.manual_seed(cfg.seed)

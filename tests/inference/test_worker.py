@@ -27,16 +27,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import RebalanceInProgressError
 from transformers import CLIPModel
 
-from inference.bundle import Bundle, load_bundle
-from inference.encoder import EncoderConfig, FrameEncoder
-from inference.head import HeadConfig, MLLMHead
 from inference.worker import Worker
+from model.bundle import Bundle, load_bundle
+from model.encoder import EncoderConfig, FrameEncoder
+from model.head import HeadConfig, MLLMHead
 from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, ResultStatus
-from tests.inference.conftest import TINY_DECODER, tiny_clip_config
+from tests.model.conftest import TINY_DECODER, clip_tok, tiny_clip_config  # noqa: F401  (clip_tok: a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 

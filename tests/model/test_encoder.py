@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor, CLIPModel
 
-from inference.encoder import EncoderConfig, FrameEncoder, FramePreprocessor
+from model.encoder import EncoderConfig, FrameEncoder, FramePreprocessor
 
 
 def test_shapes_and_default_feature_selection(clip, encoder, frames):
@@ -80,7 +80,7 @@ def test_preprocess_matches_clip_image_processor(tmp_path):
 def test_a_saved_preprocessor_config_is_written_back_unchanged(tmp_path):
     import json
 
-    from inference.encoder import CLIP_STD
+    from model.encoder import CLIP_STD
 
     FramePreprocessor(image_size=64, resize_to=72).save_pretrained(tmp_path)
     first = (tmp_path / "preprocessor_config.json").read_text()

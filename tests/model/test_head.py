@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.head import HeadConfig, MLLMHead
+from model.head import HeadConfig, MLLMHead
 
 
 def test_score_shapes_and_probabilities(head, encoder, frames, questions):

@@ -27,19 +27,19 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
-from inference.bundle import Bundle
 from inference.worker import Worker
 from ingest.camera import run_camera
 from ingest.publisher import IngestCounters, encode_jpeg
 from ingest.recording import RecordingMeta, RecordingWriter
 from ingest.replay import ReplayResult, replay
+from model.bundle import Bundle
 from patchsight import infra
 from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
-from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
 from tests.inference.test_worker import bundle, bundle_dir  # noqa: F401  (fixtures)
 from tests.infra.infra_helpers import free_port_pair
+from tests.model.conftest import clip_tok  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -23,15 +23,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from inference.bundle import Bundle
 from inference.worker import Worker, jpeg_size
+from model.bundle import Bundle
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config, validate_config
 from schemas.dead_letter import DeadLetter
 from schemas.errors import ConfigError, SchemaError, UnsupportedSchemaVersion
 from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, QuestionScore, Timing
-from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
 from tests.inference.test_worker import (  # noqa: F401  (fixtures)
     bundle,
     bundle_dir,
@@ -43,6 +42,7 @@ from tests.inference.test_worker import (  # noqa: F401  (fixtures)
     results,
     running,
 )
+from tests.model.conftest import clip_tok  # noqa: F401  (fixture)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FRAME_HEADERS = ["ps-schema", "ps-line", "ps-camera", "ps-seq", "ps-capture-ns", "ps-encoding", "ps-width",

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from inference import finetune as ft
-from inference.head import HeadConfig, TinyDecoderConfig
-from inference.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 from ingest import synth
 from ingest.recording import Recording
+from model.head import HeadConfig, TinyDecoderConfig
+from training import finetune as ft
+from training.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 
 TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
 
@@ -48,7 +48,7 @@ def tiny_config(**kw) -> ft.FinetuneConfig:
 
 
 def test_pretrain_writes_a_clip_that_loads_offline(tiny_clip):
-    from inference.encoder import load_clip
+    from model.encoder import load_clip
 
     files = {p.name for p in tiny_clip.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "pretrain.json"} <= files
@@ -95,7 +95,7 @@ def test_a_hard_pair_is_a_twin_without_the_defect_and_a_caption_without_its_word
 
 
 def test_pretraining_continues_from_a_checkpoint(tiny_clip, workdir):
-    from inference.encoder import load_clip
+    from model.encoder import load_clip
 
     cfg = PretrainConfig(batch_size=8, max_steps=2, render_width=160, log_every=1, threads=1, warmup_steps=1,
                          hard_pair_rate=1.0, init_from=str(tiny_clip))
@@ -109,7 +109,7 @@ def test_pretraining_continues_from_a_checkpoint(tiny_clip, workdir):
 
 
 def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     questions = ft.questions_of(recordings)
@@ -134,7 +134,7 @@ def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, record
 
 def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tiny_clip, recordings, workdir):
     """README's "Adapting the head to your line": record, label, finetune with no line config."""
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
     from ingest.label import label_recording
     from ingest.recording import RecordingMeta, RecordingWriter
 
@@ -160,7 +160,7 @@ def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tin
 
 
 def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     first, second = workdir / "first", workdir / "continued"
     ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None,
@@ -187,7 +187,7 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
 
 def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, recordings, workdir):
     """A bundle's encoder pretrained further keeps the bundle's head as its new head's starting point."""
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     first, continued_clip, second = workdir / "head-source", workdir / "clip-further", workdir / "new-encoder"
     ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None, model_id="first")
@@ -215,7 +215,7 @@ def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, r
 
 def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
     """--image-tokens cls_patch from a patch-token bundle: the bundle written reads CLS + patches."""
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     source, out = workdir / "patch-head", workdir / "cls-patch-head"
     ft.finetune(tiny_config(max_steps=3), tiny_clip, recordings, source, log=lambda m: None, model_id="patch")
@@ -239,7 +239,7 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
 
 
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     out = workdir / "to-calibrate"
     ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, out, log=lambda m: None, cache_dir=workdir / "cache")
@@ -269,7 +269,7 @@ def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, r
 
 
 def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
-    from inference.evaluate import evaluate
+    from training.evaluate import evaluate
 
     bundle = workdir / "bundle"
     if not bundle.is_dir():
@@ -299,7 +299,7 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
 def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(tiny_clip, recordings, workdir):
     from typer.testing import CliRunner
 
-    from inference.cli import app
+    from training.cli import model_app
 
     runner = CliRunner()
 
@@ -311,23 +311,23 @@ def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(t
     if not bundle.is_dir():
         ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
 
-    result = runner.invoke(app, ["model", "eval", str(workdir / "missing"), "--data", rec, "--out", str(workdir / "e1")])
+    result = runner.invoke(model_app, ["eval", str(workdir / "missing"), "--data", rec, "--out", str(workdir / "e1")])
     assert result.exit_code == 1 and "eval failed" in said(result) and "not a model bundle" in said(result)
     # an --ablations folder without heads fails before the encoding, not after a report without them
     empty = workdir / "no-heads"
     empty.mkdir()
-    result = runner.invoke(app, ["model", "eval", str(bundle), "--data", rec, "--ablations", str(empty),
+    result = runner.invoke(model_app, ["eval", str(bundle), "--data", rec, "--ablations", str(empty),
                                  "--out", str(workdir / "e2"), "--pairs", "2", "--threads", "1"])
     assert result.exit_code == 1 and "no ablation heads" in said(result)
     assert not (workdir / "e2" / "report.md").exists()
 
-    result = runner.invoke(app, ["model", "finetune", "--encoder", str(workdir / "no-such-clip"), "--data", rec,
+    result = runner.invoke(model_app, ["finetune", "--encoder", str(workdir / "no-such-clip"), "--data", rec,
                                  "--out", str(workdir / "f1"), "--max-steps", "1", "--threads", "1"])
     assert result.exit_code == 1 and "cannot load the encoder" in said(result)
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
     (workdir / "a-file").write_text("")  # an --out under a file fails before any training, not after it
-    result = runner.invoke(app, ["model", "finetune", "--encoder", str(bundle), "--data", rec, "--out",
+    result = runner.invoke(model_app, ["finetune", "--encoder", str(bundle), "--data", rec, "--out",
                                  str(workdir / "a-file" / "out"), "--max-steps", "1", "--threads", "1"])
     assert result.exit_code == 1 and "finetune failed" in said(result) and "encoded" not in said(result)
 
@@ -418,7 +418,7 @@ def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, record
 
 
 def test_a_training_set_holds_patch_tokens_in_half_precision_and_the_head_scores_them_alike(tiny_clip, recordings):
-    from inference.head import MLLMHead
+    from model.head import MLLMHead
 
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     questions = ft.questions_of(recordings)
@@ -514,7 +514,7 @@ def test_auroc_and_threshold():
 
 
 def test_ablation_target_without_ablations_is_not_met():
-    from inference.evaluate import check_targets, markdown
+    from training.evaluate import check_targets, markdown
 
     metrics = {"pair_accuracy": 1.0, "auroc": 1.0, "accuracy": 1.0, "balanced_accuracy": 1.0}
     head = {"per_category": {c: metrics for c in ("spatial", "overall", "fine_detail")}}
@@ -545,7 +545,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
 
 @pytest.mark.skipif(not (SHIPPED / "bundle.json").is_file(), reason="models/default not built yet")
 def test_shipped_bundle_loads_offline_and_scores_sensibly(monkeypatch):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
