@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ingest.recording import find_recordings
 from model.encoder import EncoderOutput
 from schemas.config import QuestionCategory
-from training.finetune import auroc, cached_encoding, load_encoder
+from training.data import cached_encoding
+from training.finetune import load_encoder
+from training.metrics import auroc
 
 
 def standardize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
 
 def layer_features(encoder, recordings, questions, stride: int, layers: list[int], image_size: int | None):
     """(features by name, labels (N, Q)) of every ``stride``-th labelled frame, per transformer layer."""
-    from training.finetune import decode
+    from training.data import decode
     from ingest.recording import Recording
 
     preprocess = encoder.preprocess

@@ -226,7 +226,7 @@ def calibrate_command(
     import torch
 
     from model.bundle import BundleError
-    from training.finetune import calibrate
+    from training.calibrate import calibrate
 
     _quiet_transformers()
     torch.set_num_threads(threads)

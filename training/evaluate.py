@@ -34,7 +34,9 @@ import torch
 
 from model.encoder import EncoderOutput
 from schemas.config import Question, QuestionCategory
-from training.finetune import WITHOUT_ENCODER_POSITIONS, auroc, encode_recordings, questions_of, render_pairs
+from training.data import encode_recordings, questions_of, render_pairs
+from training.finetune import WITHOUT_ENCODER_POSITIONS
+from training.metrics import auroc, head_margins
 
 Log = Callable[[str], None]
 CATEGORIES = [c.value for c in QuestionCategory]
@@ -138,7 +140,6 @@ def evaluate(
 ) -> dict:
     """Score everything, write ``out/report.md``, ``out/report.json`` and plots; returns the report dict."""
     from model.bundle import load_bundle
-    from training.finetune import head_margins
 
     torch.set_num_threads(threads)
     t0 = time.time()
