@@ -63,7 +63,8 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from inference.batcher import Batch, DynamicBatcher
-from inference.metrics import HealthServer, WorkerMetrics
+from inference.metrics import WorkerMetrics
+from runtime.health import HealthServer, Reply
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
 from runtime.topics import ensure_topics, subscribe_when_known
@@ -227,13 +228,20 @@ class Worker:
     def is_live(self) -> bool:
         return self._fatal is None and time.monotonic() - self._loop_turned < LIVENESS_S
 
+    def _liveness(self) -> Reply:
+        return Reply(200, b"ok\n") if self.is_live() else Reply(503, b"worker loop stalled\n")
+
+    def _readiness(self) -> Reply:
+        return Reply(200, b"ready\n") if self.ready else Reply(503, b"not ready: model or partition assignment\n")
+
     # --- the main thread: Kafka in, commits out -----------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then drain, publish, commit and return."""
         kafka, topics = self.config.kafka, self.config.kafka.topics
         try:  # first: a port in use fails before anything joins the group
-            health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
+            health = HealthServer(self.settings.metrics_port, self.metrics.registry,
+                                  {"/healthz": self._liveness, "/readyz": self._readiness})
         except OSError as exc:
             raise WorkerError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} (another "
                               "worker on this host? set inference.metrics_port; 0 picks a free one)") from None

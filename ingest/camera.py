@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from runtime.health import HealthServer
 from runtime.log import configure_logging, get_logger
 from schemas.config import CameraConfig, CameraSource, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage, FrameMode
@@ -219,12 +220,12 @@ def run_cameras(
     port = metrics_port if metrics_port is not None else settings.metrics_port
     server = None
     if port is not None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry()
         registry.register(_CountersCollector(cameras))  # type: ignore[arg-type]
-        server, _ = start_http_server(port, registry=registry)
-        log.info("metrics served", port=server.server_port)
+        server = HealthServer(port, registry, name="ingest-http").start()
+        log.info("metrics served", port=server.port)
     # a capture loop beats at least every reconnect_max_s (its longest backoff) plus a stream open
     stall_s = settings.reconnect_max_s + 30.0
     last_stats = time.monotonic()
@@ -289,7 +290,7 @@ def run_cameras(
                     cam.process.terminate()
                     cam.process.join(5)
         if server is not None:
-            server.shutdown()
+            server.stop()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         for cam in cameras:
