@@ -321,17 +321,7 @@ class AlertService:
         kafka = self.config.kafka
         if self._producer is None:
             self._producer = KafkaProducer(**kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-alerts-dlq")
-        letter = DeadLetter(
-            reason=exc.reason,
-            error=str(exc),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            service=f"alerts/{self.instance_id}",
-            key=record.key,
-            value=record.value,
-            headers=[(k, v) for k, v in record.headers or [] if v is not None],
-        )
+        letter = DeadLetter.for_record(record, exc.reason, str(exc), service=f"alerts/{self.instance_id}")
         key, value, headers = letter.to_record()
         try:
             self._producer.send(kafka.topics.dead_letter, key=key, value=value, headers=headers).get(timeout=30)

@@ -317,7 +317,7 @@ def workers_run(bundle_dir: Path, count: int, frames: int, batch: int, tmp: Path
         raw = cfg.model_dump(mode="json")
         raw["inference"]["metrics_port"] = port
         path.write_text(yaml.safe_dump(raw))
-        procs.append(subprocess.Popen([sys.executable, "-m", "inference.worker", "-c", str(path), "--worker-id",
+        procs.append(subprocess.Popen([sys.executable, "-m", "patchsight.cli", "infer", "-c", str(path), "--worker-id",
                                        f"w{i}"], cwd=REPO, env=env, stderr=(tmp / f"w{count}-{i}.log").open("wb")))
         ports.append(port)
     try:

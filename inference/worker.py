@@ -31,20 +31,17 @@ Acknowledged work is committed before every poll, so what is redone is at most
 the frames in flight. A rebalance that does not finish (commits refused for 30 s)
 is left: the worker joins again with a new consumer (``_rejoin``).
 
-``Worker(config, bundle).run(stop)`` is the whole service; ``python -m
-inference.worker --config cfg.yaml`` and ``patchsight infer`` run it with
-SIGTERM/SIGINT wired to ``stop``: the worker stops polling, finishes the frames
-in flight, publishes, commits and exits.
+``Worker(config, bundle).run(stop)`` is the whole service; ``patchsight infer``
+runs it (``serve``) with SIGTERM/SIGINT wired to ``stop``: the worker stops polling,
+finishes the frames in flight, publishes, commits and exits.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -106,7 +103,6 @@ class Frame:
     record: ConsumerRecord
     msg: FrameMessage
     line: LineConfig
-    polled_at: float  # time.monotonic()
     decoded: "Future[tuple[np.ndarray, torch.Tensor, float] | str]"  # (image, pixels, decode_s) or an error
 
 
@@ -382,7 +378,7 @@ class Worker:
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
         decoded = decoder.submit(self._decode, msg)
-        self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, time.monotonic(), decoded))
+        self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, decoded))
 
     def _commit(self, consumer: KafkaConsumer) -> None:
         points = self.in_flight.commit_points()
@@ -613,11 +609,7 @@ class Worker:
         tp = TopicPartition(record.topic, record.partition)
         self.log.warning("frame dead-lettered", reason=reason, error=error, partition=record.partition,
                          offset=record.offset)
-        letter = DeadLetter(
-            reason=reason, error=error, source_topic=record.topic, source_partition=record.partition,
-            source_offset=record.offset, service=f"inference/{self.worker_id}", key=record.key,
-            value=record.value, headers=[(k, v) for k, v in record.headers or () if v is not None],
-        )
+        letter = DeadLetter.for_record(record, reason, error, service=f"inference/{self.worker_id}")
         key, value, headers = letter.to_record()
 
         def acknowledged(_: object) -> None:
@@ -735,29 +727,3 @@ def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     worker.run(stop)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from runtime.log import configure_logging
-    from schemas.config import load_config
-    from schemas.errors import ConfigError
-
-    parser = argparse.ArgumentParser(prog="python -m inference.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", type=Path, default=os.environ.get("PATCHSIGHT_CONFIG"))
-    parser.add_argument("--worker-id", default=None)
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        config = load_config(args.config)
-        serve(config, args.worker_id)
-    except (ConfigError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (WorkerError, KafkaError) as exc:
-        print(f"worker failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

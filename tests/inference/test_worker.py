@@ -269,7 +269,7 @@ def write_config(cfg: PatchsightConfig, path: Path) -> Path:
 def start_worker(config_path: Path, worker_id: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PATCHSIGHT_LOG_FORMAT": "json", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "inference.worker", "--config", str(config_path), "--worker-id", worker_id],
+        [sys.executable, "-m", "patchsight.cli", "infer", "--config", str(config_path), "--worker-id", worker_id],
         cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 
