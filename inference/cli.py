@@ -21,7 +21,8 @@ def infer(
     Start several (processes or machines) with the same inference.group_id to share
     the frames topic; they scale up to its partition count. Live or replay is per frame.
     """
-    from inference.worker import ModelLoadError, WorkerError, serve
+    from inference.runner import ModelLoadError
+    from inference.worker import WorkerError, serve
     from runtime.cli_options import config_or_exit, kafka_or_exit
 
     cfg = config_or_exit(config)

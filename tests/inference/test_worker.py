@@ -356,7 +356,7 @@ def test_a_rebalance_that_never_finishes_is_left_and_the_group_joined_again(
 
 
 def test_model_loading_errors_name_the_bundle_and_the_reason(tmp_path: Path) -> None:
-    from inference.worker import ModelLoadError, load_model
+    from inference.runner import ModelLoadError, load_model
     from schemas.config import validate_config
 
     missing = validate_config({"model": {"bundle": str(tmp_path / "nope"), "device": "cpu"}})
