@@ -80,7 +80,7 @@ def measure(way: str, bundle: str, data: list[str], cache: str, stride: int) -> 
     sampler.running = False
     sampler.join()
     held = sum(t.numel() * t.element_size() for s in (train, val)
-               for t in (s.tokens.image_embeds, s.tokens.patch_tokens, s.tokens.cls_token, s.labels) if t is not None)
+               for t in (s.tokens.image_embeds, s.tokens.feature_tokens, s.tokens.cls_token, s.labels) if t is not None)
     return {"way": way, "recordings": len(recordings), "frames": len(train) + len(val), "sets_bytes": held,
             "peak_anonymous_bytes": max(sampler.peak, anonymous_bytes()), "anonymous_before_loading_bytes": before,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

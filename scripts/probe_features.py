@@ -9,7 +9,7 @@ training recordings and scored (AUROC) on others:
 - ``patch_lse``: a linear score per patch token, log-sum-exp over the patches (local evidence).
 
 A patch-token head (``image_tokens="patch"``) reads only the patch tokens; where ``pooled`` or
-``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_patch``
+``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_then_patch``
 gives it the CLS token too). Encodings come from (and go to) finetune's cache.
 
 ``--layers`` probes instead the CLS token (``clsN``) and the mean patch token (``meanN``) of each
@@ -72,7 +72,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, over_patches: bool, steps: int):
 
 def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
     return {"pooled": tokens.image_embeds.float(), "cls": tokens.cls_token.float(),
-            "patch_mean": tokens.patch_tokens.float().mean(1), "patch_lse": tokens.patch_tokens.float()}
+            "patch_mean": tokens.feature_tokens.float().mean(1), "patch_lse": tokens.feature_tokens.float()}
 
 
 def layer_features(encoder, recordings, questions, stride: int, layers: list[int], image_size: int | None):

@@ -134,8 +134,9 @@ def finetune_command(
     line: str = typer.Option(None, "--line", help="line id in --config whose questions to train"),
     max_steps: int = typer.Option(3000),
     image_tokens: str | None = typer.Option(
-        None, help="patch | cls_patch: what the head reads of the encoder's feature layer (cls_patch: the CLS "
-        "token before the patch tokens, LLaVA's 'full' strategy); default: the started head's, else patch"),
+        None, help="patch | cls_then_patch: what the head reads of the encoder's feature layer (cls_then_patch: "
+        "the CLS token before the patch tokens, as LLaVA's 'full' strategy reads them; its old name cls_patch is "
+        "still taken); default: the started head's, else patch"),
     decoder_width: int = typer.Option(192, help="tiny decoder: hidden size"),
     decoder_layers: int = typer.Option(3, help="tiny decoder: layers"),
     batch_frames: int = typer.Option(24, help="frames per step (every question is asked of each)"),
@@ -161,13 +162,14 @@ def finetune_command(
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the encoder and the head train"),
 ) -> None:
     """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
-    from training.finetune import VARIANTS, FinetuneConfig, finetune
+    from model.head import OLD_IMAGE_TOKENS
     from schemas.errors import ConfigError
+    from training.finetune import VARIANTS, FinetuneConfig, finetune
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
-    if image_tokens not in (None, "patch", "cls_patch"):
-        raise typer.BadParameter("choose patch or cls_patch", param_hint="--image-tokens")
+    if image_tokens not in (None, "patch", "cls_then_patch", *OLD_IMAGE_TOKENS):
+        raise typer.BadParameter("choose patch or cls_then_patch", param_hint="--image-tokens")
     if lr_decay not in ("none", "cosine"):
         raise typer.BadParameter("choose none or cosine", param_hint="--lr-decay")
     _quiet_transformers()

@@ -79,7 +79,7 @@ class LabelledSet:
             return out
 
         embeds = None if sets[0].tokens.image_embeds is None else gather([d.tokens.image_embeds for d in sets])
-        tokens = EncoderOutput(embeds, gather([d.tokens.patch_tokens for d in sets], HELD_PATCH_DTYPE),
+        tokens = EncoderOutput(embeds, gather([d.tokens.feature_tokens for d in sets], HELD_PATCH_DTYPE),
                                gather([d.tokens.cls_token for d in sets]))
         return LabelledSet(tokens, gather([d.labels for d in sets]),
                            [d.groups[i] for d, p in zip(sets, picks) for i in p.tolist()], sets[0].questions,
@@ -129,7 +129,7 @@ def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray], batch: 
     for start in range(0, len(images), batch):
         enc = encoder.encode_frames(images[start : start + batch], pooled=True).to("cpu")
         # cloned out of inference mode, so that training can use them as ordinary tensors
-        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.patch_tokens.clone(), enc.cls_token.clone()))
+        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.feature_tokens.clone(), enc.cls_token.clone()))
     return EncoderOutput.cat(parts)
 
 
@@ -255,7 +255,7 @@ def cached_pieces(
             t = data.tokens
             # write then rename: heads trained side by side may share (and race for) one cache file
             partial = path.with_suffix(f".{os.getpid()}.partial")
-            torch.save({"tokens": (t.image_embeds, t.patch_tokens.to(HELD_PATCH_DTYPE), t.cls_token),
+            torch.save({"tokens": (t.image_embeds, t.feature_tokens.to(HELD_PATCH_DTYPE), t.cls_token),
                         "labels": data.labels, "groups": data.groups, "sources": data.sources}, partial)
             partial.replace(path)
             del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too

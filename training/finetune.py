@@ -25,11 +25,11 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ingest.recording import Recording
 from model.encoder import FrameEncoder
-from model.head import HeadConfig, MLLMHead
+from model.head import OLD_IMAGE_TOKENS, HeadConfig, MLLMHead
 from schemas.config import Question
 from training.data import (
     LabelledSet, Log, cached_pieces, encode_pairs, labelled_questions, questions_of, split_by_group,
@@ -54,7 +54,7 @@ WITHOUT_ENCODER_POSITIONS = frozenset({"no_position", "no_position_at_all"})
 class FinetuneConfig(BaseModel):
     head: HeadConfig = HeadConfig.tiny()
     variant: Variant = "full"
-    image_tokens: Literal["patch", "cls_patch"] | None = Field(
+    image_tokens: Literal["patch", "cls_then_patch"] | None = Field(
         None, description="what the head reads of the feature layer; None keeps a started head's choice "
         "(a new head takes head.image_tokens)")
     batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
@@ -89,6 +89,11 @@ class FinetuneConfig(BaseModel):
     threads: int = 2
     device: str = Field("cpu", description="cpu | cuda | auto: where the frames are encoded and the head trains")
     seed: int = 0
+
+    @field_validator("image_tokens", mode="before")
+    @classmethod
+    def _renamed(cls, value: object) -> object:
+        return OLD_IMAGE_TOKENS.get(value, value) if isinstance(value, str) else value
 
     def head_config(self) -> HeadConfig:
         cfg = self.head if self.image_tokens is None else self.head.model_copy(update={"image_tokens": self.image_tokens})
@@ -362,14 +367,14 @@ def starting_head(
         # A started head reads its image tokens the way this run asks (an ablation's change, or
         # CLS + patches): the projector maps one token at a time, so its weights fit either way.
         if cfg.image_tokens is None:
-            cfg = cfg.model_copy(update={"image_tokens": "cls_patch" if init.config.image_tokens == "cls_patch" else "patch"})
+            cfg = cfg.model_copy(update={"image_tokens": "cls_then_patch" if init.config.image_tokens == "cls_then_patch" else "patch"})
         wanted = cfg.head_config()
         init.config = init.config.model_copy(update={
             "image_tokens": wanted.image_tokens, "question_aware": wanted.question_aware,
             "shuffle_image_tokens": wanted.shuffle_image_tokens})
-    if cfg.head_config().image_tokens == "cls_patch" and encoder.config.feature_select != "patch":
+    if cfg.head_config().image_tokens == "cls_then_patch" and encoder.config.feature_select != "patch":
         raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
-                         "image tokens 'cls_patch' needs one that selects patch tokens")
+                         "image tokens 'cls_then_patch' needs one that selects patch tokens")
     return cfg, init, init_bundle
 
 

@@ -48,3 +48,31 @@ def test_the_shipped_bundle_loads_and_scores_as_it_did(monkeypatch):
     questions = list(bundle.spec.questions)
     assert [q.id for q in questions] == QUESTION_IDS
     np.testing.assert_allclose(bundle.score_frames(frames(), questions), EXPECTED, atol=2e-4, rtol=0)
+
+
+@pytest.mark.skipif(not (SHIPPED / "bundle.json").is_file(), reason="models/default not built yet")
+def test_the_shipped_head_config_says_cls_patch_and_loads_as_cls_then_patch():
+    import json
+
+    from model.head import HeadConfig
+
+    on_disk = json.loads((SHIPPED / "head" / "head_config.json").read_text())
+    assert on_disk["image_tokens"] == "cls_patch"  # written before the rename: models/default is never rewritten
+    assert HeadConfig.model_validate(on_disk).image_tokens == "cls_then_patch"
+
+
+def test_old_token_choices_load_under_their_new_names():
+    from model.bundle import BundleSpec
+    from model.encoder import EncoderConfig
+    from model.head import HeadConfig
+    from training.finetune import FinetuneConfig
+
+    assert EncoderConfig(feature_select="cls_patch").feature_select == "all"
+    spec = BundleSpec.model_validate({"model_id": "old", "encoder": {"config": {"feature_select": "cls_patch"}}})
+    assert spec.encoder.config.feature_select == "all"
+    assert '"feature_select":"all"' in spec.model_dump_json()  # saved again, it carries the new name
+    assert HeadConfig(image_tokens="cls_patch").image_tokens == "cls_then_patch"
+    assert FinetuneConfig(image_tokens="cls_patch").image_tokens == "cls_then_patch"
+    for name in ("patch", "cls"):
+        assert EncoderConfig(feature_select=name).feature_select == name
+        assert HeadConfig(image_tokens=name).image_tokens == name

@@ -216,19 +216,19 @@ def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, r
     assert prov["encoder_pretraining"]["init_pretraining"]["steps"] == 3
 
 
-def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
-    """--image-tokens cls_patch from a patch-token bundle: the bundle written reads CLS + patches."""
+def test_a_patch_head_starts_a_cls_then_patch_head(tiny_clip, recordings, workdir):
+    """--image-tokens cls_then_patch from a patch-token bundle: the bundle written reads CLS + patches."""
     from model.bundle import load_bundle
 
     source, out = workdir / "patch-head", workdir / "cls-patch-head"
     ft.finetune(tiny_config(max_steps=3), tiny_clip, recordings, source, log=lambda m: None, model_id="patch")
-    ft.finetune(tiny_config(image_tokens="cls_patch", max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
+    ft.finetune(tiny_config(image_tokens="cls_then_patch", max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
                 init_head_from=source)
     bundle = load_bundle(out, device="cpu")
-    assert bundle.head.config.image_tokens == "cls_patch"
+    assert bundle.head.config.image_tokens == "cls_then_patch"
     _, jpeg = next(iter(Recording(recordings[0]).frames()))
     enc = bundle.encoder.encode_frames([td.decode(jpeg)])
-    assert bundle.head.image_tokens(enc).shape[1] == enc.patch_tokens.shape[1] + 1
+    assert bundle.head.image_tokens(enc).shape[1] == enc.feature_tokens.shape[1] + 1
     scores = bundle.head.score(enc, bundle.spec.questions)
     assert scores.shape == (1, len(bundle.spec.questions)) and torch.all((scores >= 0) & (scores <= 1))
 
@@ -238,7 +238,7 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
     ft.finetune(tiny_config(max_steps=2, variant="question_blind"), tiny_clip, recordings, blind,
                 log=lambda m: None, init_head_from=out, head_only=True)
     blind_config = json.loads((blind / "head_config.json").read_text())
-    assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_patch"
+    assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_then_patch"
 
 
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
@@ -378,8 +378,8 @@ def test_a_run_with_more_recordings_encodes_only_the_new_ones(tiny_clip, recordi
     assert len(both) == len(fresh) == 40 and both.groups == fresh.groups and both.sources == fresh.sources
     assert torch.equal(both.labels, fresh.labels)
     # the joined set holds its patch tokens in float16: the fresh float32 encoding, rounded
-    torch.testing.assert_close(both.tokens.patch_tokens, fresh.tokens.patch_tokens.to(td.HELD_PATCH_DTYPE))
-    torch.testing.assert_close(both.tokens.patch_tokens[: len(first)], first.tokens.patch_tokens)
+    torch.testing.assert_close(both.tokens.feature_tokens, fresh.tokens.feature_tokens.to(td.HELD_PATCH_DTYPE))
+    torch.testing.assert_close(both.tokens.feature_tokens[: len(first)], first.tokens.feature_tokens)
 
 
 def test_the_cache_stores_patch_tokens_in_half_precision_and_still_reads_float32_files(tiny_clip, recordings, workdir):
@@ -393,13 +393,13 @@ def test_the_cache_stores_patch_tokens_in_half_precision_and_still_reads_float32
     assert patches.dtype == td.HELD_PATCH_DTYPE and cls.dtype == embeds.dtype == torch.float32
     fresh = td.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
     # a file written before, with float32 patch tokens, under the same name
-    torch.save({**saved, "tokens": (embeds, fresh.tokens.patch_tokens, cls)}, path)
+    torch.save({**saved, "tokens": (embeds, fresh.tokens.feature_tokens, cls)}, path)
     assert torch.load(path, weights_only=False)["tokens"][1].dtype == torch.float32
     seen: list[str] = []
     old = td.cached_encoding(encoder, recordings[:1], questions, 2, cache, seen.append)
     assert any("using cached encodings of 1 of 1" in m for m in seen) and not any("encoding 1" in m for m in seen)
-    assert old.tokens.patch_tokens.dtype == td.HELD_PATCH_DTYPE and old.groups == half.groups
-    assert torch.equal(old.tokens.patch_tokens, half.tokens.patch_tokens)
+    assert old.tokens.feature_tokens.dtype == td.HELD_PATCH_DTYPE and old.groups == half.groups
+    assert torch.equal(old.tokens.feature_tokens, half.tokens.feature_tokens)
     assert torch.equal(old.tokens.cls_token, half.tokens.cls_token) and torch.equal(old.labels, half.labels)
 
 
@@ -415,7 +415,7 @@ def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, record
     assert set(train.groups).isdisjoint(val.groups) and len(train) + len(val) == len(joined)
     for got, want in ((train, want_train), (val, want_val)):
         assert len(got) > 0 and got.groups == want.groups and torch.equal(got.labels, want.labels)
-        torch.testing.assert_close(got.tokens.patch_tokens, want.tokens.patch_tokens)
+        torch.testing.assert_close(got.tokens.feature_tokens, want.tokens.feature_tokens)
         torch.testing.assert_close(got.tokens.cls_token, want.tokens.cls_token)
         torch.testing.assert_close(got.tokens.image_embeds, want.tokens.image_embeds)
 
@@ -427,11 +427,11 @@ def test_a_training_set_holds_patch_tokens_in_half_precision_and_the_head_scores
     questions = td.questions_of(recordings)
     encoded = td.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)  # as the encoder gave it
     held, _ = td.split_by_group([encoded], 0.0001, seed=0)  # what training holds: a join of the pieces
-    assert encoded.tokens.patch_tokens.dtype == torch.float32
-    assert held.tokens.patch_tokens.dtype == td.HELD_PATCH_DTYPE == torch.float16
+    assert encoded.tokens.feature_tokens.dtype == torch.float32
+    assert held.tokens.feature_tokens.dtype == td.HELD_PATCH_DTYPE == torch.float16
     assert held.tokens.cls_token.dtype == held.tokens.image_embeds.dtype == torch.float32  # the probe fits on these
     kept = torch.as_tensor([i for i, g in enumerate(encoded.groups) if g in set(held.groups)])  # in order
-    torch.testing.assert_close(held.tokens.patch_tokens.float(), encoded.tokens.patch_tokens[kept], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(held.tokens.feature_tokens.float(), encoded.tokens.feature_tokens[kept], rtol=1e-3, atol=1e-3)
     assert 0 < len(kept) == len(held) < len(encoded)
     head = MLLMHead.create(tiny_config().head_config(), encoder=encoder, device="cpu", dtype=torch.float32)
     with torch.no_grad():
@@ -453,7 +453,7 @@ def test_an_unreadable_cached_encoding_is_encoded_again(tiny_clip, recordings, w
     assert any("is unreadable" in m and "encoding its recording again" in m for m in seen)
     fresh = td.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
     assert again[0].groups == fresh.groups and torch.equal(again[0].labels, fresh.labels)
-    torch.testing.assert_close(again[0].tokens.patch_tokens, fresh.tokens.patch_tokens.to(td.HELD_PATCH_DTYPE))
+    torch.testing.assert_close(again[0].tokens.feature_tokens, fresh.tokens.feature_tokens.to(td.HELD_PATCH_DTYPE))
     seen.clear()
     td.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)  # the rewritten file reads
     assert not any("unreadable" in m for m in seen) and not any(m.startswith("encoded ") for m in seen)
