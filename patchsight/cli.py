@@ -128,10 +128,15 @@ def infra_certs() -> None:
 
 
 @infra_app.command("down")
-def infra_down() -> None:
-    """Stop the Kafka broker and Redis server that `infra up` started (external ones are left alone)."""
+def infra_down(config: ConfigOption = None) -> None:
+    """Stop the Kafka broker and Redis server that `infra up` started (external ones are left alone).
+
+    What runs is recorded in the state folder, so the config only has to be valid: -c is taken
+    as `infra up` takes it.
+    """
     from patchsight import infra
 
+    config_or_exit(config)
     stopped = [name for name, stop in (("kafka", infra.kafka_down), ("redis", infra.redis_down)) if stop()]
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
