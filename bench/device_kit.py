@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from patchsight.infra import kafka_classpath, state_dir
+from patchsight.infra import kafka_classpath, state_dir  # noqa: E402
 
 # jdeps --print-module-deps over the broker's classpath, plus the crypto, management and
 # zip-filesystem providers that are looked up at run time rather than linked.

@@ -60,7 +60,7 @@ LINES = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory, clip_tok) -> Path:  # type: ignore[no-untyped-def]
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory, clip_tok) -> Path:  # type: ignore[no-untyped-def]  # noqa: F811
     torch.manual_seed(0)
     clip = CLIPModel(tiny_clip_config(len(clip_tok))).eval().requires_grad_(False)
     encoder = FrameEncoder.from_clip(clip, EncoderConfig())

@@ -147,8 +147,8 @@ def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         infra.kafka_down()
 
 
-def test_broker_stopped_for_20s_during_live_and_replay(  # noqa: F811 (fixtures imported above)
-    own_broker, make_config, unique, bundle_dir: Path, bundle: Bundle, tmp_path: Path, redis_settings
+def test_broker_stopped_for_20s_during_live_and_replay(
+    own_broker, make_config, unique, bundle_dir: Path, bundle: Bundle, tmp_path: Path, redis_settings,  # noqa: F811 (fixtures imported above)
 ) -> None:
     images = write_images(tmp_path / "live", 5)
     cfg = make_config(
