@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - install what is missing, start Kafka + Redis, run the end-to-end demo"
 	@echo "make test   - install what is missing, lint (ruff), start Kafka + Redis, run the test suite"
-	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+	@echo "make bench  - run the quick CPU benchmarks (bench/run_all.py; writes bench/results/quick/)"
 	@echo "make clean  - stop local services and remove .patchsight/ (keeps the venv)"
 
 # The venv is rebuilt only when a pin changes. pip's own cache keeps the wheels
@@ -53,6 +53,7 @@ test: setup lint infra-up
 demo: setup
 	$(BIN)/patchsight demo
 
+# The quick CPU benchmarks, a minute or so in all (BENCHMARKS.md, "make bench").
 bench: setup infra-up
 	$(BIN)/python bench/run_all.py
 
