@@ -187,7 +187,11 @@ def test_the_sources_advertise_the_commands_a_user_runs() -> None:
     assert any(a.where.startswith("Makefile") for a in ADVERTISED)
 
 
-@pytest.mark.parametrize("command", ADVERTISED, ids=str)
+def _id(command: Advertised) -> str:
+    return f"{command.where} {' '.join(command_path(command.words)[0]) or 'patchsight'}"
+
+
+@pytest.mark.parametrize("command", ADVERTISED, ids=_id)
 def test_an_advertised_command_exists_and_parses(command: Advertised, capsys: pytest.CaptureFixture[str]) -> None:
     path, chain = command_path(command.words)
     first = command.words[0] if command.words else ""
