@@ -34,18 +34,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-FeatureSelect = Literal["patch", "cls", "all"]
 # Names of other days, still read from the bundles that carry them: old name -> name now.
 OLD_FEATURE_SELECT = {"cls_patch": "all"}
+FeatureSelect = Annotated[
+    Literal["patch", "cls", "all"],
+    BeforeValidator(lambda value: OLD_FEATURE_SELECT.get(value, value) if isinstance(value, str) else value),
+]
 
 # OpenAI CLIP's normalisation, used by every CLIP checkpoint patchsight knows.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -88,11 +91,6 @@ class EncoderConfig(BaseModel):
     feature_layer: int = -2  # index into hidden states (0 = embeddings), as LLaVA's vision_feature_layer
     feature_select: FeatureSelect = "patch"
     position_embeddings: bool = True  # False zeroes them: the paper's decomposition ablation
-
-    @field_validator("feature_select", mode="before")
-    @classmethod
-    def _renamed(cls, value: object) -> object:
-        return OLD_FEATURE_SELECT.get(value, value) if isinstance(value, str) else value
 
 
 @dataclass

@@ -46,11 +46,11 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Annotated, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -65,9 +65,16 @@ from transformers import (
 from model.encoder import EncoderOutput, FrameEncoder, default_dtype, hub_kwargs, resolve_device
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ImageTokens = Literal["patch", "cls", "cls_then_patch"]
 # Names of other days, still read from the heads that carry them: old name -> name now.
 OLD_IMAGE_TOKENS = {"cls_patch": "cls_then_patch"}
+
+
+def renamed_image_tokens(value: object) -> object:
+    """An ``image_tokens`` value under its name now (heads written before say ``"cls_patch"``)."""
+    return OLD_IMAGE_TOKENS.get(value, value) if isinstance(value, str) else value
+
+
+ImageTokens = Annotated[Literal["patch", "cls", "cls_then_patch"], BeforeValidator(renamed_image_tokens)]
 
 
 def cache_dir() -> Path:
@@ -192,11 +199,6 @@ class HeadConfig(BaseModel):
     no_text: str = " No"
     train_lm: bool = True  # whether trainable_parameters() includes the LM (tiny: yes)
     max_rows: int = 256  # frame x question rows per LM call; bounds KV-cache memory
-
-    @field_validator("image_tokens", mode="before")
-    @classmethod
-    def _renamed(cls, value: object) -> object:
-        return OLD_IMAGE_TOKENS.get(value, value) if isinstance(value, str) else value
 
     @classmethod
     def tiny(cls, **kw) -> "HeadConfig":

@@ -20,16 +20,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field
 
 from ingest.recording import Recording
 from model.encoder import FrameEncoder
-from model.head import OLD_IMAGE_TOKENS, HeadConfig, MLLMHead
+from model.head import HeadConfig, MLLMHead, renamed_image_tokens
 from schemas.config import Question
 from training.data import (
     LabelledSet, Log, cached_pieces, encode_pairs, labelled_questions, questions_of, split_by_group,
@@ -54,7 +54,7 @@ WITHOUT_ENCODER_POSITIONS = frozenset({"no_position", "no_position_at_all"})
 class FinetuneConfig(BaseModel):
     head: HeadConfig = HeadConfig.tiny()
     variant: Variant = "full"
-    image_tokens: Literal["patch", "cls_then_patch"] | None = Field(
+    image_tokens: Annotated[Literal["patch", "cls_then_patch"], BeforeValidator(renamed_image_tokens)] | None = Field(
         None, description="what the head reads of the feature layer; None keeps a started head's choice "
         "(a new head takes head.image_tokens)")
     batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
@@ -89,11 +89,6 @@ class FinetuneConfig(BaseModel):
     threads: int = 2
     device: str = Field("cpu", description="cpu | cuda | auto: where the frames are encoded and the head trains")
     seed: int = 0
-
-    @field_validator("image_tokens", mode="before")
-    @classmethod
-    def _renamed(cls, value: object) -> object:
-        return OLD_IMAGE_TOKENS.get(value, value) if isinstance(value, str) else value
 
     def head_config(self) -> HeadConfig:
         cfg = self.head if self.image_tokens is None else self.head.model_copy(update={"image_tokens": self.image_tokens})
