@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.patchsight-installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system infra-up infra-down test demo bench clean
+.PHONY: help setup system infra-up infra-down lint test demo bench clean
 
 help:
 	@echo "make demo   - install what is missing, start Kafka + Redis, run the end-to-end demo"
-	@echo "make test   - install what is missing, start Kafka + Redis, run the test suite"
-	@echo "make bench  - run the benchmarks in bench/ (writes bench/results/*.json)"
+	@echo "make test   - install what is missing, lint (ruff), start Kafka + Redis, run the test suite"
+	@echo "make bench  - run the quick CPU benchmarks (bench/run_all.py; writes bench/results/quick/)"
 	@echo "make clean  - stop local services and remove .patchsight/ (keeps the venv)"
 
 # The venv is rebuilt only when a pin changes. pip's own cache keeps the wheels
@@ -38,9 +38,14 @@ infra-up: setup
 infra-down:
 	-$(BIN)/patchsight infra down
 
-# Failed tests are run once more: the worker's group tests hit a known kafka-python 3.0.12
-# rebalance stall now and then (docs/operations.md); a second failure fails the run.
-test: setup infra-up
+# pyflakes, pycodestyle errors and a complexity limit (pyproject.toml [tool.ruff.lint]).
+lint: setup
+	$(BIN)/ruff check .
+
+# Lint first, then the suite. Failed tests are run once more: the worker's group tests hit a
+# known kafka-python 3.0.12 rebalance stall now and then (docs/operations.md); a second failure
+# fails the run.
+test: setup lint infra-up
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { \
 	  echo "== retrying the failed tests once (known kafka-python rebalance stall, docs/operations.md) =="; \
 	  $(BIN)/python -m pytest --last-failed --last-failed-no-failures none $(PYTEST_ARGS); }
@@ -48,6 +53,7 @@ test: setup infra-up
 demo: setup
 	$(BIN)/patchsight demo
 
+# The quick CPU benchmarks, a minute or so in all (BENCHMARKS.md, "make bench").
 bench: setup infra-up
 	$(BIN)/python bench/run_all.py
 

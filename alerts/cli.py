@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from patchsight.cli_options import ConfigOption, config_or_exit, kafka_or_exit
+from runtime.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
 app = typer.Typer(help="Debounce inspection results into alerts in Redis; follow and drive them.", no_args_is_help=True)
 console = Console()
@@ -23,7 +23,7 @@ def _store(config: ConfigOption):  # type: ignore[no-untyped-def]
     from redis.exceptions import RedisError
 
     from alerts.store import RedisAlertStore, connect
-    from patchsight.log import redact
+    from runtime.log import redact
 
     cfg = config_or_exit(config)
     client = connect(cfg.redis)

@@ -14,7 +14,7 @@ import hmac
 import json
 import time
 from importlib import resources
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -49,6 +49,16 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
     store = store or RedisAlertStore(connect(config.redis), config.alerts)
     token = config.dashboard.token.get_secret_value() if config.dashboard.token else None
     page = resources.files("alerts").joinpath("dashboard.html").read_text()
+    app = FastAPI(title="patchsight dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    guarded = [Depends(_authorizer(token))]
+    app.exception_handler(RedisError)(_store_unavailable)
+    _add_page_routes(app, config, store, page, guarded)
+    _add_alert_routes(app, config, store, guarded)
+    return app
+
+
+def _authorizer(token: str | None) -> Callable[..., None]:
+    """The dependency that guards every route but /healthz: a bearer header or ?token= (no token: open)."""
 
     def authorized(request: Request, token_param: str | None = Query(None, alias="token")) -> None:
         if token is None:
@@ -58,14 +68,19 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a valid token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    app = FastAPI(title="patchsight dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    guarded = [Depends(authorized)]
+    return authorized
 
-    @app.exception_handler(RedisError)
-    async def store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
-        # 503, not 500: the page and load balancers retry later, and nothing here is a bug.
-        return JSONResponse({"detail": f"the alert store (Redis) is unavailable: {type(exc).__name__}"},
-                            status_code=503, headers={"Retry-After": "2"})
+
+async def _store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+    # 503, not 500: the page and load balancers retry later, and nothing here is a bug.
+    return JSONResponse({"detail": f"the alert store (Redis) is unavailable: {type(exc).__name__}"},
+                        status_code=503, headers={"Retry-After": "2"})
+
+
+def _add_page_routes(
+    app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, page: str, guarded: list
+) -> None:
+    """/healthz, the page itself and /api/lines (lines, cameras, counts)."""
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -85,6 +100,10 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
             "cameras": [_camera_json(c, now) for c in store.cameras()],
             "counts": {line: store.counts(line) for line in known},
         }
+
+
+def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, guarded: list) -> None:
+    """The alerts: list, one, its thumbnail, acknowledge, resolve, and the live event stream."""
 
     @app.get("/api/alerts", dependencies=guarded)
     def alerts(line: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
@@ -127,8 +146,6 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-    return app
 
 
 async def _event_stream(

@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
@@ -27,14 +26,15 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerts.policy import DebounceState, decide
 from alerts.store import RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
-from patchsight.kafka_wakeup import keep_awake
-from patchsight.log import get_logger
-from patchsight.topics import ensure_topics, subscribe_when_known
+from runtime.health import HealthServer, Reply
+from runtime.kafka_wakeup import keep_awake
+from runtime.log import get_logger
+from runtime.topics import ensure_topics, subscribe_when_known
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter
@@ -107,7 +107,7 @@ class AlertService:
         self._states: dict[tuple[str, str], DebounceState] = {}  # cache; Redis holds the truth
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: HealthServer | None = None
         self._webhook_stop = threading.Event()
         self._webhook_thread: threading.Thread | None = None
         self._warned_lines: set[str] = set()
@@ -153,8 +153,7 @@ class AlertService:
         if self._producer:
             self._producer.close(timeout=5)
         if self._http:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
         self.redis.close()
 
     def __enter__(self) -> "AlertService":
@@ -322,17 +321,7 @@ class AlertService:
         kafka = self.config.kafka
         if self._producer is None:
             self._producer = KafkaProducer(**kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-alerts-dlq")
-        letter = DeadLetter(
-            reason=exc.reason,
-            error=str(exc),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            service=f"alerts/{self.instance_id}",
-            key=record.key,
-            value=record.value,
-            headers=[(k, v) for k, v in record.headers or [] if v is not None],
-        )
+        letter = DeadLetter.for_record(record, exc.reason, str(exc), service=f"alerts/{self.instance_id}")
         key, value, headers = letter.to_record()
         try:
             self._producer.send(kafka.topics.dead_letter, key=key, value=value, headers=headers).get(timeout=30)
@@ -343,34 +332,17 @@ class AlertService:
     # --- /metrics and /healthz ---
 
     def _start_http(self) -> None:
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/metrics":
-                    body, status, kind = generate_latest(service.metrics.registry), 200, CONTENT_TYPE_LATEST
-                elif self.path == "/healthz":
-                    report = {"status": "ok" if service.healthy else "unhealthy", "instance": service.instance_id}
-                    if not service.healthy:
-                        report["reason"] = "redis unreachable"
-                    body, status, kind = json.dumps(report).encode(), 200 if service.healthy else 503, "application/json"
-                else:
-                    body, status, kind = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
         try:
-            self._http = ThreadingHTTPServer(("0.0.0.0", self.settings.metrics_port), Handler)
+            self._http = HealthServer(self.settings.metrics_port, self.metrics.registry, {"/healthz": self._health},
+                                      name="alerts-http")
         except OSError as exc:
             raise AlertServiceError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} "
                                     "(another alert service on this host? set alerts.metrics_port; 0 picks a free one)"
                                     ) from None
-        self._http.daemon_threads = True
-        self.metrics_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="alerts-http", daemon=True).start()
+        self.metrics_port = self._http.start().port
+
+    def _health(self) -> Reply:
+        report = {"status": "ok" if self.healthy else "unhealthy", "instance": self.instance_id}
+        if not self.healthy:
+            report["reason"] = "redis unreachable"
+        return Reply(200 if self.healthy else 503, json.dumps(report).encode(), "application/json")

@@ -25,7 +25,7 @@ import httpx
 import redis
 
 from alerts.store import RedisAlertStore
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import Webhook
 
 log = get_logger("alerts.webhooks")

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from patchsight.infra import kafka_classpath, state_dir
+from patchsight.infra import kafka_classpath, state_dir  # noqa: E402
 
 # jdeps --print-module-deps over the broker's classpath, plus the crypto, management and
 # zip-filesystem providers that are looked up at run time rather than linked.
@@ -45,7 +45,7 @@ JRE_MODULES = ("java.base,java.compiler,java.desktop,java.logging,java.managemen
                "jdk.management,jdk.unsupported,jdk.zipfs")
 # Imported by the worker and the bench, absent from the GPU image (its package list:
 # /work/.library/device/KINDS.md in the workplace that lends it).
-# open-clip-torch only for the CLIP BPE vocabulary file it ships (inference.clip_baseline reads the
+# open-clip-torch only for the CLIP BPE vocabulary file it ships (model.clip_baseline reads the
 # file and never imports the package, so its own dependencies can stay behind).
 WHEELS = ("kafka-python", "crc32c", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
           "typing_extensions", "structlog", "open-clip-torch")
@@ -113,7 +113,7 @@ def download_wheels(out: Path) -> None:
 
 def pack_tokenizers(out: Path) -> None:
     from bench.models import LLAVA_7B_LM, SIZES
-    from inference.head import compact_tokenizer, compact_tokenizer_dir
+    from model.head import compact_tokenizer, compact_tokenizer_dir
 
     for vocab_size in sorted({SIZES["compact"]["decoder"].vocab_size, LLAVA_7B_LM.vocab_size}):
         compact_tokenizer(vocab_size)  # cut once into this machine's cache, then copied

@@ -59,27 +59,28 @@ def measure(way: str, bundle: str, data: list[str], cache: str, stride: int) -> 
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from inference import finetune as ft
     from ingest.recording import find_recordings
+    from training import data as td
+    from training.finetune import load_encoder
 
     torch.set_num_threads(1)
     if way == "split-float32":
-        ft.HELD_PATCH_DTYPE = torch.float32
+        td.HELD_PATCH_DTYPE = torch.float32
     t0 = time.time()
-    encoder, _, _, _ = ft.load_encoder(bundle)
+    encoder, _, _, _ = load_encoder(bundle)
     recordings = find_recordings(data)
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     before = anonymous_bytes()
     sampler = PeakSampler()
     sampler.start()
-    pieces = ft.cached_pieces(encoder, recordings, questions, stride, cache, log=lambda m: None)
+    pieces = td.cached_pieces(encoder, recordings, questions, stride, cache, log=lambda m: None)
     if way == "join-then-split":
-        pieces = [ft.LabelledSet.join(pieces)]
-    train, val = ft.split_by_group(pieces, 0.15, seed=0)
+        pieces = [td.LabelledSet.join(pieces)]
+    train, val = td.split_by_group(pieces, 0.15, seed=0)
     sampler.running = False
     sampler.join()
     held = sum(t.numel() * t.element_size() for s in (train, val)
-               for t in (s.tokens.image_embeds, s.tokens.patch_tokens, s.tokens.cls_token, s.labels) if t is not None)
+               for t in (s.tokens.image_embeds, s.tokens.feature_tokens, s.tokens.cls_token, s.labels) if t is not None)
     return {"way": way, "recordings": len(recordings), "frames": len(train) + len(val), "sets_bytes": held,
             "peak_anonymous_bytes": max(sampler.peak, anonymous_bytes()), "anonymous_before_loading_bytes": before,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

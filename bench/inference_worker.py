@@ -50,11 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from inference.batcher import DynamicBatcher  # noqa: E402
-from inference.bundle import Bundle  # noqa: E402
 from inference.worker import Worker  # noqa: E402
+from model.bundle import Bundle  # noqa: E402
 from models import QUESTIONS, random_bundle, save_random_bundle  # noqa: E402
-from patchsight.log import configure_logging  # noqa: E402
-from patchsight.topics import ensure_topics  # noqa: E402
+from runtime.log import configure_logging  # noqa: E402
+from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, validate_config  # noqa: E402
 from schemas.frame import FrameMessage, FrameMode  # noqa: E402
 
@@ -317,7 +317,7 @@ def workers_run(bundle_dir: Path, count: int, frames: int, batch: int, tmp: Path
         raw = cfg.model_dump(mode="json")
         raw["inference"]["metrics_port"] = port
         path.write_text(yaml.safe_dump(raw))
-        procs.append(subprocess.Popen([sys.executable, "-m", "inference.worker", "-c", str(path), "--worker-id",
+        procs.append(subprocess.Popen([sys.executable, "-m", "patchsight.cli", "infer", "-c", str(path), "--worker-id",
                                        f"w{i}"], cwd=REPO, env=env, stderr=(tmp / f"w{count}-{i}.log").open("wb")))
         ports.append(port)
     try:

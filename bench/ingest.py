@@ -5,9 +5,9 @@ the default quality, wrap it in a FrameMessage, publish through FramePublisher (
 idempotent, linger 5 ms) and wait for every acknowledgement. Frames come from a textured
 test image with sensor noise, so JPEG sizes are realistic rather than those of a flat image.
 
-    .venv/bin/python bench/ingest.py [--seconds 8] [--bootstrap 127.0.0.1:9092]
+    .venv/bin/python bench/ingest.py [--seconds 8] [--bootstrap 127.0.0.1:9092] [--out PATH]
 
-Writes bench/results/ingest.json and the '## Ingest' section of BENCHMARKS.md.
+Writes bench/results/ingest.json and the '## Ingest' section of BENCHMARKS.md (with --out: that file only).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ingest.publisher import FramePublisher, IngestCounters, encode_jpeg  # noqa: E402
-from patchsight.log import configure_logging  # noqa: E402
-from patchsight.topics import ensure_topics  # noqa: E402
+from runtime.log import configure_logging  # noqa: E402
+from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import IngestSettings, KafkaSettings, Topics  # noqa: E402
 from schemas.frame import FrameMessage  # noqa: E402
 
@@ -118,6 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="publishing time per frame size")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the results here instead, and leave BENCHMARKS.md as it is")
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     cv2.setNumThreads(1)  # one ingest process per camera: measure what one core does
@@ -133,11 +135,13 @@ def main() -> None:
         f"same machine; 1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
     )
     command = "python bench/ingest.py " + " ".join(sys.argv[1:])
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "ingest.json").write_text(
+    out = args.out or ROOT / "bench" / "results" / "ingest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps({"command": command.strip(), "machine": machine, "topic": topic, "results": results}, indent=2) + "\n"
     )
-    write_markdown(results, command.strip(), machine)
+    if args.out is None:
+        write_markdown(results, command.strip(), machine)
     for r in results:
         print(f"{r['width']}x{r['height']}: {r['publish_fps']} frames/s published ({r['encode_only_fps']} encode-only), "
               f"{r['mean_jpeg_bytes']} B/frame")

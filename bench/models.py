@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
-from inference.bundle import Bundle, load_bundle
-from inference.clip_baseline import clip_tokenizer
-from inference.encoder import EncoderConfig, FrameEncoder, FramePreprocessor, compact_clip_config
-from inference.head import HeadConfig, MLLMHead, TinyDecoderConfig
+from model.bundle import Bundle, load_bundle
+from model.clip_baseline import clip_tokenizer
+from model.encoder import EncoderConfig, FrameEncoder, FramePreprocessor, compact_clip_config
+from model.head import HeadConfig, MLLMHead, TinyDecoderConfig
 from schemas.config import Question
 
 VIT_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,

@@ -19,9 +19,9 @@ import torch
 import typer
 from transformers import CLIPModel
 
-from inference.clip_baseline import ClipBaseline, clip_tokenizer
-from inference.encoder import FrameEncoder, compact_clip_config
-from inference.head import HeadConfig, MLLMHead
+from model.clip_baseline import ClipBaseline, clip_tokenizer
+from model.encoder import FrameEncoder, compact_clip_config
+from model.head import HeadConfig, MLLMHead
 
 QUESTIONS = [
     "Is there a scratch on the part?",

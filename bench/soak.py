@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from alerts.store import RedisAlertStore, connect  # noqa: E402
 from ingest.recording import Recording  # noqa: E402
 from patchsight.demo import ProcessGroup  # noqa: E402
-from patchsight.topics import ensure_topics  # noqa: E402
+from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import PatchsightConfig, load_config  # noqa: E402
 from schemas.frame import FrameMode  # noqa: E402
 from schemas.result import InspectionResult  # noqa: E402

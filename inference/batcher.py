@@ -64,10 +64,6 @@ class DynamicBatcher(Generic[T]):
             self._draining = True
             self._cond.notify_all()
 
-    def resume(self) -> None:
-        with self._cond:
-            self._draining = False
-
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:
         """Remove and return the queued items that match (e.g. frames of revoked partitions)."""
         with self._cond:

@@ -1,4 +1,4 @@
-"""The inference worker's Prometheus metrics and its /metrics, /healthz, /readyz endpoint.
+"""The inference worker's Prometheus metrics (served by ``runtime.health.HealthServer``).
 
 Each worker owns a ``CollectorRegistry`` rather than the process-global one, so
 several workers in one process (tests, benchmarks) never share counters.
@@ -7,11 +7,7 @@ docs/operations.md says what each metric means and how to read it.
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets from 1 ms to 30 s: a queue delay of a few ms and a backlog of
 # seconds both land in a bucket that tells them apart.
@@ -74,60 +70,3 @@ class WorkerMetrics:
             p + "consumer_rejoins", "Times the worker left a rebalance that did not finish and joined again.", registry=r
         )
         self.ready = Gauge(p + "ready", "1 once the model is loaded and partitions are assigned.", registry=r)
-
-
-class HealthServer:
-    """/metrics (Prometheus text), /healthz (the worker loop is alive), /readyz (model loaded, partitions assigned)."""
-
-    def __init__(
-        self,
-        port: int,
-        registry: CollectorRegistry,
-        is_live: Callable[[], bool],
-        is_ready: Callable[[], bool],
-        host: str = "0.0.0.0",
-    ) -> None:
-        def handler_factory(*args, **kwargs):  # type: ignore[no-untyped-def]
-            return _Handler(registry, is_live, is_ready, *args, **kwargs)
-
-        self._server = ThreadingHTTPServer((host, port), handler_factory)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
-
-    def start(self) -> "HealthServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def __init__(self, registry, is_live, is_ready, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self.registry, self.is_live, self.is_ready = registry, is_live, is_ready
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            ok = self.is_live()
-            self._reply(200 if ok else 503, b"ok\n" if ok else b"worker loop stalled\n")
-        elif path == "/readyz":
-            ok = self.is_ready()
-            self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready: model or partition assignment\n")
-        else:
-            self._reply(404, b"not found\n")
-
-    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: keep them out of logs
-        pass

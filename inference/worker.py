@@ -10,7 +10,9 @@ Read top to bottom, a frame goes through::
     producer IO     broker acknowledgement -> the frame's offset becomes committable
 
 Three threads of work overlap: Kafka I/O, decoding and the model never wait for
-each other. Decoding runs in a thread pool because OpenCV releases the GIL.
+each other. Decoding runs in a thread pool because OpenCV releases the GIL. This
+module decides what runs and when; what the decode and model threads run (decode,
+preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.
 
 At-least-once: an offset is committed only when the result (or dead letter)
 of that frame *and of every earlier frame of its partition* is acknowledged by
@@ -31,30 +33,23 @@ Acknowledged work is committed before every poll, so what is redone is at most
 the frames in flight. A rebalance that does not finish (commits refused for 30 s)
 is left: the worker joins again with a new consumer (``_rejoin``).
 
-``Worker(config, bundle).run(stop)`` is the whole service; ``python -m
-inference.worker --config cfg.yaml`` and ``patchsight infer`` run it with
-SIGTERM/SIGINT wired to ``stop``: the worker stops polling, finishes the frames
-in flight, publishes, commits and exits.
+``Worker(config, bundle).run(stop)`` is the whole service; ``patchsight infer``
+runs it (``serve``) with SIGTERM/SIGINT wired to ``stop``: the worker stops polling,
+finishes the frames in flight, publishes, commits and exits.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -63,20 +58,21 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from inference.batcher import Batch, DynamicBatcher
-from inference.metrics import HealthServer, WorkerMetrics
-from patchsight.kafka_wakeup import keep_awake
-from patchsight.log import get_logger
-from patchsight.topics import ensure_topics, subscribe_when_known
+from inference.metrics import WorkerMetrics
+from inference.runner import Decoded, ModelRunner, load_model
+from runtime.health import HealthServer, Reply
+from runtime.kafka_wakeup import keep_awake
+from runtime.log import get_logger
+from runtime.topics import ensure_topics, subscribe_when_known
 from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
 from schemas.frame import FrameMessage, FrameMode
-from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+from schemas.result import InspectionResult, ResultStatus, Timing
 
 if TYPE_CHECKING:
-    from inference.bundle import Bundle
+    from model.bundle import Bundle
 
-THUMBNAIL_JPEG_QUALITY = 80
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
 LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0  # /healthz fails when the main loop has not turned for this long
@@ -105,8 +101,7 @@ class Frame:
     record: ConsumerRecord
     msg: FrameMessage
     line: LineConfig
-    polled_at: float  # time.monotonic()
-    decoded: "Future[tuple[np.ndarray, torch.Tensor, float] | str]"  # (image, pixels, decode_s) or an error
+    decoded: "Future[Decoded | str]"  # (image, pixels, decode_s) or why it cannot be decoded
 
 
 class InFlight:
@@ -193,7 +188,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.log = get_logger("inference.worker", worker=self.worker_id, model=bundle.model_id)
         self.lines = {line.id: line for line in config.lines}
-        self.thresholds = {line.id: bundle.thresholds_for(line.questions) for line in config.lines}
+        self.runner = ModelRunner(bundle, self.lines, self.settings, self.worker_id)
         self.metrics = WorkerMetrics()
         self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
         self.in_flight = InFlight()
@@ -202,7 +197,6 @@ class Worker:
         # not in memory, and a rebalance has little uncommitted work to redo.
         self.max_in_flight = 3 * self.settings.max_batch + 2 * self.settings.decode_threads
         self.metrics_port: int | None = None
-        self.device = bundle.encoder.device
         self._assignment: set[TopicPartition] = set()
         self.metrics.assigned_partitions.set_function(lambda: len(self._assignment))
         self._revoked: set[TopicPartition] = set()  # revoked in this rebalance, maybe coming back
@@ -213,7 +207,6 @@ class Worker:
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
-        self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
 
     # --- health ------------------------------------------------------------------
 
@@ -227,13 +220,20 @@ class Worker:
     def is_live(self) -> bool:
         return self._fatal is None and time.monotonic() - self._loop_turned < LIVENESS_S
 
+    def _liveness(self) -> Reply:
+        return Reply(200, b"ok\n") if self.is_live() else Reply(503, b"worker loop stalled\n")
+
+    def _readiness(self) -> Reply:
+        return Reply(200, b"ready\n") if self.ready else Reply(503, b"not ready: model or partition assignment\n")
+
     # --- the main thread: Kafka in, commits out -----------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then drain, publish, commit and return."""
         kafka, topics = self.config.kafka, self.config.kafka.topics
         try:  # first: a port in use fails before anything joins the group
-            health = HealthServer(self.settings.metrics_port, self.metrics.registry, self.is_live, lambda: self.ready)
+            health = HealthServer(self.settings.metrics_port, self.metrics.registry,
+                                  {"/healthz": self._liveness, "/readyz": self._readiness})
         except OSError as exc:
             raise WorkerError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} (another "
                               "worker on this host? set inference.metrics_port; 0 picks a free one)") from None
@@ -250,7 +250,7 @@ class Worker:
         model.start()
         self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
-                      device=str(self.device), metrics_port=self.metrics_port)
+                      device=str(self.runner.device), metrics_port=self.metrics_port)
         lag_at = 0.0
         try:
             while not stop.is_set() and self._fatal is None:
@@ -369,12 +369,12 @@ class Worker:
         if msg.mode == FrameMode.live and age_s > self.settings.max_frame_age_s:
             # The part has left the camera: an answer is worthless, but the frame still gets its result.
             reason = f"stale: {age_s:.1f}s old, live limit {self.settings.max_frame_age_s:g}s"
-            result = self._result(msg, ResultStatus.skipped, skip_reason=reason)
+            result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason)
             self.metrics.frames_skipped.labels("stale").inc()
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
-        decoded = decoder.submit(self._decode, msg)
-        self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, time.monotonic(), decoded))
+        decoded = decoder.submit(self.runner.decode, msg)
+        self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, decoded))
 
     def _commit(self, consumer: KafkaConsumer) -> None:
         points = self.in_flight.commit_points()
@@ -473,28 +473,6 @@ class Worker:
         self.log.info("partitions lost", partitions=sorted(tp.partition for tp in lost),
                       uncommitted_frames_dropped=dropped)
 
-    # --- decode threads ------------------------------------------------------------
-
-    def _decode(self, msg: FrameMessage) -> tuple[np.ndarray, torch.Tensor, float] | str:
-        """JPEG -> BGR -> model input, or the reason it cannot be (the frame is dead-lettered)."""
-        start = time.perf_counter()
-        # [reliability, issue #9] OpenCV allocates whatever size the JPEG's frame header claims before
-        # reading any pixel data: a 300-byte record claiming 30000x30000 cost 5.9 GB and 16 s. Check
-        # the claim against the (bounded) ps-width/ps-height headers first.
-        declared = jpeg_size(msg.payload)
-        if declared is None:
-            return "the payload is not a JPEG (no frame header before the image data)"
-        if declared != (msg.width, msg.height):
-            return f"the JPEG is {declared[0]}x{declared[1]}, the headers say {msg.width}x{msg.height}"
-        try:
-            image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
-            if image is None:
-                return "the payload is not a decodable JPEG"
-            pixels = self.bundle.encoder.preprocess([image])[0]
-        except (cv2.error, ValueError) as exc:
-            return f"decoding failed: {exc}"
-        return image, pixels, time.perf_counter() - start
-
     # --- the model thread: batches in, results out ------------------------------------
 
     def _model_loop(self, producer: KafkaProducer) -> None:
@@ -527,15 +505,7 @@ class Worker:
         self.metrics.batches.labels(batch.closed_by).inc()
 
         start = time.perf_counter()
-        pixels = self._to_device([pixels for _, pixels, _ in ready])
-        encoded = self.bundle.encoder(pixels, pooled=False)  # each frame through the encoder once
-        by_line: dict[str, list[int]] = defaultdict(list)
-        for i, frame in enumerate(frames):
-            by_line[frame.line.id].append(i)
-        scores: dict[int, np.ndarray] = {}
-        for line_id, rows in by_line.items():
-            line_scores = self.bundle.score_encoded(encoded.select(rows), self.lines[line_id].questions)
-            scores.update(zip(rows, line_scores))
+        scores = self.runner.score([frame.line.id for frame in frames], [pixels for _, pixels, _ in ready])
         model_s = time.perf_counter() - start
         self.metrics.model_time.observe(model_s)
 
@@ -545,48 +515,10 @@ class Worker:
             timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
                             batch_size=len(frames),
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
-            result = self._result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image)
+            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image)
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
-    def _to_device(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return torch.stack(pixels)
-        # Page-locked staging lets the copy run asynchronously; the next batch reuses the
-        # buffer only after score_encoded has synchronised on this one's scores.
-        if self._staging is None or self._staging.shape[0] < len(pixels):
-            self._staging = torch.empty((self.settings.max_batch, *pixels[0].shape), pin_memory=True)
-        staged = torch.stack(pixels, out=self._staging[: len(pixels)])
-        return staged.to(self.device, non_blocking=True)
-
     # --- results and dead letters -------------------------------------------------------
-
-    def _result(
-        self,
-        msg: FrameMessage,
-        status: ResultStatus,
-        *,
-        skip_reason: str | None = None,
-        scores: np.ndarray | None = None,
-        timing: Timing | None = None,
-        image: np.ndarray | None = None,
-    ) -> InspectionResult:
-        line = self.lines[msg.line_id]
-        question_scores = []
-        if scores is not None:
-            for question, score, threshold in zip(line.questions, scores, self.thresholds[line.id]):
-                score = min(max(float(score), 0.0), 1.0)
-                question_scores.append(QuestionScore(
-                    question_id=question.id, score=score, threshold=float(threshold),
-                    defect_type=question.defect_type, above_threshold=score >= threshold,
-                ))
-        thumbnail = None
-        if image is not None and any(q.above_threshold for q in question_scores):
-            thumbnail = _thumbnail(image, self.settings.thumbnail_px)
-        return InspectionResult(
-            line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
-            status=status, skip_reason=skip_reason, model_id=self.bundle.model_id, worker_id=self.worker_id,
-            scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
-        )
 
     def _publish(
         self, producer: KafkaProducer, result: InspectionResult, tp: TopicPartition, offset: int, epoch: int,
@@ -605,11 +537,7 @@ class Worker:
         tp = TopicPartition(record.topic, record.partition)
         self.log.warning("frame dead-lettered", reason=reason, error=error, partition=record.partition,
                          offset=record.offset)
-        letter = DeadLetter(
-            reason=reason, error=error, source_topic=record.topic, source_partition=record.partition,
-            source_offset=record.offset, service=f"inference/{self.worker_id}", key=record.key,
-            value=record.value, headers=[(k, v) for k, v in record.headers or () if v is not None],
-        )
+        letter = DeadLetter.for_record(record, reason, error, service=f"inference/{self.worker_id}")
         key, value, headers = letter.to_record()
 
         def acknowledged(_: object) -> None:
@@ -643,72 +571,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker.on_assigned(assigned, self.consumer)
 
 
-# [reliability, issue #9] JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic).
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, without decoding; None if there is none before the scan."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        if marker == 0xDA:  # start of scan: no frame header came first
-            return None
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2:
-            return None
-        if marker in _JPEG_SOF:
-            if i + 9 > len(data) or length < 7:
-                return None
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return width, height
-        i += 2 + length
-    return None
-
-
-def _thumbnail(image: np.ndarray, px: int) -> str:
-    h, w = image.shape[:2]
-    scale = px / max(h, w)
-    if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_JPEG_QUALITY])
-    return base64.b64encode(jpeg.tobytes()).decode() if ok else ""
-
-
 # --- process entry point ------------------------------------------------------------------
-
-
-class ModelLoadError(RuntimeError):
-    """The configured model bundle cannot be loaded; the message says which file and why."""
-
-
-def load_model(config: PatchsightConfig) -> "Bundle":
-    from inference.bundle import load_bundle
-
-    path = Path(config.model.bundle)
-    if not path.exists():
-        raise ModelLoadError(
-            f"model bundle {path} does not exist (model.bundle in the config, or PATCHSIGHT__MODEL__BUNDLE)"
-        )
-    try:
-        bundle = load_bundle(path, config.model.device)
-    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
-        raise ModelLoadError(f"cannot load model bundle {path} on device {config.model.device!r}: "
-                             f"{type(exc).__name__}: {exc}") from exc
-    bundle.encoder.eval()
-    bundle.head.eval()
-    return bundle
 
 
 def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
@@ -727,29 +590,3 @@ def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     worker.run(stop)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from patchsight.log import configure_logging
-    from schemas.config import load_config
-    from schemas.errors import ConfigError
-
-    parser = argparse.ArgumentParser(prog="python -m inference.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", type=Path, default=os.environ.get("PATCHSIGHT_CONFIG"))
-    parser.add_argument("--worker-id", default=None)
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        config = load_config(args.config)
-        serve(config, args.worker_id)
-    except (ConfigError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (WorkerError, KafkaError) as exc:
-        print(f"worker failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Generic, Literal, TypeVar
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 
 T = TypeVar("T")
 BufferPolicy = Literal["drop_oldest", "block"]

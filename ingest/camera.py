@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from patchsight.log import configure_logging, get_logger
-from schemas.config import CameraConfig, CameraSource, LineConfig, PatchsightConfig
+from runtime.health import HealthServer
+from runtime.log import configure_logging, get_logger
+from schemas.config import CameraConfig, CameraSource, IngestSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage, FrameMode
 
 from ingest.buffer import FrameBuffer
@@ -217,14 +218,7 @@ def run_cameras(
             previous_handlers[sig] = signal.signal(sig, lambda *_: requested.set())
     stopped = _Stop(requested, stop)
     port = metrics_port if metrics_port is not None else settings.metrics_port
-    server = None
-    if port is not None:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        registry = CollectorRegistry()
-        registry.register(_CountersCollector(cameras))  # type: ignore[arg-type]
-        server, _ = start_http_server(port, registry=registry)
-        log.info("metrics served", port=server.server_port)
+    server = _serve_metrics(port, cameras, log) if port is not None else None
     # a capture loop beats at least every reconnect_max_s (its longest backoff) plus a stream open
     stall_s = settings.reconnect_max_s + 30.0
     last_stats = time.monotonic()
@@ -233,66 +227,102 @@ def run_cameras(
         while not stopped.is_set():
             now = time.monotonic()
             for cam in cameras:
-                clog = log.bind(line=cam.line.id, camera=cam.config.id)
-                proc = cam.process
-                if proc is not None and proc.is_alive():
-                    if (time.monotonic_ns() - cam.counters.heartbeat_ns) / 1e9 > stall_s:
-                        clog.error("camera stalled, restarting", stalled_s=round(stall_s))
-                        proc.kill()
-                        proc.join(5)
-                    else:
-                        continue
-                if proc is not None:
-                    cam.process = None
-                    if proc.exitcode == EXIT_CAMERA_LOST:
-                        cam.dead = True
-                        clog.error("camera lost: no frames for reconnect_give_up_s; not restarted",
-                                   give_up_s=settings.reconnect_give_up_s)
-                        if on_dead is not None:
-                            on_dead(cam.config.id)
-                    else:
-                        cam.crashes = [t for t in cam.crashes if now - t < settings.reconnect_give_up_s] + [now]
-                        if len(cam.crashes) >= MAX_CRASHES:
-                            cam.dead = True
-                            clog.error("camera keeps crashing; not restarted", crashes=len(cam.crashes))
-                            if on_dead is not None:
-                                on_dead(cam.config.id)
-                        else:
-                            delay = min(settings.reconnect_initial_s * 2 ** (len(cam.crashes) - 1), settings.reconnect_max_s)
-                            cam.next_start = now + delay
-                            clog.warning("camera process exited, restarting", exitcode=proc.exitcode, retry_in_s=delay)
-                if not cam.dead and now >= cam.next_start:
-                    cam.counters.beat()
-                    cam.process = ctx.Process(
-                        target=_camera_process,
-                        args=(cam.line, cam.config, config, cam.counters, shared_stop),
-                        name=f"patchsight-camera-{cam.config.id}",
-                        daemon=True,
-                    )
-                    cam.process.start()
+                if _due_to_start(cam, now, settings, stall_s, log.bind(line=cam.line.id, camera=cam.config.id),
+                                 on_dead):
+                    _start_process(cam, ctx, config, shared_stop)
             if all(cam.dead for cam in cameras):
                 log.error("every camera is dead")
                 status = 1
                 break
             if now - last_stats >= STATS_EVERY_S:
                 last_stats = now
-                for cam in cameras:
-                    log.info("camera stats", line=cam.line.id, camera=cam.config.id, dead=cam.dead,
-                             **cam.counters.snapshot())
+                _log_stats(cameras, log, "camera stats")
             stopped.wait(0.2)
     finally:
         shared_stop.set()
-        for cam in cameras:
-            if cam.process is not None:
-                cam.process.join(10)
-                if cam.process.is_alive():
-                    cam.process.terminate()
-                    cam.process.join(5)
+        _join_all(cameras)
         if server is not None:
-            server.shutdown()
+            server.stop()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-        for cam in cameras:
-            log.info("camera final stats", line=cam.line.id, camera=cam.config.id, dead=cam.dead,
-                     **cam.counters.snapshot())
+        _log_stats(cameras, log, "camera final stats")
     return status
+
+
+def _serve_metrics(port: int, cameras: list[_Camera], log: Any) -> HealthServer:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(_CountersCollector(cameras))  # type: ignore[arg-type]
+    server = HealthServer(port, registry, name="ingest-http").start()
+    log.info("metrics served", port=server.port)
+    return server
+
+
+def _due_to_start(
+    cam: _Camera, now: float, settings: IngestSettings, stall_s: float, clog: Any, on_dead: Callable[[str], None] | None
+) -> bool:
+    """Look after one camera's process: True when it is to be started (again) now.
+
+    A stalled process is killed; one that ended is either given up (lost, or crashing too
+    often) or restarted after a backoff.
+    """
+    proc = cam.process
+    if proc is not None and proc.is_alive():
+        if (time.monotonic_ns() - cam.counters.heartbeat_ns) / 1e9 <= stall_s:
+            return False
+        clog.error("camera stalled, restarting", stalled_s=round(stall_s))
+        proc.kill()
+        proc.join(5)
+    if proc is not None:
+        cam.process = None
+        _after_exit(cam, proc.exitcode, now, settings, clog, on_dead)
+    return not cam.dead and now >= cam.next_start
+
+
+def _after_exit(
+    cam: _Camera, exitcode: int | None, now: float, settings: IngestSettings, clog: Any,
+    on_dead: Callable[[str], None] | None,
+) -> None:
+    """A camera process ended: give the camera up, or schedule its restart with backoff."""
+    if exitcode == EXIT_CAMERA_LOST:
+        cam.dead = True
+        clog.error("camera lost: no frames for reconnect_give_up_s; not restarted",
+                   give_up_s=settings.reconnect_give_up_s)
+    else:
+        cam.crashes = [t for t in cam.crashes if now - t < settings.reconnect_give_up_s] + [now]
+        if len(cam.crashes) < MAX_CRASHES:
+            delay = min(settings.reconnect_initial_s * 2 ** (len(cam.crashes) - 1), settings.reconnect_max_s)
+            cam.next_start = now + delay
+            clog.warning("camera process exited, restarting", exitcode=exitcode, retry_in_s=delay)
+            return
+        cam.dead = True
+        clog.error("camera keeps crashing; not restarted", crashes=len(cam.crashes))
+    if on_dead is not None:
+        on_dead(cam.config.id)
+
+
+def _start_process(cam: _Camera, ctx: Any, config: PatchsightConfig, shared_stop: Any) -> None:
+    cam.counters.beat()
+    cam.process = ctx.Process(
+        target=_camera_process,
+        args=(cam.line, cam.config, config, cam.counters, shared_stop),
+        name=f"patchsight-camera-{cam.config.id}",
+        daemon=True,
+    )
+    cam.process.start()
+
+
+def _join_all(cameras: list[_Camera]) -> None:
+    """Wait for the camera processes to stop (the shared stop is set), terminating stragglers."""
+    for cam in cameras:
+        if cam.process is not None:
+            cam.process.join(10)
+            if cam.process.is_alive():
+                cam.process.terminate()
+                cam.process.join(5)
+
+
+def _log_stats(cameras: list[_Camera], log: Any, event: str) -> None:
+    for cam in cameras:
+        log.info(event, line=cam.line.id, camera=cam.config.id, dead=cam.dead, **cam.counters.snapshot())

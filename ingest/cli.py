@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from patchsight.cli_options import ConfigOption, config_or_exit, kafka_or_exit
+from runtime.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
 app = typer.Typer(
     help="Cameras -> Kafka frames topic: run live cameras, record them, replay recordings.",

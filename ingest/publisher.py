@@ -42,7 +42,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import IngestSettings, KafkaSettings
 from schemas.frame import FrameMessage
 
@@ -215,7 +215,7 @@ class FramePublisher:
 
     def connect(self) -> bool:
         """Create the producer, retrying with capped backoff; False if ``stop`` was set first."""
-        from patchsight.topics import ensure_topics
+        from runtime.topics import ensure_topics
 
         delay = self.ingest.reconnect_initial_s
         while not self.stop.is_set():

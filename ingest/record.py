@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import CameraConfig, PatchsightConfig
 from schemas.errors import SchemaError
 from schemas.frame import FrameMessage

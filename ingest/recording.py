@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.frame import Id
 
 RECORDING_FORMAT_VERSION = 1

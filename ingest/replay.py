@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import PatchsightConfig
 from schemas.frame import FrameMessage, FrameMode
 
@@ -104,39 +104,9 @@ def replay(
     publisher = FramePublisher(
         config.kafka, config.ingest, counters, client_id=f"{config.kafka.client_id_prefix}-replay", stop=stop
     )
-    handed = 0
-    lock = threading.Lock()
-    readers_left = len(opened)
-    start_ns = time.monotonic_ns()
-
-    def read(rec: Recording) -> None:
-        nonlocal readers_left, handed
-        try:
-            for loop_index in itertools.count() if passes is None else range(passes):
-                for offset_ns, frame in replay_frames(rec, loop_index=loop_index, timestamps=timestamps):
-                    if stop.is_set():
-                        return
-                    if speed is not None:
-                        wait_s = (start_ns + offset_ns / speed - time.monotonic_ns()) / 1e9
-                        if wait_s > 0 and stop.wait(wait_s):
-                            return
-                    if timestamps == "publish":
-                        frame = frame.model_copy(update={"capture_ns": time.time_ns()})
-                    while not buffer.put(frame, timeout=0.2):
-                        if stop.is_set() or buffer.closed:
-                            return
-                    counters.add("captured")
-                    with lock:
-                        handed += 1
-                    if on_frame is not None:
-                        on_frame(frame)
-        finally:
-            with lock:
-                readers_left -= 1
-                if readers_left == 0:
-                    buffer.close()
-
-    threads = [threading.Thread(target=read, args=(rec,), daemon=True, name=f"replay-{rec.path.name}") for rec in opened]
+    readers = _Readers(len(opened), buffer, counters, stop, speed, timestamps, passes, on_frame)
+    threads = [threading.Thread(target=readers.read, args=(rec,), daemon=True, name=f"replay-{rec.path.name}")
+               for rec in opened]
     for t in threads:
         t.start()
     log.info("replay started", cameras=[r.meta.camera_id for r in opened], frames=sum(len(r) for r in opened))
@@ -150,6 +120,63 @@ def replay(
         # Replay loses nothing: wait out a broker outage at the end as long as the producer
         # itself keeps retrying (its delivery timeout), not a fixed short time.
         publisher.close(timeout=REPLAY_CLOSE_S)
-    result = ReplayResult(frames=handed, counters=counters.snapshot(), stopped=stopped)
-    log.info("replay finished", frames=handed, stopped=stopped, **result.counters)
+    result = ReplayResult(frames=readers.handed, counters=counters.snapshot(), stopped=stopped)
+    log.info("replay finished", frames=readers.handed, stopped=stopped, **result.counters)
     return result
+
+
+class _Readers:
+    """The reader threads of one replay: each hands its recording's frames to the shared buffer, paced.
+
+    The last reader to finish closes the buffer, which ends the publishing.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        buffer: FrameBuffer[FrameMessage],
+        counters: IngestCounters,
+        stop: threading.Event,
+        speed: float | None,
+        timestamps: Timestamps,
+        passes: int | None,
+        on_frame: Callable[[FrameMessage], None] | None,
+    ) -> None:
+        self.buffer, self.counters, self.stop, self.on_frame = buffer, counters, stop, on_frame
+        self.speed, self.timestamps, self.passes = speed, timestamps, passes
+        self.handed = 0
+        self._lock = threading.Lock()
+        self._left = count
+        self._start_ns = time.monotonic_ns()
+
+    def read(self, rec: Recording) -> None:
+        try:
+            for loop_index in itertools.count() if self.passes is None else range(self.passes):
+                for offset_ns, frame in replay_frames(rec, loop_index=loop_index, timestamps=self.timestamps):
+                    if not self._hand(offset_ns, frame):
+                        return
+        finally:
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.buffer.close()
+
+    def _hand(self, offset_ns: int, frame: FrameMessage) -> bool:
+        """Wait for the frame's time and put it in the buffer; False once stopped."""
+        if self.stop.is_set():
+            return False
+        if self.speed is not None:
+            wait_s = (self._start_ns + offset_ns / self.speed - time.monotonic_ns()) / 1e9
+            if wait_s > 0 and self.stop.wait(wait_s):
+                return False
+        if self.timestamps == "publish":
+            frame = frame.model_copy(update={"capture_ns": time.time_ns()})
+        while not self.buffer.put(frame, timeout=0.2):
+            if self.stop.is_set() or self.buffer.closed:
+                return False
+        self.counters.add("captured")
+        with self._lock:
+            self.handed += 1
+        if self.on_frame is not None:
+            self.on_frame(frame)
+        return True

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import cv2
 import numpy as np
 
-from patchsight.log import get_logger
+from runtime.log import get_logger
 from schemas.config import CameraSource, IngestSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

@@ -338,19 +338,7 @@ def render_part(spec: PartSpec, scale: float) -> tuple[np.ndarray, np.ndarray]:
     crack = g.uniform(0, 1, size=16)
     stain = g.uniform(0, 1, size=5)
 
-    shade = np.array(ptype.body_bgr, np.float32)
-    if ptype.texture == "brushed":
-        for a, b, _, d in texture:
-            v = -ptype.height / 2 + a * ptype.height
-            tone = tuple(int(x) for x in np.clip(shade * (0.9 + 0.2 * d), 0, 255))
-            cv2.line(img, _p(c, s, -PART_WIDTH / 2, v), _p(c, s, PART_WIDTH / 2, v + 4 * (b - 0.5)), tone, 1, cv2.LINE_AA)
-    elif ptype.texture == "traces":
-        trace = tuple(int(x) for x in np.clip(shade * 1.35, 0, 255))
-        for a, b, cc, d in texture[:14]:
-            u0, v0 = -130 + 260 * a, -85 + 170 * b
-            u1 = u0 + (cc - 0.5) * 120
-            cv2.line(img, _p(c, s, u0, v0), _p(c, s, u1, v0), trace, max(1, int(2 * s)), cv2.LINE_AA)
-            cv2.line(img, _p(c, s, u1, v0), _p(c, s, u1, v0 + (d - 0.5) * 80), trace, max(1, int(2 * s)), cv2.LINE_AA)
+    _draw_texture(img, ptype, texture, c, s)
     cv2.polylines(img, [np.round(poly).astype(np.int32)], True, tuple(int(x * 0.6) for x in ptype.body_bgr), max(1, int(2 * s)), cv2.LINE_AA)
 
     # Orientation arrow: points up when mounted correctly.
@@ -404,6 +392,33 @@ def render_part(spec: PartSpec, scale: float) -> tuple[np.ndarray, np.ndarray]:
             cv2.line(img, _p(c, s, u, v - d), _p(c, s, u, v + d), SCREW_SLOT_BGR, max(1, int(3 * s)))
 
     # Fine defects, drawn last so that they cross whatever they land on.
+    _draw_defects(img, spec, ptype, stain, scratch, crack, c, s)
+    img[mask == 0] = 0
+    return img, mask
+
+
+def _draw_texture(img: np.ndarray, ptype: PartType, texture: np.ndarray, c: tuple[float, float], s: float) -> None:
+    """The body's surface: brushed lines or circuit traces, from the part's own draws."""
+    shade = np.array(ptype.body_bgr, np.float32)
+    if ptype.texture == "brushed":
+        for a, b, _, d in texture:
+            v = -ptype.height / 2 + a * ptype.height
+            tone = tuple(int(x) for x in np.clip(shade * (0.9 + 0.2 * d), 0, 255))
+            cv2.line(img, _p(c, s, -PART_WIDTH / 2, v), _p(c, s, PART_WIDTH / 2, v + 4 * (b - 0.5)), tone, 1, cv2.LINE_AA)
+    elif ptype.texture == "traces":
+        trace = tuple(int(x) for x in np.clip(shade * 1.35, 0, 255))
+        for a, b, cc, d in texture[:14]:
+            u0, v0 = -130 + 260 * a, -85 + 170 * b
+            u1 = u0 + (cc - 0.5) * 120
+            cv2.line(img, _p(c, s, u0, v0), _p(c, s, u1, v0), trace, max(1, int(2 * s)), cv2.LINE_AA)
+            cv2.line(img, _p(c, s, u1, v0), _p(c, s, u1, v0 + (d - 0.5) * 80), trace, max(1, int(2 * s)), cv2.LINE_AA)
+
+
+def _draw_defects(
+    img: np.ndarray, spec: PartSpec, ptype: PartType, stain: np.ndarray, scratch: np.ndarray, crack: np.ndarray,
+    c: tuple[float, float], s: float,
+) -> None:
+    """The stain, the scratch and the crack the spec has, each from its own draws."""
     dark_body = sum(ptype.body_bgr) / 3 < 110
     if spec.stain:
         u, v = -100 + 200 * stain[0], -60 + 120 * stain[1]
@@ -443,8 +458,6 @@ def render_part(spec: PartSpec, scale: float) -> tuple[np.ndarray, np.ndarray]:
         bu, bv = pts[3]
         branch = np.array([_p(c, s, bu, bv), _p(c, s, bu + 30 * (crack[14] - 0.5) + 18, bv + inward * 24)], np.int32)
         cv2.polylines(img, [branch], False, colour, max(2, int(round(4 * s))), cv2.LINE_AA)
-    img[mask == 0] = 0
-    return img, mask
 
 
 @functools.lru_cache(maxsize=8)

@@ -20,11 +20,12 @@ from alerts import cli as alerts_cli
 from inference import cli as inference_cli
 from ingest import cli as ingest_cli
 from ingest import synth_cli
-from patchsight.cli_options import ConfigOption, config_or_exit
-from patchsight.log import configure_logging, redact
 from patchsight.infra import InfraError
+from runtime.cli_options import ConfigOption, config_or_exit
+from runtime.log import configure_logging, redact
 from schemas.config import PatchsightConfig
 from schemas.errors import ConfigError
+from training import cli as training_cli
 
 app = typer.Typer(
     name="patchsight",
@@ -44,7 +45,7 @@ app.command("record")(ingest_cli.record)
 app.command("replay")(ingest_cli.replay)
 app.command("label")(ingest_cli.label)
 app.command("infer")(inference_cli.infer)
-app.add_typer(inference_cli.model_app, name="model")
+app.add_typer(training_cli.model_app, name="model")
 app.add_typer(alerts_cli.app, name="alerts")
 app.command("dashboard")(alerts_cli.dashboard)
 
@@ -75,7 +76,7 @@ def _print_status(rows: list) -> None:
 def infra_up(config: ConfigOption = None) -> None:
     """Start Kafka and Redis locally, or use the ones configured if they answer."""
     from patchsight import infra
-    from patchsight.topics import ensure_topics
+    from runtime.topics import ensure_topics
 
     from kafka.errors import KafkaError
 
@@ -127,10 +128,15 @@ def infra_certs() -> None:
 
 
 @infra_app.command("down")
-def infra_down() -> None:
-    """Stop the Kafka broker and Redis server that `infra up` started (external ones are left alone)."""
+def infra_down(config: ConfigOption = None) -> None:
+    """Stop the Kafka broker and Redis server that `infra up` started (external ones are left alone).
+
+    What runs is recorded in the state folder, so the config only has to be valid: -c is taken
+    as `infra up` takes it.
+    """
     from patchsight import infra
 
+    config_or_exit(config)
     stopped = [name for name, stop in (("kafka", infra.kafka_down), ("redis", infra.redis_down)) if stop()]
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 

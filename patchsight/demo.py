@@ -11,7 +11,9 @@ What it does, in order:
    service has caught up;
 6. prints a summary: frames, alerts per defect type against ground truth (caught,
    missed, false alerts) and capture-to-alert latency; then stops every process it
-   started, also on Ctrl-C, unless ``--keep-running``.
+   started, also on Ctrl-C, unless ``--keep-running`` (then on Ctrl-C), and the Kafka
+   broker and Redis server if it started them: servers that were running before it
+   (an earlier ``patchsight infra up``, or your own) keep running, and it says so.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -36,13 +39,15 @@ from rich.table import Table
 
 from ingest.recording import Recording
 from patchsight import infra
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config
 from schemas.result import InspectionResult, ResultStatus
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer
+
+    from alerts.store import RedisAlertStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "demo.yaml"
@@ -259,10 +264,6 @@ def make_recordings(cfg: PatchsightConfig, out: Path, options: DemoOptions, env:
 
 
 def run_demo(options: DemoOptions) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    from alerts.store import RedisAlertStore, connect
-
     # kafka-python's own warnings (rebalances, slow poll loops) would scroll the live view away
     logging.getLogger("kafka").setLevel(logging.ERROR)
     base = load_config(options.config)
@@ -271,10 +272,20 @@ def run_demo(options: DemoOptions) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     console.rule("[bold]patchsight demo")
-    kafka = infra.kafka_up(base.kafka)
-    redis_status = infra.redis_up(base.redis)
-    console.print(f"kafka {kafka.address} ({kafka.state}), redis {redis_status.address} ({redis_status.state})")
+    servers: list[infra.ServiceStatus] = []
+    try:
+        servers.append(infra.kafka_up(base.kafka))
+        servers.append(infra.redis_up(base.redis))
+        kafka, redis_status = servers
+        console.print(f"kafka {kafka.address} ({kafka.state}), redis {redis_status.address} ({redis_status.state})")
+        return _run_pipeline(base, run_id, run_dir, options)
+    finally:
+        _leave_servers(servers)
 
+
+def _run_pipeline(base: PatchsightConfig, run_id: str, run_dir: Path, options: DemoOptions) -> int:
+    """Everything between the servers coming up and going down: this run's config, recordings,
+    services and replays, the live view and the summary."""
     raw = _run_config(base, run_id, options)
     if not _port_free(options.dashboard_port):
         raw["dashboard"]["port"] = _free_port()
@@ -291,127 +302,171 @@ def run_demo(options: DemoOptions) -> int:
         return 1
 
     procs = ProcessGroup(run_dir / "logs", env)
-    interrupted = False
-
-    def on_sigint(*_: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGTERM, on_sigint)
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     try:
-        # Workers join the group one after the other: members joining during another's first
-        # rebalance have been seen to stall in kafka-python 3.0.12 (docs/operations.md).
-        port = _free_port()
-        procs.start("alerts", "alerts", "serve", env={"PATCHSIGHT__ALERTS__METRICS_PORT": str(port)})
-        health_urls = [f"http://127.0.0.1:{port}/healthz"]
-        procs.start("dashboard", "dashboard")
-        for i in range(options.workers):
-            port = _free_port()
-            # workers share this machine's cores: oversubscribed torch threads cost more than they give
-            threads = max(1, (os.cpu_count() or 1) // options.workers)
-            procs.start(f"infer-{i + 1}", "infer", "--worker-id", f"worker-{i + 1}",
-                        env={"PATCHSIGHT__INFERENCE__METRICS_PORT": str(port),
-                             "PATCHSIGHT__INFERENCE__TORCH_THREADS": str(threads)})
-            health_urls.append(f"http://127.0.0.1:{port}/readyz")
-            with console.status(f"waiting for worker {i + 1} to load the model and join ..."):
-                if not _wait_ready(health_urls[-1:], procs, timeout_s=180) or interrupted:
-                    console.print("[red]a worker did not become ready; see the logs[/]")
-                    return 1
-        console.print(f"dashboard: [bold]http://127.0.0.1:{cfg.dashboard.port}[/]   logs: {run_dir / 'logs'}")
-        # Cameras start once the workers have loaded the model and joined the group, so the
-        # latency figures measure the pipeline, not start-up.
-        with console.status("waiting for every service to be ready ..."):
-            if not _wait_ready(health_urls, procs, timeout_s=120) or interrupted:
-                console.print("[red]services did not become ready; see the logs[/]")
-                return 1
+        if not _start_services(procs, cfg, options, interrupted, run_dir):
+            return 1
         speed = ["--fast"] if options.speed <= 0 else ["--speed", str(options.speed)]
         for rec in recordings:
             procs.start(f"replay-{rec.name}", "replay", str(rec), *speed)
-
-        store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
-        topic = cfg.kafka.topics.results
-        results = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False, consumer_timeout_ms=200)
-        parts = [TopicPartition(topic, p) for p in (results.partitions_for_topic(topic) or [])]
-        results.assign(parts)
-        results.seek_to_beginning()
-        # Reads the alert service's committed offsets; never joins its group.
-        alerts_group = KafkaConsumer(**cfg.kafka.client_kwargs(), group_id=cfg.alerts.group_id,
-                                     enable_auto_commit=False)
-
-        total = sum(len(Recording(r)) for r in recordings)
-        seen: set[tuple[str, int]] = set()
-        skipped = duplicates_results = 0
-        alerts: dict[str, DefectAlert] = {}
-        started = time.monotonic()
-        status = "running"
-
-        def read_alerts(live: Live) -> None:
-            # oldest first, so that alerts found in one read print in the order they were raised
-            for alert in reversed(store.list_alerts(unresolved_only=False, limit=10_000)):
-                new = alert.alert_id not in alerts
-                alerts[alert.alert_id] = alert  # the latest copy: an open alert's last defect frame moves on
-                if new:
-                    live.console.print(
-                        f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
-                        f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
-                    )
-
-        def table() -> Table:
-            t = Table(title=f"patchsight demo - {status}", show_header=False)
-            t.add_row("frames inspected", f"{len(seen)} / {total}")
-            t.add_row("skipped", str(skipped))
-            t.add_row("alerts", str(len(alerts)))
-            t.add_row("elapsed", f"{time.monotonic() - started:.0f} s")
-            return t
-
-        with live_display(table(), console) as live:
-            while not interrupted:
-                for record in results:
-                    try:
-                        res = InspectionResult.from_record(record.value, record.headers)
-                    except ValueError:
-                        continue
-                    key = (res.camera_id, res.seq)
-                    if key in seen:
-                        duplicates_results += 1
-                    seen.add(key)
-                    skipped += res.status is ResultStatus.skipped
-                read_alerts(live)
-                live.update(table())
-                if procs.failed():
-                    status = "a service failed"
-                    break
-                replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
-                if replays_done and len(seen) >= total and _alerts_caught_up(results, alerts_group, topic):
-                    status = "done"
-                    read_alerts(live)  # it may have caught up since the read above: take its final copies
-                    break
-                if time.monotonic() - started > options.timeout_s:
-                    status = "timed out"
-                    break
-            live.update(table())
-        elapsed = time.monotonic() - started
-        results.close()
-        alerts_group.close()
+        progress = _follow(cfg, recordings, procs, options, interrupted)
 
         for proc in procs.failed():
             console.print(f"[red]{proc.name} exited with {proc.popen.returncode}; see {proc.log}[/]")
         dead_letters = _topic_size(cfg, cfg.kafka.topics.dead_letter)
-        summary = _summary(cfg, recordings, list(alerts.values()), total, len(seen), skipped, dead_letters,
-                           duplicates_results, elapsed, run_dir)
+        summary = _summary(cfg, recordings, list(progress.alerts.values()), progress.total, len(progress.seen),
+                           progress.skipped, dead_letters, progress.duplicate_results, progress.elapsed, run_dir)
         console.print(summary)
         console.print(f"evaluation report: {REPO_ROOT / 'docs' / 'evaluation.md'}   logs: {run_dir / 'logs'}")
-        if options.keep_running and not interrupted:
+        if options.keep_running and not interrupted.is_set():
             console.print(f"services keep running (config {cfg_path}); stop them with Ctrl-C")
-            while not interrupted:
+            while not interrupted.is_set():
                 time.sleep(0.5)
-        ok = status == "done" and not interrupted
+        ok = progress.status == "done" and not interrupted.is_set()
         return 0 if ok else 1
     finally:
         procs.stop()
         signal.signal(signal.SIGINT, previous)
         console.print("stopped every process the demo started")
+
+
+def _start_services(
+    procs: ProcessGroup, cfg: PatchsightConfig, options: DemoOptions, interrupted: threading.Event, run_dir: Path
+) -> bool:
+    """The alert service, the dashboard and the workers, each ready before the cameras start; False if one is not."""
+    # Workers join the group one after the other: members joining during another's first
+    # rebalance have been seen to stall in kafka-python 3.0.12 (docs/operations.md).
+    port = _free_port()
+    procs.start("alerts", "alerts", "serve", env={"PATCHSIGHT__ALERTS__METRICS_PORT": str(port)})
+    health_urls = [f"http://127.0.0.1:{port}/healthz"]
+    procs.start("dashboard", "dashboard")
+    for i in range(options.workers):
+        port = _free_port()
+        # workers share this machine's cores: oversubscribed torch threads cost more than they give
+        threads = max(1, (os.cpu_count() or 1) // options.workers)
+        procs.start(f"infer-{i + 1}", "infer", "--worker-id", f"worker-{i + 1}",
+                    env={"PATCHSIGHT__INFERENCE__METRICS_PORT": str(port),
+                         "PATCHSIGHT__INFERENCE__TORCH_THREADS": str(threads)})
+        health_urls.append(f"http://127.0.0.1:{port}/readyz")
+        with console.status(f"waiting for worker {i + 1} to load the model and join ..."):
+            if not _wait_ready(health_urls[-1:], procs, timeout_s=180) or interrupted.is_set():
+                console.print("[red]a worker did not become ready; see the logs[/]")
+                return False
+    console.print(f"dashboard: [bold]http://127.0.0.1:{cfg.dashboard.port}[/]   logs: {run_dir / 'logs'}")
+    # Cameras start once the workers have loaded the model and joined the group, so the
+    # latency figures measure the pipeline, not start-up.
+    with console.status("waiting for every service to be ready ..."):
+        if not _wait_ready(health_urls, procs, timeout_s=120) or interrupted.is_set():
+            console.print("[red]services did not become ready; see the logs[/]")
+            return False
+    return True
+
+
+@dataclass
+class _Progress:
+    """What the demo has seen so far: results, alerts, and how the run stands."""
+
+    total: int  # frames published
+    seen: set[tuple[str, int]] = field(default_factory=set)  # (camera, seq) with a result
+    skipped: int = 0
+    duplicate_results: int = 0
+    alerts: dict[str, DefectAlert] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+    status: str = "running"
+
+    def read_results(self, results: "KafkaConsumer") -> None:
+        for record in results:
+            try:
+                res = InspectionResult.from_record(record.value, record.headers)
+            except ValueError:
+                continue
+            key = (res.camera_id, res.seq)
+            if key in self.seen:
+                self.duplicate_results += 1
+            self.seen.add(key)
+            self.skipped += res.status is ResultStatus.skipped
+
+    def read_alerts(self, store: "RedisAlertStore", live: Live) -> None:
+        # oldest first, so that alerts found in one read print in the order they were raised
+        for alert in reversed(store.list_alerts(unresolved_only=False, limit=10_000)):
+            new = alert.alert_id not in self.alerts
+            self.alerts[alert.alert_id] = alert  # the latest copy: an open alert's last defect frame moves on
+            if new:
+                live.console.print(
+                    f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
+                    f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
+                )
+
+    def table(self) -> Table:
+        t = Table(title=f"patchsight demo - {self.status}", show_header=False)
+        t.add_row("frames inspected", f"{len(self.seen)} / {self.total}")
+        t.add_row("skipped", str(self.skipped))
+        t.add_row("alerts", str(len(self.alerts)))
+        t.add_row("elapsed", f"{time.monotonic() - self.started:.0f} s")
+        return t
+
+
+def _follow(
+    cfg: PatchsightConfig, recordings: list[Path], procs: ProcessGroup, options: DemoOptions,
+    interrupted: threading.Event,
+) -> _Progress:
+    """Follow results and alerts live until every frame has a result and the alert service has caught up."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from alerts.store import RedisAlertStore, connect
+
+    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+    topic = cfg.kafka.topics.results
+    results = KafkaConsumer(**cfg.kafka.client_kwargs(), enable_auto_commit=False, consumer_timeout_ms=200)
+    parts = [TopicPartition(topic, p) for p in (results.partitions_for_topic(topic) or [])]
+    results.assign(parts)
+    results.seek_to_beginning()
+    # Reads the alert service's committed offsets; never joins its group.
+    alerts_group = KafkaConsumer(**cfg.kafka.client_kwargs(), group_id=cfg.alerts.group_id,
+                                 enable_auto_commit=False)
+
+    progress = _Progress(total=sum(len(Recording(r)) for r in recordings))
+    with live_display(progress.table(), console) as live:
+        while not interrupted.is_set():
+            progress.read_results(results)
+            progress.read_alerts(store, live)
+            live.update(progress.table())
+            if procs.failed():
+                progress.status = "a service failed"
+                break
+            replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
+            all_seen = len(progress.seen) >= progress.total
+            if replays_done and all_seen and _alerts_caught_up(results, alerts_group, topic):
+                progress.status = "done"
+                progress.read_alerts(store, live)  # it may have caught up since the read above: take its final copies
+                break
+            if time.monotonic() - progress.started > options.timeout_s:
+                progress.status = "timed out"
+                break
+        live.update(progress.table())
+    progress.elapsed = time.monotonic() - progress.started
+    results.close()
+    alerts_group.close()
+    return progress
+
+
+def _leave_servers(servers: list[infra.ServiceStatus]) -> None:
+    """Stop the Kafka broker and Redis server that this demo started; say plainly that the others keep running."""
+    stop = {"kafka": infra.kafka_down, "redis": infra.redis_down}
+    started = [s for s in servers if s.started]
+    for server in started:
+        stop[server.name]()
+    if started:
+        console.print(f"stopped the servers the demo started: {', '.join(s.name for s in started)}")
+    kept = [s for s in servers if not s.started]
+    if kept:
+        where = ", ".join(f"{s.name} at {s.address}" for s in kept)
+        hint = " (`patchsight infra down` stops the ones `patchsight infra up` started)"
+        console.print(f"left running, as they were before the demo: {where}"
+                      + (hint if any(s.state == "running" for s in kept) else ""))
 
 
 def _wait_ready(urls: list[str], procs: ProcessGroup, timeout_s: float) -> bool:

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import SecretStr
 
 from patchsight.certs import CertificateError, LocalTLS, ensure_local_tls
-from patchsight.log import get_logger, redact
+from runtime.log import get_logger, redact
 from schemas.config import KafkaSettings, RedisSettings
 
 log = get_logger("patchsight.infra")
@@ -65,6 +65,7 @@ class ServiceStatus:
     address: str
     pid: int | None = None
     detail: str = ""
+    started: bool = False  # this call started it (kafka_up / redis_up); False when it was already running
 
 
 # --- small process helpers ----------------------------------------------------------
@@ -464,7 +465,7 @@ def kafka_up(settings: KafkaSettings, wait_s: float = 90.0) -> ServiceStatus:
     _wait_for_broker(proc, home, client, deadline)
     log.info("kafka is up", bootstrap=settings.bootstrap, protocol=sec.protocol, pid=proc.pid, data=str(data))
     detail = f"data in {data}" + (f"; CA {tls.ca_file}" if tls else "")
-    return ServiceStatus("kafka", "running", settings.bootstrap, proc.pid, detail)
+    return ServiceStatus("kafka", "running", settings.bootstrap, proc.pid, detail, started=True)
 
 
 def kafka_down() -> bool:
@@ -632,7 +633,7 @@ def redis_up(settings: RedisSettings, wait_s: float = 20.0) -> ServiceStatus:
         if redis_answers(client):
             log.info("redis is up", url=redact(settings.url), pid=proc.pid, tls=tls is not None, acl=acl is not None)
             detail = f"data in {home}" + (f"; CA {tls.ca_file}" if tls else "")
-            return ServiceStatus("redis", "running", redact(settings.url), proc.pid, detail)
+            return ServiceStatus("redis", "running", redact(settings.url), proc.pid, detail, started=True)
         time.sleep(0.2)
     raise InfraError(f"Redis did not answer within {wait_s:.0f} s ({_redis_probe(client)}); see {home / 'redis.log'}")
 

@@ -6,9 +6,22 @@ consumer can re-publish it, and adds ``ps-dlq-*`` headers that say why.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from pydantic import BaseModel, ConfigDict
 
 from schemas.frame import Headers
+
+
+class ConsumedRecord(Protocol):
+    """What a consumed Kafka record carries (kafka-python's ``ConsumerRecord`` has it all)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
 
 
 class DeadLetter(BaseModel):
@@ -23,6 +36,15 @@ class DeadLetter(BaseModel):
     key: bytes | None = None
     value: bytes | None = None
     headers: Headers = []
+
+    @classmethod
+    def for_record(cls, record: ConsumedRecord, reason: str, error: str, service: str) -> "DeadLetter":
+        """The dead letter of a record consumed from ``record.topic``, keeping its key, value and headers."""
+        return cls(
+            reason=reason, error=error, source_topic=record.topic, source_partition=record.partition,
+            source_offset=record.offset, service=service, key=record.key, value=record.value,
+            headers=[(k, v) for k, v in record.headers or () if v is not None],
+        )
 
     def to_record(self) -> tuple[bytes | None, bytes, Headers]:
         extra = [

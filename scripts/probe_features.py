@@ -9,7 +9,7 @@ training recordings and scored (AUROC) on others:
 - ``patch_lse``: a linear score per patch token, log-sum-exp over the patches (local evidence).
 
 A patch-token head (``image_tokens="patch"``) reads only the patch tokens; where ``pooled`` or
-``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_patch``
+``cls`` beat the patch probes, the answer sits in tokens such a head is not given (``cls_then_patch``
 gives it the CLS token too). Encodings come from (and go to) finetune's cache.
 
 ``--layers`` probes instead the CLS token (``clsN``) and the mean patch token (``meanN``) of each
@@ -36,10 +36,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.encoder import EncoderOutput
-from inference.finetune import auroc, cached_encoding, load_encoder
 from ingest.recording import find_recordings
+from model.encoder import EncoderOutput
 from schemas.config import QuestionCategory
+from training.data import cached_encoding
+from training.finetune import load_encoder
+from training.metrics import auroc
 
 
 def standardize(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -70,12 +72,12 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, over_patches: bool, steps: int):
 
 def features(tokens: EncoderOutput) -> dict[str, torch.Tensor]:
     return {"pooled": tokens.image_embeds.float(), "cls": tokens.cls_token.float(),
-            "patch_mean": tokens.patch_tokens.float().mean(1), "patch_lse": tokens.patch_tokens.float()}
+            "patch_mean": tokens.feature_tokens.float().mean(1), "patch_lse": tokens.feature_tokens.float()}
 
 
 def layer_features(encoder, recordings, questions, stride: int, layers: list[int], image_size: int | None):
     """(features by name, labels (N, Q)) of every ``stride``-th labelled frame, per transformer layer."""
-    from inference.finetune import decode
+    from training.data import decode
     from ingest.recording import Recording
 
     preprocess = encoder.preprocess

@@ -172,7 +172,7 @@ if [ -n "$CONTINUE_SEEDS" ]; then
   # v8: the head, from v7's, given the CLS token of the layer it reads before the patch tokens;
   # that token holds the surface defects the hard pairs taught (scripts/probe_features.py).
   if [ -n "$HARD_PAIR_MIN" ] && [ -n "$HARD_PAIR_MIN2" ] && [ -n "$CLS_HEAD_MIN" ]; then
-    v8_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --image-tokens cls_patch
+    v8_args=(--encoder "$RUNS/encoder-hard" --init-head-from "$BUNDLE" "${more[@]}" --image-tokens cls_then_patch
       "${recipe[@]}")
     rm -rf "$RUNS/cls-patch"
     patchsight model finetune "${v8_args[@]}" --max-steps 100000 --threads "$THREADS" --time-limit-min "$CLS_HEAD_MIN" \

@@ -15,7 +15,7 @@ import pytest
 import redis as redis_lib
 
 from patchsight import infra
-from patchsight.log import configure_logging
+from runtime.log import configure_logging
 from schemas.config import KafkaSettings, PatchsightConfig, RedisSettings, Topics, validate_config
 
 configure_logging("console", os.environ.get("PATCHSIGHT_LOG_LEVEL", "WARNING"))

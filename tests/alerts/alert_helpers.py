@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult, QuestionScore, ResultStatus

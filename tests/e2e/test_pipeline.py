@@ -22,15 +22,15 @@ from transformers import CLIPModel
 from alerts.policy import DebounceState, decide
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
-from inference.bundle import Bundle, load_bundle
-from inference.clip_baseline import clip_tokenizer
-from inference.encoder import EncoderConfig, FrameEncoder, compact_clip_config
-from inference.head import HeadConfig, MLLMHead, TinyDecoderConfig
 from inference.worker import Worker
 from ingest.recording import Recording
 from ingest.replay import replay
 from ingest.synth import write_recordings
-from patchsight.topics import ensure_topics
+from model.bundle import Bundle, load_bundle
+from model.clip_baseline import clip_tokenizer
+from model.encoder import EncoderConfig, FrameEncoder, compact_clip_config
+from model.head import HeadConfig, MLLMHead, TinyDecoderConfig
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
 

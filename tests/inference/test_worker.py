@@ -27,16 +27,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import RebalanceInProgressError
 from transformers import CLIPModel
 
-from inference.bundle import Bundle, load_bundle
-from inference.encoder import EncoderConfig, FrameEncoder
-from inference.head import HeadConfig, MLLMHead
 from inference.worker import Worker
-from patchsight.topics import ensure_topics
+from model.bundle import Bundle, load_bundle
+from model.encoder import EncoderConfig, FrameEncoder
+from model.head import HeadConfig, MLLMHead
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, ResultStatus
-from tests.inference.conftest import TINY_DECODER, tiny_clip_config
+from tests.model.conftest import TINY_DECODER, clip_tok, tiny_clip_config  # noqa: F401  (clip_tok: a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ LINES = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory, clip_tok) -> Path:  # type: ignore[no-untyped-def]
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory, clip_tok) -> Path:  # type: ignore[no-untyped-def]  # noqa: F811
     torch.manual_seed(0)
     clip = CLIPModel(tiny_clip_config(len(clip_tok))).eval().requires_grad_(False)
     encoder = FrameEncoder.from_clip(clip, EncoderConfig())
@@ -269,7 +269,7 @@ def write_config(cfg: PatchsightConfig, path: Path) -> Path:
 def start_worker(config_path: Path, worker_id: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PATCHSIGHT_LOG_FORMAT": "json", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "inference.worker", "--config", str(config_path), "--worker-id", worker_id],
+        [sys.executable, "-m", "patchsight.cli", "infer", "--config", str(config_path), "--worker-id", worker_id],
         cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 
@@ -356,7 +356,7 @@ def test_a_rebalance_that_never_finishes_is_left_and_the_group_joined_again(
 
 
 def test_model_loading_errors_name_the_bundle_and_the_reason(tmp_path: Path) -> None:
-    from inference.worker import ModelLoadError, load_model
+    from inference.runner import ModelLoadError, load_model
     from schemas.config import validate_config
 
     missing = validate_config({"model": {"bundle": str(tmp_path / "nope"), "device": "cpu"}})

@@ -61,7 +61,9 @@ def test_up_round_trip_status_down(tmp_path: Path) -> None:
         still = cli("infra", "status", env=env)
         assert still.returncode == 0 and still.stdout.count("running") == 2, still.stdout
     finally:
-        down = cli("infra", "down", env=env)
+        plant = tmp_path / "plant.yaml"  # `down` takes -c as `up` does; what it stops is the state folder's
+        plant.write_text(f"kafka: {{bootstrap: '{env['KAFKA_BOOTSTRAP']}'}}\n")
+        down = cli("infra", "down", "-c", str(plant), env=env)
     assert "kafka" in down.stdout and "redis" in down.stdout
     time.sleep(0.5)
     after = cli("infra", "status", env=env)

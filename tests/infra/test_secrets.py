@@ -155,7 +155,7 @@ def test_kafka_python_debug_logging_is_redacted(secured: Secured, client: str) -
         f"""
         import json, logging, sys
         from kafka import {client}
-        from patchsight.log import configure_logging, get_logger
+        from runtime.log import configure_logging, get_logger
         configure_logging("json", "DEBUG")
         logging.getLogger("kafka").setLevel(logging.DEBUG)
         kwargs = json.loads(sys.argv[1])

@@ -19,7 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from patchsight import infra
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas import FrameMessage
 from schemas.config import KafkaSettings, RedisSettings
 from tests.infra.conftest import KAFKA_PASSWORD, REDIS_PASSWORD, REDIS_USER, Secured, free_port_pair

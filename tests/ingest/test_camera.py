@@ -4,7 +4,7 @@ import time
 from ingest.camera import run_camera, run_cameras
 from ingest.publisher import IngestCounters
 from ingest_helpers import TcpProxy, consume, write_images
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.frame import FrameMessage, FrameMode
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from ingest.cli import app
 from ingest.recording import Recording
 from ingest_helpers import consume, write_images
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from test_replay import make_recording
 
 runner = CliRunner()

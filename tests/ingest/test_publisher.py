@@ -9,8 +9,8 @@ from kafka.future import Future
 
 from ingest.publisher import FramePublisher, FrameTooLarge, IngestCounters, encode_jpeg, fit_frame, record_size
 from ingest_helpers import consume, numbered_image
+from runtime.topics import ensure_topics
 from schemas.frame import FrameMessage
-from patchsight.topics import ensure_topics
 
 
 def noisy_jpeg(width=640, height=480, seed=0) -> bytes:

@@ -8,7 +8,7 @@ from ingest.record import record_camera, record_topic
 from ingest.recording import FrameTruth, Recording, RecordingError, RecordingMeta, RecordingWriter, find_recordings
 from ingest.replay import replay
 from ingest_helpers import consume, write_images
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.config import CameraConfig, CameraSource
 from schemas.frame import FrameMessage, FrameMode
 

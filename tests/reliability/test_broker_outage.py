@@ -27,19 +27,19 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
-from inference.bundle import Bundle
 from inference.worker import Worker
 from ingest.camera import run_camera
 from ingest.publisher import IngestCounters, encode_jpeg
 from ingest.recording import RecordingMeta, RecordingWriter
 from ingest.replay import ReplayResult, replay
+from model.bundle import Bundle
 from patchsight import infra
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
 from schemas.result import InspectionResult
-from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
 from tests.inference.test_worker import bundle, bundle_dir  # noqa: F401  (fixtures)
 from tests.infra.infra_helpers import free_port_pair
+from tests.model.conftest import clip_tok  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -147,8 +147,8 @@ def own_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         infra.kafka_down()
 
 
-def test_broker_stopped_for_20s_during_live_and_replay(  # noqa: F811 (fixtures imported above)
-    own_broker, make_config, unique, bundle_dir: Path, bundle: Bundle, tmp_path: Path, redis_settings
+def test_broker_stopped_for_20s_during_live_and_replay(
+    own_broker, make_config, unique, bundle_dir: Path, bundle: Bundle, tmp_path: Path, redis_settings,  # noqa: F811 (fixtures imported above)
 ) -> None:
     images = write_images(tmp_path / "live", 5)
     cfg = make_config(

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from ingest.camera import run_cameras
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas.frame import FrameMessage
 from tests.ingest.ingest_helpers import consume, write_images
 

@@ -23,15 +23,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from inference.bundle import Bundle
-from inference.worker import Worker, jpeg_size
+from inference.runner import ModelRunner, jpeg_size
+from inference.worker import Worker
+from model.bundle import Bundle
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config, validate_config
 from schemas.dead_letter import DeadLetter
 from schemas.errors import ConfigError, SchemaError, UnsupportedSchemaVersion
 from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, QuestionScore, Timing
-from tests.inference.conftest import clip_tok  # noqa: F401  (fixture)
 from tests.inference.test_worker import (  # noqa: F401  (fixtures)
     bundle,
     bundle_dir,
@@ -43,6 +43,7 @@ from tests.inference.test_worker import (  # noqa: F401  (fixtures)
     results,
     running,
 )
+from tests.model.conftest import clip_tok  # noqa: F401  (fixture)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FRAME_HEADERS = ["ps-schema", "ps-line", "ps-camera", "ps-seq", "ps-capture-ns", "ps-encoding", "ps-width",
@@ -256,11 +257,11 @@ def sof_claiming(width: int, height: int, base: bytes | None = None) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def decoder(bundle_dir: Path, bundle: Bundle) -> Worker:  # noqa: F811
+def decoder(bundle_dir: Path, bundle: Bundle) -> ModelRunner:  # noqa: F811
     cfg = validate_config({"lines": [{"id": "line-a", "cameras": [{"id": "cam-a1"}],
                                       "questions": [{"id": "q", "text": "Is it broken?", "defect_type": "d"}]}],
                            "model": {"bundle": str(bundle_dir), "device": "cpu"}, "inference": {"metrics_port": 0}})
-    return Worker(cfg, bundle, worker_id="fuzz")  # no Kafka: only _decode is used
+    return ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, worker_id="fuzz")
 
 
 def mutated_jpegs() -> st.SearchStrategy[bytes]:
@@ -277,16 +278,18 @@ def mutated_jpegs() -> st.SearchStrategy[bytes]:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=mutated_jpegs())
-def test_decode_of_a_malformed_jpeg_is_a_reason_or_a_frame_never_an_exception(decoder: Worker, payload: bytes) -> None:
+def test_decode_of_a_malformed_jpeg_is_a_reason_or_a_frame_never_an_exception(
+    decoder: ModelRunner, payload: bytes
+) -> None:
     started = time.perf_counter()
-    out = decoder._decode(good_frame(payload=payload))
+    out = decoder.decode(good_frame(payload=payload))
     assert time.perf_counter() - started < 2.0
     if isinstance(out, str):
         assert out
     else:
         image, pixels, _ = out
         assert image.shape[:2] == (64, 96) and torch_finite(pixels)
-    good = decoder._decode(good_frame())  # the next good frame is processed
+    good = decoder.decode(good_frame())  # the next good frame is processed
     assert not isinstance(good, str)
 
 
@@ -295,9 +298,9 @@ def torch_finite(pixels: Any) -> bool:
 
 
 @pytest.mark.parametrize("width,height", [(30000, 30000), (16000, 16000), (96, 65000)])
-def test_a_jpeg_claiming_a_huge_size_is_refused_without_decoding(decoder: Worker, width: int, height: int) -> None:
+def test_a_jpeg_claiming_a_huge_size_is_refused_without_decoding(decoder: ModelRunner, width: int, height: int) -> None:
     started = time.perf_counter()
-    out = decoder._decode(good_frame(payload=sof_claiming(width, height)))
+    out = decoder.decode(good_frame(payload=sof_claiming(width, height)))
     assert isinstance(out, str) and f"{width}x{height}" in out
     assert time.perf_counter() - started < 0.5  # OpenCV alone took 16 s and 5.9 GB on 30000x30000
 

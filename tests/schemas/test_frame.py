@@ -7,7 +7,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from patchsight.topics import ensure_topics
+from runtime.topics import ensure_topics
 from schemas import FrameMessage, FrameMode, MalformedMessage, UnsupportedSchemaVersion
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"

@@ -96,3 +96,15 @@ def test_a_frame_carries_a_part_id_from_its_header() -> None:
     bad = [(n, v) if n != "ps-part-id" else (n, b"no spaces allowed") for n, v in headers]
     with pytest.raises(MalformedMessage):
         FrameMessage.from_record(key, value, bad)
+
+
+def test_a_dead_letter_for_a_consumed_record_keeps_its_key_value_and_non_null_headers() -> None:
+    from types import SimpleNamespace
+
+    record = SimpleNamespace(topic="frames", partition=1, offset=42, key=b"cam-1", value=b"jpeg",
+                             headers=[("ps-line", b"line-a"), ("ps-empty", None)])
+    dl = DeadLetter.for_record(record, "undecodable", "not a JPEG", service="inference/w1")
+    assert (dl.source_topic, dl.source_partition, dl.source_offset, dl.service) == ("frames", 1, 42, "inference/w1")
+    assert (dl.key, dl.value, dl.headers, dl.reason, dl.error) == (
+        b"cam-1", b"jpeg", [("ps-line", b"line-a")], "undecodable", "not a JPEG")
+    assert DeadLetter.for_record(SimpleNamespace(**{**vars(record), "headers": None}), "r", "e", "s").headers == []

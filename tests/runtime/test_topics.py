@@ -1,4 +1,4 @@
-"""patchsight.topics against the real broker."""
+"""runtime.topics against the real broker."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable
 
 from kafka import KafkaConsumer
 
-from patchsight.topics import ensure_topics, subscribe_when_known
+from runtime.topics import ensure_topics, subscribe_when_known
 from schemas.config import KafkaSettings
 
 

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPModel, CLIPTokenizer
 
-from inference.encoder import EncoderOutput, FrameEncoder
+from model.encoder import EncoderOutput, FrameEncoder
 
 # open_clip's SimpleTokenizer uses the first 49152 - 256 - 2 merges of its BPE file.
 CLIP_MERGES = 49152 - 256 - 2

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from collections import Counter
@@ -30,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from inference.clip_baseline import clip_tokenizer
-from inference.encoder import FramePreprocessor, compact_clip_config
 from ingest import synth
+from model.clip_baseline import clip_tokenizer
+from model.encoder import FramePreprocessor, compact_clip_config
+from training.schedule import budget_progress, learning_rate
 
 
 class PretrainConfig(BaseModel):
@@ -291,12 +291,6 @@ def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def lr_at(cfg: PretrainConfig, step: int, progress: float) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 # --- Training ---------------------------------------------------------------------------
 
 
@@ -307,7 +301,7 @@ def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
     ``encoder/`` folder; the record is the bundle's provenance), so a shipped encoder can be
     trained further as it is.
     """
-    from inference.bundle import BUNDLE_FILE, BundleSpec
+    from model.bundle import BUNDLE_FILE, BundleSpec
 
     folder = Path(folder)
     record = None
@@ -327,7 +321,7 @@ def continuation_source(folder: str | Path) -> tuple[Path, dict | None]:
 
 def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Train and save ``out/`` (CLIPModel + tokenizer + pretrain.json); returns the run record."""
-    from inference.encoder import resolve_device
+    from model.encoder import resolve_device
 
     out = Path(out)
     torch.manual_seed(cfg.seed)
@@ -374,10 +368,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, log=print) -> dict[str, objec
     images_seen = 0
     for pixels, captions in loader:
         elapsed = time.time() - t0
-        progress = max(step / cfg.max_steps, elapsed / cfg.time_limit_s)
+        progress = budget_progress(step, cfg.max_steps, elapsed, cfg.time_limit_s)
         if progress >= 1.0:
             break
-        lr = lr_at(cfg, step, progress)
+        lr = learning_rate(step + 1, peak=cfg.lr, warmup_steps=cfg.warmup_steps, progress=progress, floor=cfg.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         tokens = tokenizer(list(captions), padding="max_length", truncation=True, max_length=cfg.context_length, return_tensors="pt")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import yaml
 
-from inference.bundle import load_bundle
+from model.bundle import load_bundle
 
 
 def test_from_llava_cli_writes_a_bundle_that_loads_offline(tmp_path, llava_dir, clip, clip_tok, encoder, frames,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.head import HeadConfig, MLLMHead, smollm2_checkpoint
+from model.head import HeadConfig, MLLMHead, smollm2_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -38,11 +38,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import CLIPModel, CLIPTokenizer
 
-from inference.clip_baseline import ClipBaseline, LinearProbe
-from inference.encoder import (
+from model.clip_baseline import ClipBaseline, LinearProbe
+from model.encoder import (
     EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, hub_kwargs, load_clip, resolve_device,
 )
-from inference.head import MLLMHead
+from model.head import MLLMHead
 from schemas.config import Question
 
 BUNDLE_FILE = "bundle.json"

@@ -32,9 +32,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from inference.encoder import EncoderOutput
-from inference.finetune import WITHOUT_ENCODER_POSITIONS, auroc, encode_recordings, questions_of, render_pairs
+from model.encoder import EncoderOutput
 from schemas.config import Question, QuestionCategory
+from training.data import encode_recordings, questions_of, render_pairs
+from training.finetune import WITHOUT_ENCODER_POSITIONS
+from training.metrics import auroc, head_margins
 
 Log = Callable[[str], None]
 CATEGORIES = [c.value for c in QuestionCategory]
@@ -108,7 +110,7 @@ def summarise(per_question: dict[str, dict[str, float]], questions: Sequence[Que
 
 def load_ablations(directory: str | Path | None, encoder) -> dict[str, tuple[object, dict[str, float]]]:  # type: ignore[no-untyped-def]
     """variant -> (head, its validation thresholds), from the folders ``finetune --head-only`` wrote."""
-    from inference.head import MLLMHead
+    from model.head import MLLMHead
 
     heads: dict[str, tuple[object, dict[str, float]]] = {}
     if directory is None:
@@ -137,8 +139,7 @@ def evaluate(
     log: Log = print,
 ) -> dict:
     """Score everything, write ``out/report.md``, ``out/report.json`` and plots; returns the report dict."""
-    from inference.bundle import load_bundle
-    from inference.finetune import head_margins
+    from model.bundle import load_bundle
 
     torch.set_num_threads(threads)
     t0 = time.time()

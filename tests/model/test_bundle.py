@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from inference.bundle import Bundle, BundleError, load_bundle
-from inference.cli import app
-from inference.clip_baseline import LinearProbe
+from model.bundle import Bundle, BundleError, load_bundle
+from model.clip_baseline import LinearProbe
+from training.cli import model_app
 
 
 @pytest.fixture()
@@ -89,12 +89,12 @@ def test_empty_batch_and_unknown_scorer(bundle, questions, frames):
 
 def test_cli_model_info(bundle, tmp_path):
     bundle.save(tmp_path / "b")
-    result = CliRunner().invoke(app, ["model", "info", str(tmp_path / "b"), "--json"])
+    result = CliRunner().invoke(model_app, ["info", str(tmp_path / "b"), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output[result.output.index("{"):])
     assert info["model_id"] == "tiny-test-v1" and info["head"]["backend"] == "tiny"
     assert info["thresholds"] == {"scratch": 0.3, "label": 0.4}
-    result = CliRunner().invoke(app, ["model", "info", str(tmp_path / "b")])
+    result = CliRunner().invoke(model_app, ["info", str(tmp_path / "b")])
     assert result.exit_code == 0 and "tiny-test-v1" in result.output and "scratch" in result.output
-    result = CliRunner().invoke(app, ["model", "info", str(tmp_path / "missing")])
+    result = CliRunner().invoke(model_app, ["info", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "cannot read bundle" in result.output

@@ -27,9 +27,10 @@ Public API
     Shares the module: ``llava.model.vision_tower`` becomes ``encoder.vision`` (or, with no
     encoder given, ``head.encoder`` is built from the LLaVA tower).
 ``head.image_tokens(enc: EncoderOutput) -> Tensor``  the (B, T, D) tokens this head reads
-    (patch tokens; the CLS token when ``image_tokens="cls"``; the CLS token followed by the
-    patch tokens when ``"cls_patch"``). Every method below accepts an ``EncoderOutput`` or
-    the tensor ``image_tokens`` would have picked from it (patch tokens, or (B, 1, D) CLS).
+    (the encoder's feature tokens with ``image_tokens="patch"``; the CLS token when ``"cls"``;
+    the CLS token followed by the feature tokens when ``"cls_then_patch"``, which heads
+    written before call ``"cls_patch"``). Every method below accepts an ``EncoderOutput`` or
+    the tensor ``image_tokens`` would have picked from it (feature tokens, or (B, 1, D) CLS).
 ``head.score(tokens, questions) -> (B, Q) P(yes)``   questions: list of str or schemas Question
 ``head.logits(tokens, questions, share_prefix=True) -> (B, Q, 2)`` [yes, no] logits
 ``head.pair_logits(tokens, questions) -> (B, 2)``   question i asked of frame i
@@ -45,11 +46,11 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Annotated, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -61,9 +62,19 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from inference.encoder import EncoderOutput, FrameEncoder, default_dtype, hub_kwargs, resolve_device
+from model.encoder import EncoderOutput, FrameEncoder, default_dtype, hub_kwargs, resolve_device
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Names of other days, still read from the heads that carry them: old name -> name now.
+OLD_IMAGE_TOKENS = {"cls_patch": "cls_then_patch"}
+
+
+def renamed_image_tokens(value: object) -> object:
+    """An ``image_tokens`` value under its name now (heads written before say ``"cls_patch"``)."""
+    return OLD_IMAGE_TOKENS.get(value, value) if isinstance(value, str) else value
+
+
+ImageTokens = Annotated[Literal["patch", "cls", "cls_then_patch"], BeforeValidator(renamed_image_tokens)]
 
 
 def cache_dir() -> Path:
@@ -170,10 +181,11 @@ class HeadConfig(BaseModel):
     backend: Literal["tiny", "smollm2", "llava"] = "tiny"
     decoder: TinyDecoderConfig = TinyDecoderConfig()  # backend "tiny" only
     source: str | None = None  # llava: a local folder or hub id (bundles store "llava" = the head's subfolder)
-    # "cls_patch" prepends the CLS token of the feature layer (LLaVA's "full" select strategy):
-    # the default bundle's encoder, trained contrastively on the CLS position, keeps its surface-defect
-    # evidence there more than in the patch tokens (docs/evaluation.md, the feature probes).
-    image_tokens: Literal["patch", "cls", "cls_patch"] = "patch"
+    # "cls_then_patch" prepends the CLS token of the feature layer to its patch tokens (what LLaVA's
+    # "full" select strategy reads): the default bundle's encoder, trained contrastively on the CLS
+    # position, keeps its surface-defect evidence there more than in the patch tokens
+    # (docs/evaluation.md, the feature probes). Heads written before call it "cls_patch".
+    image_tokens: ImageTokens = "patch"
     # False: image tokens are mean-pooled into one token before the LM reads the
     # question, so the question cannot weight them (the paper's ablation).
     question_aware: bool = True
@@ -311,7 +323,7 @@ class MLLMHead(nn.Module):
 
         ``local_files_only=None`` decides from the source: a folder never touches the network.
         """
-        from inference.encoder import EncoderConfig, FramePreprocessor
+        from model.encoder import EncoderConfig, FramePreprocessor
 
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
@@ -322,7 +334,7 @@ class MLLMHead(nn.Module):
         lc = llava.config
         if not isinstance(lc.vision_feature_layer, int):
             raise ValueError("multi-layer vision features are not supported")
-        select = "patch" if lc.vision_feature_select_strategy == "default" else "cls_patch"
+        select = "patch" if lc.vision_feature_select_strategy == "default" else "all"
         if encoder is None:
             preprocess = None
             if Path(source).is_dir() and (Path(source) / "preprocessor_config.json").is_file():
@@ -411,11 +423,11 @@ class MLLMHead(nn.Module):
         if isinstance(tokens, EncoderOutput):
             if kind == "cls":
                 tokens = tokens.cls_token[:, None]
-            elif kind == "cls_patch":
-                tokens = torch.cat([tokens.cls_token[:, None], tokens.patch_tokens], dim=1)
+            elif kind == "cls_then_patch":
+                tokens = torch.cat([tokens.cls_token[:, None], tokens.feature_tokens], dim=1)
             else:
-                tokens = tokens.patch_tokens
-        elif (kind == "cls" and tokens.shape[1] != 1) or kind == "cls_patch":
+                tokens = tokens.feature_tokens
+        elif (kind == "cls" and tokens.shape[1] != 1) or kind == "cls_then_patch":
             raise ValueError(f"image_tokens={kind!r} needs the CLS token: pass the EncoderOutput")
         if tokens.is_inference() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             tokens = tokens.clone()  # encoder outputs are inference tensors; autograd cannot save them

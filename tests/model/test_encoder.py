@@ -5,58 +5,58 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor, CLIPModel
 
-from inference.encoder import EncoderConfig, FrameEncoder, FramePreprocessor
+from model.encoder import EncoderConfig, FrameEncoder, FramePreprocessor
 
 
 def test_shapes_and_default_feature_selection(clip, encoder, frames):
     out = encoder.encode_frames(frames)
     assert out.image_embeds.shape == (3, 16)
-    assert out.patch_tokens.shape == (3, 16, 32)  # (32/8)^2 patches, no CLS
+    assert out.feature_tokens.shape == (3, 16, 32)  # (32/8)^2 patches, no CLS
     assert out.cls_token.shape == (3, 32)
     assert encoder.num_tokens == 16
 
     pixels = encoder.preprocess(frames)
     ref = clip.vision_model(pixels, output_hidden_states=True)
     # LLaVA's default: penultimate layer, CLS dropped.
-    torch.testing.assert_close(out.patch_tokens, ref.hidden_states[-2][:, 1:])
+    torch.testing.assert_close(out.feature_tokens, ref.hidden_states[-2][:, 1:])
     torch.testing.assert_close(out.cls_token, ref.hidden_states[-2][:, 0])
     torch.testing.assert_close(out.image_embeds, clip.get_image_features(pixel_values=pixels).pooler_output)
 
 
-@pytest.mark.parametrize("select,tokens", [("cls", 1), ("cls_patch", 17), ("patch", 16)])
+@pytest.mark.parametrize("select,tokens", [("cls", 1), ("all", 17), ("patch", 16)])
 def test_feature_select_and_layer(clip, frames, select, tokens):
     enc = FrameEncoder.from_clip(clip, EncoderConfig(feature_layer=1, feature_select=select))
     out = enc.encode_frames(frames)
-    assert out.patch_tokens.shape == (3, tokens, 32)
+    assert out.feature_tokens.shape == (3, tokens, 32)
     ref = clip.vision_model(enc.preprocess(frames), output_hidden_states=True).hidden_states[1]
-    torch.testing.assert_close(out.patch_tokens, ref if select == "cls_patch" else ref[:, :1] if select == "cls" else ref[:, 1:])
+    torch.testing.assert_close(out.feature_tokens, ref if select == "all" else ref[:, :1] if select == "cls" else ref[:, 1:])
     assert enc.num_tokens == tokens
 
 
 def test_pooled_false_skips_projection(encoder, frames):
     out = encoder.encode_frames(frames, pooled=False)
     assert out.image_embeds is None
-    torch.testing.assert_close(out.patch_tokens, encoder.encode_frames(frames).patch_tokens)
+    torch.testing.assert_close(out.feature_tokens, encoder.encode_frames(frames).feature_tokens)
 
 
 def test_frozen_and_inference_mode(encoder, frames):
     assert not any(p.requires_grad for p in encoder.parameters())
     assert not encoder.training
-    assert encoder.encode_frames(frames).patch_tokens.is_inference()
+    assert encoder.encode_frames(frames).feature_tokens.is_inference()
 
 
 def test_position_embedding_ablation_zeroes_and_restores(clip, encoder, frames):
-    before = encoder.encode_frames(frames).patch_tokens.clone()
+    before = encoder.encode_frames(frames).feature_tokens.clone()
     original = clip.vision_model.embeddings.position_embedding.weight.clone()
     with encoder.without_position_embeddings():
         assert torch.count_nonzero(clip.vision_model.embeddings.position_embedding.weight) == 0
-        ablated = encoder.encode_frames(frames).patch_tokens.clone()
+        ablated = encoder.encode_frames(frames).feature_tokens.clone()
     assert not torch.allclose(before, ablated)
     torch.testing.assert_close(clip.vision_model.embeddings.position_embedding.weight, original)
-    torch.testing.assert_close(encoder.encode_frames(frames).patch_tokens, before)
+    torch.testing.assert_close(encoder.encode_frames(frames).feature_tokens, before)
 
     by_config = FrameEncoder.from_clip(clip, EncoderConfig(position_embeddings=False))
-    torch.testing.assert_close(by_config.encode_frames(frames).patch_tokens, ablated)
+    torch.testing.assert_close(by_config.encode_frames(frames).feature_tokens, ablated)
     by_config.set_position_embeddings(True)
     torch.testing.assert_close(clip.vision_model.embeddings.position_embedding.weight, original)
 
@@ -80,7 +80,7 @@ def test_preprocess_matches_clip_image_processor(tmp_path):
 def test_a_saved_preprocessor_config_is_written_back_unchanged(tmp_path):
     import json
 
-    from inference.encoder import CLIP_STD
+    from model.encoder import CLIP_STD
 
     FramePreprocessor(image_size=64, resize_to=72).save_pretrained(tmp_path)
     first = (tmp_path / "preprocessor_config.json").read_text()
@@ -106,7 +106,7 @@ def test_save_pretrained_loads_offline(clip, encoder, frames, tmp_path, monkeypa
     loaded = FrameEncoder.from_pretrained(tmp_path, device="cpu")
     assert isinstance(loaded.vision, torch.nn.Module) and loaded.vision is not encoder.vision
     a, b = encoder.encode_frames(frames), loaded.encode_frames(frames)
-    torch.testing.assert_close(a.patch_tokens, b.patch_tokens)
+    torch.testing.assert_close(a.feature_tokens, b.feature_tokens)
     torch.testing.assert_close(a.image_embeds, b.image_embeds)
     with pytest.raises(OSError):
         CLIPModel.from_pretrained(tmp_path / "missing", local_files_only=True)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import CLIPModel, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from inference.clip_baseline import clip_tokenizer
-from inference.encoder import EncoderConfig, FrameEncoder, compact_clip_config
-from inference.head import HeadConfig, MLLMHead, TinyDecoderConfig, compact_tokenizer
+from model.clip_baseline import clip_tokenizer
+from model.encoder import EncoderConfig, FrameEncoder, compact_clip_config
+from model.head import HeadConfig, MLLMHead, TinyDecoderConfig, compact_tokenizer
 from schemas.config import Question
 
 torch.set_num_threads(2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.encoder import EncoderConfig, FrameEncoder
-from inference.head import HeadConfig, MLLMHead
+from model.encoder import EncoderConfig, FrameEncoder
+from model.head import HeadConfig, MLLMHead
 
 
 def test_loads_offline_and_shares_the_encoder(llava_dir, clip, encoder, frames, questions, monkeypatch):

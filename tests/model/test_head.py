@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.head import HeadConfig, MLLMHead
+from model.head import HeadConfig, MLLMHead
 
 
 def test_score_shapes_and_probabilities(head, encoder, frames, questions):
@@ -71,20 +71,20 @@ def test_cls_and_question_blind_variants(tiny_decoder, encoder, frames, question
     assert cls_head.prefix_embeds(out).shape[1] == len(cls_head.prefix_ids) + 1
     torch.testing.assert_close(cls_head.score(out, questions), cls_head.score(out.cls_token[:, None], questions))
     with pytest.raises(ValueError, match="CLS"):
-        cls_head.score(out.patch_tokens, questions)
+        cls_head.score(out.feature_tokens, questions)
 
-    both = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, image_tokens="cls_patch"), encoder=encoder, device="cpu")
+    both = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, image_tokens="cls_then_patch"), encoder=encoder, device="cpu")
     tokens = both.image_tokens(out)
-    assert tokens.shape[1] == out.patch_tokens.shape[1] + 1
+    assert tokens.shape[1] == out.feature_tokens.shape[1] + 1
     torch.testing.assert_close(tokens[:, 0], out.cls_token)
-    torch.testing.assert_close(tokens[:, 1:], out.patch_tokens)
+    torch.testing.assert_close(tokens[:, 1:], out.feature_tokens)
     with pytest.raises(ValueError, match="CLS"):
-        both.score(out.patch_tokens, questions)
+        both.score(out.feature_tokens, questions)
 
     blind = MLLMHead.create(HeadConfig.tiny(decoder=tiny_decoder, question_aware=False), encoder=encoder, device="cpu")
     prefix = blind.prefix_embeds(out)
     assert prefix.shape[1] == len(blind.prefix_ids) + 1  # one pooled image token
-    image = blind.projector(out.patch_tokens.mean(1))
+    image = blind.projector(out.feature_tokens.mean(1))
     torch.testing.assert_close(prefix[:, -1], image)
     assert torch.all((blind.score(out, questions) >= 0) & (blind.score(out, questions) <= 1))
 

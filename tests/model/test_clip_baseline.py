@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from inference.clip_baseline import ClipBaseline, LinearProbe, clip_tokenizer, prompts_for
+from model.clip_baseline import ClipBaseline, LinearProbe, clip_tokenizer, prompts_for
 
 
 def test_scores_are_clip_softmax_over_two_captions(clip, clip_tok, encoder, frames, questions):

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from inference import finetune as ft
-from inference.head import HeadConfig, TinyDecoderConfig
-from inference.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 from ingest import synth
 from ingest.recording import Recording
+from model.head import HeadConfig, TinyDecoderConfig
+from training import data as td
+from training import finetune as ft
+from training import metrics as tm
+from training.calibrate import calibrate
+from training.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
 
 TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
 
@@ -48,7 +51,7 @@ def tiny_config(**kw) -> ft.FinetuneConfig:
 
 
 def test_pretrain_writes_a_clip_that_loads_offline(tiny_clip):
-    from inference.encoder import load_clip
+    from model.encoder import load_clip
 
     files = {p.name for p in tiny_clip.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "pretrain.json"} <= files
@@ -95,7 +98,7 @@ def test_a_hard_pair_is_a_twin_without_the_defect_and_a_caption_without_its_word
 
 
 def test_pretraining_continues_from_a_checkpoint(tiny_clip, workdir):
-    from inference.encoder import load_clip
+    from model.encoder import load_clip
 
     cfg = PretrainConfig(batch_size=8, max_steps=2, render_width=160, log_every=1, threads=1, warmup_steps=1,
                          hard_pair_rate=1.0, init_from=str(tiny_clip))
@@ -109,11 +112,11 @@ def test_pretraining_continues_from_a_checkpoint(tiny_clip, workdir):
 
 
 def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    questions = ft.questions_of(recordings)
-    data = ft.encode_recordings(encoder, recordings, questions, log=lambda m: None)
+    questions = td.questions_of(recordings)
+    data = td.encode_recordings(encoder, recordings, questions, log=lambda m: None)
     assert len(data) == 80 and data.labels.shape == (80, len(questions))
     head, record = ft.train_head(tiny_config(), encoder, data, data, log=lambda m: None)
     assert record["best_val_loss"] < record["history"][0]["val_loss"]
@@ -134,7 +137,7 @@ def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, record
 
 def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tiny_clip, recordings, workdir):
     """README's "Adapting the head to your line": record, label, finetune with no line config."""
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
     from ingest.label import label_recording
     from ingest.recording import RecordingMeta, RecordingWriter
 
@@ -151,7 +154,7 @@ def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tin
 
     out = workdir / "adapted"
     ft.finetune(tiny_config(max_steps=3), bundle, [camera], out, log=lambda m: None)
-    scratch = next(q for q in ft.questions_of(recordings) if q.id == "scratch")
+    scratch = next(q for q in td.questions_of(recordings) if q.id == "scratch")
     assert list(load_bundle(out, device="cpu").spec.questions) == [scratch]  # the bundle's wording
 
     label_recording(camera, "dent", yes=[(20, 22)])
@@ -160,7 +163,7 @@ def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tin
 
 
 def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     first, second = workdir / "first", workdir / "continued"
     ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None,
@@ -187,7 +190,7 @@ def test_finetune_from_a_bundles_head_keeps_how_that_head_was_made(tiny_clip, re
 
 def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, recordings, workdir):
     """A bundle's encoder pretrained further keeps the bundle's head as its new head's starting point."""
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     first, continued_clip, second = workdir / "head-source", workdir / "clip-further", workdir / "new-encoder"
     ft.finetune(tiny_config(max_steps=5, seed=1), tiny_clip, recordings, first, log=lambda m: None, model_id="first")
@@ -213,19 +216,19 @@ def test_finetune_starts_from_another_bundles_head_on_a_new_encoder(tiny_clip, r
     assert prov["encoder_pretraining"]["init_pretraining"]["steps"] == 3
 
 
-def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
-    """--image-tokens cls_patch from a patch-token bundle: the bundle written reads CLS + patches."""
-    from inference.bundle import load_bundle
+def test_a_patch_head_starts_a_cls_then_patch_head(tiny_clip, recordings, workdir):
+    """--image-tokens cls_then_patch from a patch-token bundle: the bundle written reads CLS + patches."""
+    from model.bundle import load_bundle
 
     source, out = workdir / "patch-head", workdir / "cls-patch-head"
     ft.finetune(tiny_config(max_steps=3), tiny_clip, recordings, source, log=lambda m: None, model_id="patch")
-    ft.finetune(tiny_config(image_tokens="cls_patch", max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
+    ft.finetune(tiny_config(image_tokens="cls_then_patch", max_steps=3), tiny_clip, recordings, out, log=lambda m: None,
                 init_head_from=source)
     bundle = load_bundle(out, device="cpu")
-    assert bundle.head.config.image_tokens == "cls_patch"
+    assert bundle.head.config.image_tokens == "cls_then_patch"
     _, jpeg = next(iter(Recording(recordings[0]).frames()))
-    enc = bundle.encoder.encode_frames([ft.decode(jpeg)])
-    assert bundle.head.image_tokens(enc).shape[1] == enc.patch_tokens.shape[1] + 1
+    enc = bundle.encoder.encode_frames([td.decode(jpeg)])
+    assert bundle.head.image_tokens(enc).shape[1] == enc.feature_tokens.shape[1] + 1
     scores = bundle.head.score(enc, bundle.spec.questions)
     assert scores.shape == (1, len(bundle.spec.questions)) and torch.all((scores >= 0) & (scores <= 1))
 
@@ -235,11 +238,11 @@ def test_a_patch_head_starts_a_cls_patch_head(tiny_clip, recordings, workdir):
     ft.finetune(tiny_config(max_steps=2, variant="question_blind"), tiny_clip, recordings, blind,
                 log=lambda m: None, init_head_from=out, head_only=True)
     blind_config = json.loads((blind / "head_config.json").read_text())
-    assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_patch"
+    assert blind_config["question_aware"] is False and blind_config["image_tokens"] == "cls_then_patch"
 
 
 def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, recordings, workdir):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     out = workdir / "to-calibrate"
     ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, out, log=lambda m: None, cache_dir=workdir / "cache")
@@ -249,19 +252,19 @@ def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, r
     for q in spec["questions"]:
         q["threshold"] = 0.999
     (out / "bundle.json").write_text(json.dumps(spec))
-    record = ft.calibrate(out, recordings, max_fpr=0.1, cache_dir=workdir / "cache", log=lambda m: None)
+    record = calibrate(out, recordings, max_fpr=0.1, cache_dir=workdir / "cache", log=lambda m: None)
     after = load_bundle(out, device="cpu")
     assert after.spec.provenance["calibration"] == record
     assert after.spec.provenance["finetune"] == before.provenance["finetune"]  # how the head was made is kept
     questions = [q for q in after.spec.questions if q.category != "relation"]
-    data = ft.encode_recordings(after.encoder, recordings, questions, log=lambda m: None)
-    scores = torch.sigmoid(ft.head_margins(after.head, data.tokens, questions)).numpy()
+    data = td.encode_recordings(after.encoder, recordings, questions, log=lambda m: None)
+    scores = torch.sigmoid(tm.head_margins(after.head, data.tokens, questions)).numpy()
     thresholds = after.thresholds_for(questions)
     for j, q in enumerate(questions):
         r = record["questions"][q.id]
         assert after.spec.thresholds[q.id] == r["threshold"] == pytest.approx(float(thresholds[j]))
         negatives = scores[data.labels[:, j].numpy() == 0, j]
-        if min(r["positives"], r["negatives"]) >= ft.MIN_EACH:  # a question the recordings answer is refitted
+        if min(r["positives"], r["negatives"]) >= tm.MIN_EACH:  # a question the recordings answer is refitted
             assert r["false_positive_rate"] <= 0.1
             assert (negatives >= r["threshold"]).mean() == pytest.approx(r["false_positive_rate"], abs=1e-4)
         else:
@@ -269,7 +272,7 @@ def test_calibrate_rewrites_thresholds_under_the_false_positive_cap(tiny_clip, r
 
 
 def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
-    from inference.evaluate import evaluate
+    from training.evaluate import evaluate
 
     bundle = workdir / "bundle"
     if not bundle.is_dir():
@@ -299,7 +302,7 @@ def test_eval_reports_every_scorer_and_category(tiny_clip, recordings, workdir):
 def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(tiny_clip, recordings, workdir):
     from typer.testing import CliRunner
 
-    from inference.cli import app
+    from training.cli import model_app
 
     runner = CliRunner()
 
@@ -311,30 +314,30 @@ def test_eval_and_finetune_name_a_bad_path_instead_of_failing_with_a_traceback(t
     if not bundle.is_dir():
         ft.finetune(tiny_config(max_steps=5), tiny_clip, recordings, bundle, log=lambda m: None)
 
-    result = runner.invoke(app, ["model", "eval", str(workdir / "missing"), "--data", rec, "--out", str(workdir / "e1")])
+    result = runner.invoke(model_app, ["eval", str(workdir / "missing"), "--data", rec, "--out", str(workdir / "e1")])
     assert result.exit_code == 1 and "eval failed" in said(result) and "not a model bundle" in said(result)
     # an --ablations folder without heads fails before the encoding, not after a report without them
     empty = workdir / "no-heads"
     empty.mkdir()
-    result = runner.invoke(app, ["model", "eval", str(bundle), "--data", rec, "--ablations", str(empty),
+    result = runner.invoke(model_app, ["eval", str(bundle), "--data", rec, "--ablations", str(empty),
                                  "--out", str(workdir / "e2"), "--pairs", "2", "--threads", "1"])
     assert result.exit_code == 1 and "no ablation heads" in said(result)
     assert not (workdir / "e2" / "report.md").exists()
 
-    result = runner.invoke(app, ["model", "finetune", "--encoder", str(workdir / "no-such-clip"), "--data", rec,
+    result = runner.invoke(model_app, ["finetune", "--encoder", str(workdir / "no-such-clip"), "--data", rec,
                                  "--out", str(workdir / "f1"), "--max-steps", "1", "--threads", "1"])
     assert result.exit_code == 1 and "cannot load the encoder" in said(result)
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
     (workdir / "a-file").write_text("")  # an --out under a file fails before any training, not after it
-    result = runner.invoke(app, ["model", "finetune", "--encoder", str(bundle), "--data", rec, "--out",
+    result = runner.invoke(model_app, ["finetune", "--encoder", str(bundle), "--data", rec, "--out",
                                  str(workdir / "a-file" / "out"), "--max-steps", "1", "--threads", "1"])
     assert result.exit_code == 1 and "finetune failed" in said(result) and "encoded" not in said(result)
 
 
 def test_pair_images_differ_only_in_the_asked_property():
     qs = [q for q in synth.SYNTH_QUESTIONS if q.id in ("label_left", "scratch")]
-    pos, neg, answers = ft.render_pairs(qs, 2, seed=1, size=(320, 240))
+    pos, neg, answers = td.render_pairs(qs, 2, seed=1, size=(320, 240))
     assert len(pos) == len(neg) == 4 and len(answers) == 8
     for i, (a, b) in enumerate(zip(pos, neg)):
         diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 40
@@ -347,88 +350,88 @@ def test_pair_images_differ_only_in_the_asked_property():
 
 def test_the_encoding_cache_follows_the_encoder_weights(tiny_clip, recordings, workdir):
     encoder = ft.load_encoder(tiny_clip)[0]
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     seen: list[str] = []
-    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
-    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    td.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    td.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
     assert sum("using cached encodings of 1 of 1" in m for m in seen) == 1
     # Two weights swapped: the same sum, another encoder, so the cache must not answer.
     weight = encoder.vision.embeddings.patch_embedding.weight
     with torch.no_grad():
         flat = weight.view(-1)
         flat[[0, 1]] = flat[[1, 0]].clone()
-    ft.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
+    td.cached_encoding(encoder, recordings[:1], questions, 4, workdir / "cache-weights", seen.append)
     assert sum("using cached encodings" in m for m in seen) == 1
 
 
 def test_a_run_with_more_recordings_encodes_only_the_new_ones(tiny_clip, recordings, workdir):
     encoder = ft.load_encoder(tiny_clip)[0]
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     cache = workdir / "cache-grow"
-    first = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    first = td.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
     assert len(list(cache.glob("encoded-*.pt"))) == 1
     seen: list[str] = []
-    both = ft.cached_encoding(encoder, recordings, questions, 2, cache, seen.append)
+    both = td.cached_encoding(encoder, recordings, questions, 2, cache, seen.append)
     assert any("using cached encodings of 1 of 2" in m for m in seen)
     assert len(list(cache.glob("encoded-*.pt"))) == 2  # the second recording's, and nothing else
-    fresh = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
+    fresh = td.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
     assert len(both) == len(fresh) == 40 and both.groups == fresh.groups and both.sources == fresh.sources
     assert torch.equal(both.labels, fresh.labels)
     # the joined set holds its patch tokens in float16: the fresh float32 encoding, rounded
-    torch.testing.assert_close(both.tokens.patch_tokens, fresh.tokens.patch_tokens.to(ft.HELD_PATCH_DTYPE))
-    torch.testing.assert_close(both.tokens.patch_tokens[: len(first)], first.tokens.patch_tokens)
+    torch.testing.assert_close(both.tokens.feature_tokens, fresh.tokens.feature_tokens.to(td.HELD_PATCH_DTYPE))
+    torch.testing.assert_close(both.tokens.feature_tokens[: len(first)], first.tokens.feature_tokens)
 
 
 def test_the_cache_stores_patch_tokens_in_half_precision_and_still_reads_float32_files(tiny_clip, recordings, workdir):
     encoder = ft.load_encoder(tiny_clip)[0]
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     cache = workdir / "cache-half"
-    half = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    half = td.cached_encoding(encoder, recordings[:1], questions, 2, cache, lambda m: None)
     [path] = list(cache.glob("encoded-*.pt"))
     saved = torch.load(path, weights_only=False)
     embeds, patches, cls = saved["tokens"]
-    assert patches.dtype == ft.HELD_PATCH_DTYPE and cls.dtype == embeds.dtype == torch.float32
-    fresh = ft.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
+    assert patches.dtype == td.HELD_PATCH_DTYPE and cls.dtype == embeds.dtype == torch.float32
+    fresh = td.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
     # a file written before, with float32 patch tokens, under the same name
-    torch.save({**saved, "tokens": (embeds, fresh.tokens.patch_tokens, cls)}, path)
+    torch.save({**saved, "tokens": (embeds, fresh.tokens.feature_tokens, cls)}, path)
     assert torch.load(path, weights_only=False)["tokens"][1].dtype == torch.float32
     seen: list[str] = []
-    old = ft.cached_encoding(encoder, recordings[:1], questions, 2, cache, seen.append)
+    old = td.cached_encoding(encoder, recordings[:1], questions, 2, cache, seen.append)
     assert any("using cached encodings of 1 of 1" in m for m in seen) and not any("encoding 1" in m for m in seen)
-    assert old.tokens.patch_tokens.dtype == ft.HELD_PATCH_DTYPE and old.groups == half.groups
-    assert torch.equal(old.tokens.patch_tokens, half.tokens.patch_tokens)
+    assert old.tokens.feature_tokens.dtype == td.HELD_PATCH_DTYPE and old.groups == half.groups
+    assert torch.equal(old.tokens.feature_tokens, half.tokens.feature_tokens)
     assert torch.equal(old.tokens.cls_token, half.tokens.cls_token) and torch.equal(old.labels, half.labels)
 
 
 def test_splitting_cached_pieces_gives_the_split_of_their_join(tiny_clip, recordings, workdir):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    questions = ft.questions_of(recordings)
-    joined = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
-    ft.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)
-    pieces = ft.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)  # read back
+    questions = td.questions_of(recordings)
+    joined = td.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)
+    td.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)
+    pieces = td.cached_pieces(encoder, recordings, questions, 2, workdir / "cache-split", lambda m: None)  # read back
     assert len(pieces) == len(recordings) > 1
-    train, val = ft.split_by_group(pieces, 0.3, seed=5)
-    want_train, want_val = ft.split_by_group([joined], 0.3, seed=5)
+    train, val = td.split_by_group(pieces, 0.3, seed=5)
+    want_train, want_val = td.split_by_group([joined], 0.3, seed=5)
     assert set(train.groups).isdisjoint(val.groups) and len(train) + len(val) == len(joined)
     for got, want in ((train, want_train), (val, want_val)):
         assert len(got) > 0 and got.groups == want.groups and torch.equal(got.labels, want.labels)
-        torch.testing.assert_close(got.tokens.patch_tokens, want.tokens.patch_tokens)
+        torch.testing.assert_close(got.tokens.feature_tokens, want.tokens.feature_tokens)
         torch.testing.assert_close(got.tokens.cls_token, want.tokens.cls_token)
         torch.testing.assert_close(got.tokens.image_embeds, want.tokens.image_embeds)
 
 
 def test_a_training_set_holds_patch_tokens_in_half_precision_and_the_head_scores_them_alike(tiny_clip, recordings):
-    from inference.head import MLLMHead
+    from model.head import MLLMHead
 
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    questions = ft.questions_of(recordings)
-    encoded = ft.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)  # as the encoder gave it
-    held, _ = ft.split_by_group([encoded], 0.0001, seed=0)  # what training holds: a join of the pieces
-    assert encoded.tokens.patch_tokens.dtype == torch.float32
-    assert held.tokens.patch_tokens.dtype == ft.HELD_PATCH_DTYPE == torch.float16
+    questions = td.questions_of(recordings)
+    encoded = td.encode_recordings(encoder, recordings, questions, 2, log=lambda m: None)  # as the encoder gave it
+    held, _ = td.split_by_group([encoded], 0.0001, seed=0)  # what training holds: a join of the pieces
+    assert encoded.tokens.feature_tokens.dtype == torch.float32
+    assert held.tokens.feature_tokens.dtype == td.HELD_PATCH_DTYPE == torch.float16
     assert held.tokens.cls_token.dtype == held.tokens.image_embeds.dtype == torch.float32  # the probe fits on these
     kept = torch.as_tensor([i for i, g in enumerate(encoded.groups) if g in set(held.groups)])  # in order
-    torch.testing.assert_close(held.tokens.patch_tokens.float(), encoded.tokens.patch_tokens[kept], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(held.tokens.feature_tokens.float(), encoded.tokens.feature_tokens[kept], rtol=1e-3, atol=1e-3)
     assert 0 < len(kept) == len(held) < len(encoded)
     head = MLLMHead.create(tiny_config().head_config(), encoder=encoder, device="cpu", dtype=torch.float32)
     with torch.no_grad():
@@ -440,19 +443,19 @@ def test_a_training_set_holds_patch_tokens_in_half_precision_and_the_head_scores
 
 def test_an_unreadable_cached_encoding_is_encoded_again(tiny_clip, recordings, workdir):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     cache = workdir / "cache-broken"
-    ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, lambda m: None)
+    td.cached_pieces(encoder, recordings[:1], questions, 2, cache, lambda m: None)
     [path] = list(cache.glob("encoded-*.pt"))
     path.write_bytes(path.read_bytes()[:200])  # cut off, as by a full disk or a killed copy
     seen = []
-    again = ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)
+    again = td.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)
     assert any("is unreadable" in m and "encoding its recording again" in m for m in seen)
-    fresh = ft.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
+    fresh = td.encode_recordings(encoder, recordings[:1], questions, 2, log=lambda m: None)
     assert again[0].groups == fresh.groups and torch.equal(again[0].labels, fresh.labels)
-    torch.testing.assert_close(again[0].tokens.patch_tokens, fresh.tokens.patch_tokens.to(ft.HELD_PATCH_DTYPE))
+    torch.testing.assert_close(again[0].tokens.feature_tokens, fresh.tokens.feature_tokens.to(td.HELD_PATCH_DTYPE))
     seen.clear()
-    ft.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)  # the rewritten file reads
+    td.cached_pieces(encoder, recordings[:1], questions, 2, cache, seen.append)  # the rewritten file reads
     assert not any("unreadable" in m for m in seen) and not any(m.startswith("encoded ") for m in seen)
 
 
@@ -462,7 +465,7 @@ def test_finetune_adds_twin_pairs_to_training_only(tiny_clip, recordings, workdi
     seen = []
     record = ft.finetune(tiny_config(max_steps=2, train_pairs=3), tiny_clip, recordings, workdir / "paired",
                          log=seen.append, head_only=True, cache_dir=workdir / "cache")
-    questions = ft.questions_of(recordings)
+    questions = td.questions_of(recordings)
     assert record["train_frames"] == plain["train_frames"] + 2 * 3 * len(questions)
     assert record["val_frames"] == plain["val_frames"]
     assert record["frames"] == plain["frames"] == plain["train_frames"] + plain["val_frames"]  # the recordings' frames
@@ -474,23 +477,12 @@ def test_twin_pairs_need_questions_the_synthetic_parts_can_show(tiny_clip):
 
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     with pytest.raises(ValueError, match="cannot show"):
-        ft.encode_pairs(encoder, [Question(id="burr", text="Is there a burr?", defect_type="burr")], 1, seed=1)
-
-
-def test_the_learning_rate_warms_up_then_stays_or_decays_by_the_first_budget_to_run_out():
-    constant = tiny_config(lr=1.0, warmup_steps=10, max_steps=100, time_limit_s=1000.0)
-    assert ft.learning_rate(constant, 5, 0.0) == pytest.approx(0.5)
-    assert ft.learning_rate(constant, 100, 999.0) == pytest.approx(1.0)
-    cosine = constant.model_copy(update={"lr_decay": "cosine"})
-    assert ft.learning_rate(cosine, 50, 0.0) == pytest.approx(0.5)  # half the steps: half the rate
-    assert ft.learning_rate(cosine, 20, 500.0) == pytest.approx(0.5)  # half the time, fewer steps: time decides
-    assert ft.learning_rate(cosine, 100, 0.0) == pytest.approx(0.0, abs=1e-12)
-    assert ft.learning_rate(cosine, 30, 2000.0) == pytest.approx(0.0, abs=1e-12)  # past the time limit: stays at 0
+        td.encode_pairs(encoder, [Question(id="burr", text="Is there a burr?", defect_type="burr")], 1, seed=1)
 
 
 def test_a_cosine_run_records_its_falling_rate(tiny_clip, recordings):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    data = ft.encode_recordings(encoder, recordings, ft.questions_of(recordings), log=lambda m: None)
+    data = td.encode_recordings(encoder, recordings, td.questions_of(recordings), log=lambda m: None)
     _, record = ft.train_head(tiny_config(lr_decay="cosine"), encoder, data, data, log=lambda m: None)
     rates = [h["lr"] for h in record["history"][1:]]
     assert len(rates) == 3 and rates[0] > rates[1] > rates[2] and rates[2] < 1e-4 * rates[0]
@@ -498,23 +490,23 @@ def test_a_cosine_run_records_its_falling_rate(tiny_clip, recordings):
 
 def test_the_validation_sample_has_the_size_asked_for(tiny_clip, recordings):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
-    data = ft.encode_recordings(encoder, recordings, ft.questions_of(recordings), log=lambda m: None)
+    data = td.encode_recordings(encoder, recordings, td.questions_of(recordings), log=lambda m: None)
     _, record = ft.train_head(tiny_config(max_steps=10, max_val_frames=7), encoder, data, data, log=lambda m: None)
     assert record["val_frames"] == 7 and len(data) > 7
 
 
 def test_auroc_and_threshold():
     y = np.array([0, 0, 0, 1, 1])
-    assert ft.auroc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
-    assert ft.auroc(np.array([0.9, 0.8, 0.3, 0.2, 0.1]), y) == 0.0
-    assert ft.auroc(np.array([0.5] * 5), y) == 0.5
-    assert np.isnan(ft.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
-    t = ft.best_threshold(np.array([0.1] * 6 + [0.3] * 6), np.array([0] * 6 + [1] * 6))
+    assert tm.auroc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
+    assert tm.auroc(np.array([0.9, 0.8, 0.3, 0.2, 0.1]), y) == 0.0
+    assert tm.auroc(np.array([0.5] * 5), y) == 0.5
+    assert np.isnan(tm.auroc(np.array([0.1, 0.2]), np.array([0, 0])))
+    t = tm.best_threshold(np.array([0.1] * 6 + [0.3] * 6), np.array([0] * 6 + [1] * 6))
     assert 0.1 < t <= 0.3
 
 
 def test_ablation_target_without_ablations_is_not_met():
-    from inference.evaluate import check_targets, markdown
+    from training.evaluate import check_targets, markdown
 
     metrics = {"pair_accuracy": 1.0, "auroc": 1.0, "accuracy": 1.0, "balanced_accuracy": 1.0}
     head = {"per_category": {c: metrics for c in ("spatial", "overall", "fine_detail")}}
@@ -529,15 +521,15 @@ def test_threshold_under_a_false_positive_cap():
     # barely separated: negatives 0.00..0.99, positives 0.20..0.99; "always yes" has the best balanced accuracy
     neg, pos = np.linspace(0, 0.99, 100), np.linspace(0.2, 0.99, 20)
     scores, labels = np.concatenate([neg, pos]), np.array([0] * 100 + [1] * 20)
-    uncapped = ft.best_threshold(scores, labels)
+    uncapped = tm.best_threshold(scores, labels)
     assert (neg >= uncapped).mean() > 0.5
-    capped = ft.best_threshold(scores, labels, max_fpr=0.05)
+    capped = tm.best_threshold(scores, labels, max_fpr=0.05)
     assert (neg >= capped).mean() <= 0.05 and (pos >= capped).mean() > 0
     # a cap of 0 still yields a threshold: one above every negative
-    assert (neg >= ft.best_threshold(scores, labels, max_fpr=0.0)).sum() == 0
+    assert (neg >= tm.best_threshold(scores, labels, max_fpr=0.0)).sum() == 0
     # a well-separated question is not moved by the cap
     sep = np.concatenate([np.linspace(0, 0.4, 100), np.linspace(0.6, 1, 20)])
-    assert ft.best_threshold(sep, labels, max_fpr=0.05) == ft.best_threshold(sep, labels)
+    assert tm.best_threshold(sep, labels, max_fpr=0.05) == tm.best_threshold(sep, labels)
 
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
@@ -545,7 +537,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
 
 @pytest.mark.skipif(not (SHIPPED / "bundle.json").is_file(), reason="models/default not built yet")
 def test_shipped_bundle_loads_offline_and_scores_sensibly(monkeypatch):
-    from inference.bundle import load_bundle
+    from model.bundle import load_bundle
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

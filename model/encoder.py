@@ -8,13 +8,14 @@ Public API
 ----------
 ``EncoderConfig(feature_layer=-2, feature_select="patch", position_embeddings=True)``
     Which hidden layer feeds the head and which of its tokens: ``"patch"`` (patch
-    tokens without CLS, as LLaVA does it), ``"cls"`` or ``"cls_patch"``.
+    tokens without CLS, as LLaVA does it), ``"cls"``, or ``"all"`` (every token of the
+    layer, CLS first: LLaVA's "full" strategy; bundles written before say ``"cls_patch"``).
     ``position_embeddings=False`` zeroes the tower's position embeddings (ablation).
 ``load_clip(source, device="auto", dtype=None) -> CLIPModel``
     A CLIP checkpoint from a local directory (never touches the network) or a hub id.
 ``FrameEncoder.from_clip(clip, config) / FrameEncoder.from_pretrained(source, config)``
 ``FrameEncoder.from_vision_tower(vision: CLIPVisionModel, config)``  (e.g. ``llava.model.vision_tower``)
-``encoder(pixel_values) -> EncoderOutput(image_embeds, patch_tokens, cls_token)``
+``encoder(pixel_values) -> EncoderOutput(image_embeds, feature_tokens, cls_token)``
     Runs under ``torch.inference_mode``: the outputs are inference tensors; call
     ``.clone()`` on them outside inference mode before using them in autograd.
 ``encoder.encode_frames(frames: list[np.ndarray BGR uint8]) -> EncoderOutput``
@@ -33,16 +34,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-FeatureSelect = Literal["patch", "cls", "cls_patch"]
+# Names of other days, still read from the bundles that carry them: old name -> name now.
+OLD_FEATURE_SELECT = {"cls_patch": "all"}
+FeatureSelect = Annotated[
+    Literal["patch", "cls", "all"],
+    BeforeValidator(lambda value: OLD_FEATURE_SELECT.get(value, value) if isinstance(value, str) else value),
+]
 
 # OpenAI CLIP's normalisation, used by every CLIP checkpoint patchsight knows.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,30 +99,31 @@ class EncoderOutput:
 
     image_embeds: (B, P) CLIP's pooled, projected image embedding (None when the
         tower has no projection, e.g. built from a LLaVA vision tower alone).
-    patch_tokens: (B, T, D) tokens of ``feature_layer`` chosen by ``feature_select``.
+    feature_tokens: (B, T, D) tokens of ``feature_layer`` chosen by ``feature_select`` (the patch
+        tokens by default; with ``"all"`` the CLS token first, then the patch tokens).
     cls_token: (B, D) the CLS token of ``feature_layer`` (for CLS-only heads).
     """
 
     image_embeds: torch.Tensor | None
-    patch_tokens: torch.Tensor
+    feature_tokens: torch.Tensor
     cls_token: torch.Tensor
 
     def __len__(self) -> int:
-        return self.patch_tokens.shape[0]
+        return self.feature_tokens.shape[0]
 
     def to(self, *args, **kwargs) -> "EncoderOutput":
         emb = None if self.image_embeds is None else self.image_embeds.to(*args, **kwargs)
-        return EncoderOutput(emb, self.patch_tokens.to(*args, **kwargs), self.cls_token.to(*args, **kwargs))
+        return EncoderOutput(emb, self.feature_tokens.to(*args, **kwargs), self.cls_token.to(*args, **kwargs))
 
     def select(self, index) -> "EncoderOutput":
         emb = None if self.image_embeds is None else self.image_embeds[index]
-        return EncoderOutput(emb, self.patch_tokens[index], self.cls_token[index])
+        return EncoderOutput(emb, self.feature_tokens[index], self.cls_token[index])
 
     @staticmethod
     def cat(parts: list["EncoderOutput"]) -> "EncoderOutput":
         emb = None if parts[0].image_embeds is None else torch.cat([p.image_embeds for p in parts])
         return EncoderOutput(
-            emb, torch.cat([p.patch_tokens for p in parts]), torch.cat([p.cls_token for p in parts])
+            emb, torch.cat([p.feature_tokens for p in parts]), torch.cat([p.cls_token for p in parts])
         )
 
 
@@ -313,9 +320,9 @@ class FrameEncoder(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per frame in ``patch_tokens``."""
+        """Tokens per frame in ``feature_tokens``."""
         patches = (self.vision.config.image_size // self.vision.config.patch_size) ** 2
-        return {"patch": patches, "cls": 1, "cls_patch": patches + 1}[self.config.feature_select]
+        return {"patch": patches, "cls": 1, "all": patches + 1}[self.config.feature_select]
 
     # --- ablation -----------------------------------------------------------------
 
@@ -356,7 +363,7 @@ class FrameEncoder(nn.Module):
                 if i + 1 == self.feature_index:
                     features = h
             select = self.config.feature_select
-            tokens = {"patch": features[:, 1:], "cls": features[:, :1], "cls_patch": features}[select]
+            tokens = {"patch": features[:, 1:], "cls": features[:, :1], "all": features}[select]
             image_embeds = None
             if pooled and self.projection is not None:
                 image_embeds = self.projection(vision.post_layernorm(h[:, 0]))

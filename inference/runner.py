@@ -1,0 +1,194 @@
+"""The model runner: what the inference worker's model and decode threads run, frame by frame and batch by batch.
+
+The worker (``inference/worker.py``) decides what runs and when: Kafka, the dynamic batcher,
+acknowledgements and commits. The runner runs it (the split vLLM makes between its scheduler and
+its model runner)::
+
+    decode threads  ModelRunner.decode   JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+    model thread    ModelRunner.score    encoder once per frame -> every question of the frame's line
+                    ModelRunner.result   scores + thresholds (+ thumbnail) -> one InspectionResult
+
+``decode`` is safe to call from several threads at once; ``score`` is called by one thread.
+``load_model`` loads the configured bundle, with one clear message when it cannot.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+
+from schemas.config import InferenceSettings, LineConfig, PatchsightConfig
+from schemas.frame import FrameMessage
+from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+
+if TYPE_CHECKING:
+    from model.bundle import Bundle
+
+THUMBNAIL_JPEG_QUALITY = 80
+Decoded = tuple[np.ndarray, torch.Tensor, float]  # (BGR image, model input, decode seconds)
+
+
+class ModelRunner:
+    """Decode, score and report frames for one worker, with the bundle and the lines it serves."""
+
+    def __init__(
+        self, bundle: "Bundle", lines: dict[str, LineConfig], settings: InferenceSettings, worker_id: str
+    ) -> None:
+        self.bundle = bundle
+        self.lines = lines
+        self.settings = settings
+        self.worker_id = worker_id
+        self.thresholds = {line_id: bundle.thresholds_for(line.questions) for line_id, line in lines.items()}
+        self.device = bundle.encoder.device
+        self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
+
+    # --- decode threads ------------------------------------------------------------
+
+    def decode(self, msg: FrameMessage) -> Decoded | str:
+        """JPEG -> BGR -> model input, or the reason it cannot be (the frame is dead-lettered)."""
+        start = time.perf_counter()
+        # [reliability, issue #9] OpenCV allocates whatever size the JPEG's frame header claims before
+        # reading any pixel data: a 300-byte record claiming 30000x30000 cost 5.9 GB and 16 s. Check
+        # the claim against the (bounded) ps-width/ps-height headers first.
+        declared = jpeg_size(msg.payload)
+        if declared is None:
+            return "the payload is not a JPEG (no frame header before the image data)"
+        if declared != (msg.width, msg.height):
+            return f"the JPEG is {declared[0]}x{declared[1]}, the headers say {msg.width}x{msg.height}"
+        try:
+            image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                return "the payload is not a decodable JPEG"
+            pixels = self.bundle.encoder.preprocess([image])[0]
+        except (cv2.error, ValueError) as exc:
+            return f"decoding failed: {exc}"
+        return image, pixels, time.perf_counter() - start
+
+    # --- the model thread ------------------------------------------------------------
+
+    def score(self, line_ids: list[str], pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        """One batch: each frame through the encoder once, then every question of its line; a score row per frame."""
+        encoded = self.bundle.encoder(self._to_device(pixels), pooled=False)
+        by_line: dict[str, list[int]] = defaultdict(list)
+        for i, line_id in enumerate(line_ids):
+            by_line[line_id].append(i)
+        scores: dict[int, np.ndarray] = {}
+        for line_id, rows in by_line.items():
+            line_scores = self.bundle.score_encoded(encoded.select(rows), self.lines[line_id].questions)
+            scores.update(zip(rows, line_scores))
+        return [scores[i] for i in range(len(line_ids))]
+
+    def _to_device(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.stack(pixels)
+        # Page-locked staging lets the copy run asynchronously; the next batch reuses the
+        # buffer only after score_encoded has synchronised on this one's scores.
+        if self._staging is None or self._staging.shape[0] < len(pixels):
+            self._staging = torch.empty((self.settings.max_batch, *pixels[0].shape), pin_memory=True)
+        staged = torch.stack(pixels, out=self._staging[: len(pixels)])
+        return staged.to(self.device, non_blocking=True)
+
+    # --- results ---------------------------------------------------------------------
+
+    def result(
+        self,
+        msg: FrameMessage,
+        status: ResultStatus,
+        *,
+        skip_reason: str | None = None,
+        scores: np.ndarray | None = None,
+        timing: Timing | None = None,
+        image: np.ndarray | None = None,
+    ) -> InspectionResult:
+        line = self.lines[msg.line_id]
+        question_scores = []
+        if scores is not None:
+            for question, score, threshold in zip(line.questions, scores, self.thresholds[line.id]):
+                score = min(max(float(score), 0.0), 1.0)
+                question_scores.append(QuestionScore(
+                    question_id=question.id, score=score, threshold=float(threshold),
+                    defect_type=question.defect_type, above_threshold=score >= threshold,
+                ))
+        thumbnail = None
+        if image is not None and any(q.above_threshold for q in question_scores):
+            thumbnail = thumbnail_jpeg_b64(image, self.settings.thumbnail_px)
+        return InspectionResult(
+            line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
+            status=status, skip_reason=skip_reason, model_id=self.bundle.model_id, worker_id=self.worker_id,
+            scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
+        )
+
+
+# [reliability, issue #9] JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, without decoding; None if there is none before the scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header came first
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data) or length < 7:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
+
+
+def thumbnail_jpeg_b64(image: np.ndarray, px: int) -> str:
+    h, w = image.shape[:2]
+    scale = px / max(h, w)
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_JPEG_QUALITY])
+    return base64.b64encode(jpeg.tobytes()).decode() if ok else ""
+
+
+# --- loading the model -------------------------------------------------------------------
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model bundle cannot be loaded; the message says which file and why."""
+
+
+def load_model(config: PatchsightConfig) -> "Bundle":
+    from model.bundle import load_bundle
+
+    path = Path(config.model.bundle)
+    if not path.exists():
+        raise ModelLoadError(
+            f"model bundle {path} does not exist (model.bundle in the config, or PATCHSIGHT__MODEL__BUNDLE)"
+        )
+    try:
+        bundle = load_bundle(path, config.model.device)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
+        raise ModelLoadError(f"cannot load model bundle {path} on device {config.model.device!r}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    bundle.encoder.eval()
+    bundle.head.eval()
+    return bundle

@@ -1,0 +1,339 @@
+"""Labelled frames for training and evaluation, encoded once.
+
+Every labelled frame answers every question of its line (``FrameTruth.answers``), so a frame
+is a row of yes/no questions. Frames are decoded and encoded once (the encoder is frozen);
+``cached_pieces`` keeps each recording's encoding in a cache folder, so that several heads share
+one encoding and a run that adds recordings encodes only those. ``render_pairs`` draws twin
+pairs from the synthetic line (one part with and without the asked property), and
+``split_by_group`` splits by part, not by frame: consecutive frames of one part are near duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ingest import synth
+from ingest.recording import Recording
+from model.encoder import EncoderOutput, FrameEncoder
+from schemas.config import Question, QuestionCategory
+
+Log = Callable[[str], None]
+
+
+# Patch tokens are nearly all of a training set's memory (64 x 192 floats a frame at the compact
+# encoder: 13 GB in float32 for v18's 268k training frames, which left 24 GB machines under 2 GB
+# free). Held in float16 they take half; the head casts each batch back to its own precision, and
+# the rounding moved the shipped head's scores by at most 3e-4 on cached frames. The encoding
+# cache stores them so too: every reader joins the pieces into this precision anyway, so float32
+# on disk only doubled the cache and the page cache a run maps.
+HELD_PATCH_DTYPE = torch.float16
+
+
+@dataclass
+class LabelledSet:
+    """Encoded frames with their answers: labels (N, Q) in {0, 1}, -1 where a frame has no answer."""
+
+    tokens: EncoderOutput
+    labels: torch.Tensor
+    groups: list[str]  # one id per physical part (or per empty-belt stretch): the unit of the split
+    questions: list[Question]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def concat(self, other: LabelledSet) -> LabelledSet:
+        return LabelledSet.join([self, other])
+
+    @staticmethod
+    def join(sets: Sequence[LabelledSet], rows: Sequence[np.ndarray] | None = None) -> LabelledSet:
+        """The sets one after another (only the given ``rows`` of each), in one copy (the first set's questions).
+
+        Rows are copied straight into tensors of the final size: sets memory-mapped from the
+        cache are read once and never held in memory twice.
+        """
+        if rows is None:
+            picks = [torch.arange(len(d)) for d in sets]
+        else:
+            picks = [torch.as_tensor(np.asarray(r), dtype=torch.long) for r in rows]
+
+        def gather(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+            out = torch.empty((sum(len(p) for p in picks), *tensors[0].shape[1:]), dtype=dtype or tensors[0].dtype)
+            at = 0
+            for t, p in zip(tensors, picks):
+                if t.dtype == out.dtype:
+                    torch.index_select(t, 0, p, out=out[at : at + len(p)])
+                else:
+                    out[at : at + len(p)] = t[p]
+                at += len(p)
+            return out
+
+        embeds = None if sets[0].tokens.image_embeds is None else gather([d.tokens.image_embeds for d in sets])
+        tokens = EncoderOutput(embeds, gather([d.tokens.feature_tokens for d in sets], HELD_PATCH_DTYPE),
+                               gather([d.tokens.cls_token for d in sets]))
+        return LabelledSet(tokens, gather([d.labels for d in sets]),
+                           [d.groups[i] for d, p in zip(sets, picks) for i in p.tolist()], sets[0].questions,
+                           [s for d in sets for s in d.sources])
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
+        return LabelledSet.join([self], [np.asarray(index)])
+
+
+def questions_of(recordings: Sequence[str | Path], include_relations: bool = False) -> list[Question]:
+    """The questions stored in the recordings' metadata (synth writes its catalog there)."""
+    seen: dict[str, Question] = {}
+    for path in recordings:
+        for raw in getattr(Recording(path).meta, "questions", None) or []:
+            q = Question.model_validate(raw)
+            if include_relations or q.category != QuestionCategory.relation:
+                seen.setdefault(q.id, q)
+    return list(seen.values())
+
+
+def labelled_questions(recordings: Sequence[str | Path], worded_by: Sequence[Question]) -> list[Question]:
+    """The questions the recordings' labels answer (``patchsight label``), as ``worded_by`` words them.
+
+    A recorded camera's metadata lists no questions, only the ids its labels answer; their
+    text comes from the bundle being adapted (or, failing that, the user's line config).
+    """
+    ids = sorted({qid for path in recordings for entry in Recording(path).entries if entry.truth
+                  for qid in entry.truth.answers})
+    known = {q.id: q for q in worded_by}
+    unknown = [qid for qid in ids if qid not in known]
+    if unknown:
+        raise ValueError(f"the labels answer {', '.join(unknown)}, which no question here words: pass --config "
+                         "and --line naming the line whose questions these are")
+    return [known[qid] for qid in ids]
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return image
+
+
+def encode_for_training(encoder: FrameEncoder, images: list[np.ndarray], batch: int = 64) -> EncoderOutput:
+    """The frames' tokens and pooled embedding on the host, as tensors that training can use."""
+    parts = []
+    for start in range(0, len(images), batch):
+        enc = encoder.encode_frames(images[start : start + batch], pooled=True).to("cpu")
+        # cloned out of inference mode, so that training can use them as ordinary tensors
+        parts.append(EncoderOutput(enc.image_embeds.clone(), enc.feature_tokens.clone(), enc.cls_token.clone()))
+    return EncoderOutput.cat(parts)
+
+
+class NoLabelledFrames(ValueError):
+    """Recordings that are labelled, yet none of whose frames (at the stride) carries an answer."""
+
+
+def encode_recordings(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int = 1,
+    batch: int = 64,
+    log: Log = print,
+) -> LabelledSet:
+    """Decode and encode every ``stride``-th labelled frame of the recordings (with the pooled embedding)."""
+    ids = [q.id for q in questions]
+    parts: list[EncoderOutput] = []
+    labels: list[list[float]] = []
+    groups: list[str] = []
+    pending: list[np.ndarray] = []
+    t0 = time.time()
+    skipped = 0
+
+    def flush() -> None:
+        if pending:
+            parts.append(encode_for_training(encoder, pending))
+            pending.clear()
+
+    for path in recordings:
+        rec = Recording(path)
+        if not rec.meta.labelled:
+            raise ValueError(f"{path} has no ground truth: record it with labels (e.g. `patchsight synth`)")
+        name = f"{rec.meta.line_id}/{rec.meta.camera_id}@{Path(path).name}"
+        empty_run = 0
+        for n, (entry, jpeg) in enumerate(rec.frames()):
+            truth = entry.truth
+            if truth is None or n % stride:
+                continue
+            if truth.part_id is None:
+                empty_run += 1
+            try:
+                image = decode(jpeg)
+            except ValueError:
+                skipped += 1
+                continue
+            pending.append(image)
+            labels.append([float(truth.answers[i]) if i in truth.answers else -1.0 for i in ids])
+            groups.append(f"{name}#part{truth.part_id}" if truth.part_id is not None else f"{name}#empty{empty_run // 20}")
+            if len(pending) >= batch:
+                flush()
+                log(f"encoded {len(groups)} frames ({len(groups) / (time.time() - t0):.0f}/s)")
+    flush()
+    if not groups:
+        raise NoLabelledFrames("no labelled frames in the given recordings")
+    if skipped:
+        log(f"skipped {skipped} undecodable frames")
+    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [str(p) for p in recordings])
+
+
+def cached_encoding(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int,
+    cache_dir: str | Path | None,
+    log: Log = print,
+) -> LabelledSet:
+    """``encode_recordings``, each recording's encoding kept in ``cache_dir``.
+
+    Per recording, so that several heads share one encoding and a run that adds recordings
+    encodes only the new ones.
+    """
+    return LabelledSet.join(cached_pieces(encoder, recordings, questions, stride, cache_dir, log))
+
+
+def cached_pieces(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int,
+    cache_dir: str | Path | None,
+    log: Log = print,
+) -> list[LabelledSet]:
+    """``cached_encoding`` before the join: one set per recording that has labelled frames.
+
+    Cached pieces are memory-mapped from their files, so holding all of them costs page
+    cache, not memory, until they are joined or split. Files are only ever replaced by a
+    rename, never rewritten in place, so a mapping stays valid while another run writes the
+    same file. An unreadable file is encoded again. Patch tokens are stored in
+    ``HELD_PATCH_DTYPE``; files with float32 ones, from before, are read as they are.
+    """
+    if cache_dir is None:
+        return [encode_recordings(encoder, recordings, questions, stride, log=log)]
+
+    common = {
+        "questions": [q.id for q in questions], "stride": stride,
+        "positions": encoder._saved_positions is None,
+        # the bytes, not a float sum: a sum's rounding changes with the thread count
+        "weights": hashlib.sha256(
+            encoder.vision.embeddings.patch_embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest(),
+    }
+    paths = []
+    for rec in recordings:
+        key = json.dumps({**common, "recording": str(Path(rec).resolve()),
+                          "size": (Path(rec) / "frames.bin").stat().st_size}, sort_keys=True)
+        paths.append(Path(cache_dir) / f"encoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
+    cached = [path.is_file() for path in paths]
+    hits = sum(cached)
+    if hits:
+        log(f"using cached encodings of {hits} of {len(recordings)} recordings from {cache_dir}")
+    if hits < len(recordings):
+        log(f"encoding {len(recordings) - hits} recordings")
+    sets: list[LabelledSet] = []
+    for rec, path, is_cached in zip(recordings, paths, cached):
+        saved = read_cached_piece(path, log) if is_cached else None
+        if saved is None:
+            try:
+                data = encode_recordings(encoder, [rec], questions, stride, log=log)
+            except NoLabelledFrames:
+                continue  # others may have some; an empty piece is not cached, it costs nothing to read again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            t = data.tokens
+            # write then rename: heads trained side by side may share (and race for) one cache file
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            torch.save({"tokens": (t.image_embeds, t.feature_tokens.to(HELD_PATCH_DTYPE), t.cls_token),
+                        "labels": data.labels, "groups": data.groups, "sources": data.sources}, partial)
+            partial.replace(path)
+            del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too
+            saved = torch.load(path, weights_only=False, mmap=True)
+        sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
+                                list(questions), saved["sources"]))
+    if not sets:
+        raise NoLabelledFrames("no labelled frames in the given recordings")
+    return sets
+
+
+def read_cached_piece(path: Path, log: Log = print) -> dict | None:
+    """A cached encoding, memory-mapped; None (and a log line) when the file cannot be read, to encode again."""
+    try:
+        return torch.load(path, weights_only=False, mmap=True)
+    except Exception as exc:  # a truncated or foreign file: the recording is still there to encode
+        log(f"cached encoding {path} is unreadable ({type(exc).__name__}: {exc}); encoding its recording again")
+        return None
+
+
+def render_pairs(
+    questions: Sequence[Question], n: int, seed: int, size: tuple[int, int] = (640, 480)
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, bool]]]:
+    """``n`` pairs per question: (yes image, no image), identical but for the asked property.
+
+    Each pair is one part under one camera look drawn from the pretraining's wide range, so that
+    nothing but the property tells the two images apart; both go through JPEG like recorded
+    frames. Returns the yes images, the no images (Q*n each, question-major) and, per image in
+    that order (all yes images, then all no images), the answer to every catalog question.
+    """
+    from training.pretrain import random_look
+
+    rng = np.random.default_rng([seed, 0xE7A1])
+    pos, neg, pos_answers, neg_answers = [], [], [], []
+    for q in questions:
+        for _ in range(n):
+            base = synth.sample_part(rng, str(rng.choice(list(synth.PART_TYPES))), defect_rate=0.0)
+            no = synth.clear_defect(base, q.id, rng)
+            if q.id == "label_near_gap":  # both images need an empty screw position, on opposite sides
+                no = synth.clear_defect(base.replace(label_side=str(rng.choice(["left", "right"]))), q.id, rng)
+            yes = synth.set_defect(no, q.id, rng)
+            look = random_look(rng, size[0] / synth.BASE_WIDTH)
+            x = float(rng.uniform(*synth.inspected_x_range(size, look.scale)))
+            y = size[1] / 2 + float(rng.uniform(-0.04, 0.04)) * size[1]
+            noise_seed = int(rng.integers(2**31))
+            for spec, images, answers in ((yes, pos, pos_answers), (no, neg, neg_answers)):
+                image = synth.render_part_frame(spec, np.random.default_rng(noise_seed), (x, y), look, size)
+                _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                images.append(decode(jpeg.tobytes()))
+                answers.append(spec.answers())
+    return pos, neg, pos_answers + neg_answers
+
+
+def encode_pairs(
+    encoder: FrameEncoder, questions: Sequence[Question], n: int, seed: int, batch: int = 64, log: Log = print
+) -> LabelledSet:
+    """``render_pairs`` encoded and labelled for training; the two images of a pair share a group."""
+    known = {q.id for q in synth.SYNTH_QUESTIONS}
+    unknown = [q.id for q in questions if q.id not in known]
+    if unknown:
+        raise ValueError(f"twin pairs are rendered from the synthetic line's parts, which cannot show {unknown}")
+    pos, neg, answers = render_pairs(questions, n, seed)
+    tokens = encode_for_training(encoder, pos + neg, batch)
+    labels = [[float(a[q.id]) if q.id in a else -1.0 for q in questions] for a in answers]
+    groups = [f"pair{i % len(pos)}@{seed}" for i in range(len(answers))]
+    log(f"rendered and encoded {len(pos)} twin pairs (seed {seed})")
+    return LabelledSet(tokens, torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
+
+
+def split_by_group(pieces: Sequence[LabelledSet], val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
+    """Training and validation sets of the pieces, split by group, each filled straight from the pieces.
+
+    The same split as splitting the pieces' join, without ever holding the join.
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted({g for d in pieces for g in d.groups})
+    rng.shuffle(names)
+    val_names = set(names[: max(1, int(round(len(names) * val_fraction)))])
+    in_val = [np.array([g in val_names for g in d.groups], dtype=bool) for d in pieces]
+    return (LabelledSet.join(pieces, [np.flatnonzero(~v) for v in in_val]),
+            LabelledSet.join(pieces, [np.flatnonzero(v) for v in in_val]))

@@ -1,0 +1,78 @@
+"""How well a head's scores separate yes from no: AUROC, and the threshold rule.
+
+A question's threshold is the one with the best balanced accuracy among those that flag at most
+``max_fpr`` of the clean frames (``best_threshold``); finetune applies it to its validation parts
+and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores they are computed on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from model.encoder import EncoderOutput
+    from model.head import MLLMHead
+    from schemas.config import Question
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); nan without both classes."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    values = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(values):  # average ranks over ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+MIN_EACH = 5  # fewer yes (or no) frames than this, and a question keeps its default threshold
+
+
+def best_threshold(
+    scores: np.ndarray, labels: np.ndarray, default: float = 0.5, min_each: int = MIN_EACH, max_fpr: float | None = None,
+) -> float:
+    """The threshold with the best balanced accuracy on held-out frames; ``default`` if too few of either class.
+
+    ``max_fpr`` caps the share of negative frames the threshold may flag. Without it, a question
+    whose scores barely separate gets a threshold near "always yes" (balanced accuracy rewards
+    the recall it buys), and operators would get an alert on nearly every clean part.
+    """
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) < min_each or len(neg) < min_each:
+        return default
+    # the last candidate flags nothing: it is always allowed, whatever the cap
+    candidates = np.unique(np.concatenate([scores, [default, scores.max() + 1e-6]]))
+    best, best_t = -1.0, default
+    for t in candidates:
+        fpr = (neg >= t).mean()
+        if max_fpr is not None and fpr > max_fpr:
+            continue
+        acc = 0.5 * ((pos >= t).mean() + 1.0 - fpr)
+        # ties: prefer the one nearer the default, so thresholds do not sit on a single frame
+        if acc > best + 1e-9 or (abs(acc - best) <= 1e-9 and abs(t - default) < abs(best_t - default)):
+            best, best_t = acc, float(t)
+    # midway between the chosen score and the next lower one: a margin for unseen frames
+    # (no score lies between them, so the rates, and the cap, hold at the midpoint too)
+    lower = scores[scores < best_t]
+    return float((best_t + lower.max()) / 2) if len(lower) else best_t
+
+
+def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Question], batch: int = 32) -> torch.Tensor:
+    """logit_yes - logit_no for every question of every frame, (N, Q), no grad."""
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(tokens), batch):
+            logits = head.logits(tokens.select(slice(s, s + batch)), list(questions))
+            out.append((logits[..., 0] - logits[..., 1]).float().cpu())
+    return torch.cat(out)
