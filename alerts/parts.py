@@ -339,7 +339,8 @@ def merge_part(record: PartRecord, existing: DefectAlert | None, verdict: PartVe
                 "defect_type": strongest.defect_type, "score": strongest.score, "threshold": strongest.threshold,
             })
             merged.event = "updated"
-            merged.new_defect_types = sorted({f.defect_type for f in ordered} - {f.defect_type for f in existing.findings})
+            before = {f.defect_type for f in existing.findings}
+            merged.new_defect_types = sorted({f.defect_type for f in ordered} - before)
     if verdict.thumbnail is not None and (record.thumbnail_score is None
                                           or verdict.thumbnail_score > record.thumbnail_score):
         merged.promote_thumbnail = verdict.thumbnail

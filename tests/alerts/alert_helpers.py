@@ -158,8 +158,8 @@ def alert_config(make_config: Callable[..., PatchsightConfig], redis_client) -> 
     """
     prefixes: set[str] = set()
 
-    def build(policy: dict | None = None, **sections: object) -> PatchsightConfig:
-        cfg = make_config(lines=[line_section(policy)], **sections)
+    def build(policy: dict | None = None, line: dict | None = None, **sections: object) -> PatchsightConfig:
+        cfg = make_config(lines=[line or line_section(policy)], **sections)
         prefixes.add(cfg.alerts.key_prefix)
         return cfg.model_copy(
             update={"alerts": cfg.alerts.model_copy(update={"group_id": "alerts-" + cfg.alerts.key_prefix})}
