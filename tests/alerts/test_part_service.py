@@ -7,8 +7,11 @@ import time
 import urllib.request
 
 import pytest
-from alert_helpers import CAMERA, LINE, drain, line_section, part_result, part_run, publish, result
+from alert_helpers import CAMERA, LINE, drain, line_section, part_run, publish, result
+from typer.testing import CliRunner
 
+from alerts.cli import _print_event, console
+from alerts.cli import app as alerts_app
 from alerts.parts import PartRecord, decide_part, merge_part
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, StateConflict, connect
@@ -122,7 +125,7 @@ def test_replaying_the_same_results_gives_the_same_alerts_and_counts(alert_confi
             fresh_store.redis.delete(*keys)
 
 
-def test_a_header_part_seen_by_two_cameras_is_one_alert_and_one_part(alert_config):
+def test_a_header_part_seen_by_two_cameras_is_one_alert_and_one_part(alert_config, tmp_path):
     cfg = alert_config()
     top = part_run([("plc-1", [(0.9, 0.1)] * 3), (None, [CLEAN]), ("plc-2", [CLEAN] * 3), (None, [CLEAN]),
                     ("plc-3", [CLEAN] * 3), (None, [CLEAN])], camera=CAMERA, source="header")
@@ -145,6 +148,18 @@ def test_a_header_part_seen_by_two_cameras_is_one_alert_and_one_part(alert_confi
         ("raised", "plc-1", 1), ("updated", "plc-1", 2), ("raised", "plc-3", 1)]
     assert store.counts(LINE) == {"scratch": 1, "missing_screw": 2}
     assert store.thumbnail(plc1.alert_id) == jpeg(CAMERA, 0)  # 0.9 beats cam-2's 0.8
+
+    # the commands show the part and every finding
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    listed = CliRunner().invoke(alerts_app, ["list", "--config", str(path)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if plc1.alert_id in line)
+    assert "plc-1" in row and "scratch 0.90" in row and "missing_screw 0.80@cam-2" in row
+    with console.capture() as captured:
+        _print_event(store.events(LINE)[1])
+    said = " ".join(captured.get().split())
+    assert "updated" in said and "part plc-1" in said and "missing_screw 0.80@cam-2" in said
 
 
 def test_a_merge_decided_on_a_stale_part_record_is_refused_and_decided_again(alert_config):
