@@ -11,7 +11,7 @@ from rich.console import Console
 
 from patchsight.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
-app = typer.Typer(help="Debounce inspection results into alerts in Redis; follow and drive them.", no_args_is_help=True)
+app = typer.Typer(help="Turn inspection results into alerts in Redis (one per defective part); follow and drive them.", no_args_is_help=True)
 console = Console()
 
 ByOption = Annotated[str, typer.Option("--by", help="Who does it (recorded on the alert). Default: your user name.")]
@@ -41,7 +41,7 @@ def serve(
     config: ConfigOption = None,
     instance: Annotated[Optional[str], typer.Option(help="Instance id (default: host-pid).")] = None,
 ) -> None:
-    """Consume inspection results and raise debounced alerts (runs until SIGTERM / Ctrl-C)."""
+    """Consume inspection results and raise alerts, one per defective part (runs until SIGTERM / Ctrl-C)."""
     import signal
     import threading
 

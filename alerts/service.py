@@ -1,10 +1,13 @@
-"""The alert service: inspection results from Kafka -> debounced alerts in Redis.
+"""The alert service: inspection results from Kafka -> alerts in Redis, one per defective part
+(alerts/parts.py) or, for cameras without part tracking, debounced k-of-n (alerts/policy.py).
 
 One pass of the loop: poll a batch, and for each result decode -> decide ->
 write (one atomic Redis call) ; then commit the batch's offsets. Offsets are
 committed only after Redis has everything the batch caused, so a crash or a
 Redis outage loses nothing: the uncommitted results come again, and the
-debounce state and alert ids (both in Redis) make the repeat harmless.
+debounce and part states and the alert ids (all in Redis) make the repeat harmless.
+After each batch (at most once a second) the parts of cameras that have gone quiet
+for their line's ``part_timeout_s`` are decided.
 
 Several instances may share the consumer group; results are keyed by camera, so
 a camera's frames stay in order on one partition and one instance.

@@ -8,6 +8,12 @@ Every write is one Lua script, so Redis applies it whole or not at all:
   seq, so two service instances that briefly both own a camera during a
   consumer-group rebalance cannot both act on the same frame. Alert creation is
   idempotent on the alert id, which is derived from what caused the alert.
+* ``apply_part`` stores what one result (or a part timeout) did on a part-tracking
+  camera (alerts/parts.py decides): its part state, and for a part that ended the
+  part's line record, the part counters, the part's alert (raised, or updated with
+  another camera's findings) with its event, and the best frame's thumbnail. It is a
+  compare-and-set on the camera's state revision, the part record's revision and the
+  alert's state: ``step_part`` decides again from fresh state when one moved on.
 * ``transition`` moves an alert open -> acknowledged -> resolved, refusing an
   illegal move, and appends/publishes the event in the same step.
 """
