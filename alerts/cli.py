@@ -11,7 +11,7 @@ from rich.console import Console
 
 from runtime.cli_options import ConfigOption, config_or_exit, kafka_or_exit
 
-app = typer.Typer(help="Debounce inspection results into alerts in Redis; follow and drive them.", no_args_is_help=True)
+app = typer.Typer(help="Turn inspection results into alerts in Redis (one per defective part); follow and drive them.", no_args_is_help=True)
 console = Console()
 
 ByOption = Annotated[str, typer.Option("--by", help="Who does it (recorded on the alert). Default: your user name.")]
@@ -41,7 +41,7 @@ def serve(
     config: ConfigOption = None,
     instance: Annotated[Optional[str], typer.Option(help="Instance id (default: host-pid).")] = None,
 ) -> None:
-    """Consume inspection results and raise debounced alerts (runs until SIGTERM / Ctrl-C)."""
+    """Consume inspection results and raise alerts, one per defective part (runs until SIGTERM / Ctrl-C)."""
     import signal
     import threading
 
@@ -60,14 +60,27 @@ def serve(
         raise typer.Exit(1) from None
 
 
+def _findings(alert) -> str:  # type: ignore[no-untyped-def]
+    """Every question over its threshold, strongest first: "scratch 0.91, missing_screw 0.72@cam-2"."""
+    findings = alert.findings or []
+    if not findings:
+        return f"{alert.defect_type} {alert.score:.2f}"
+    return ", ".join(f"{f.defect_type} {f.score:.2f}" + (f"@{f.camera_id}" if f.camera_id != alert.camera_id else "")
+                     for f in findings)
+
+
 def _print_event(event) -> None:  # type: ignore[no-untyped-def]
+    from rich.markup import escape
+
     a = event.alert
-    colour = {"raised": "bold red", "acknowledged": "yellow", "resolved": "green"}.get(event.event, "white")
+    colour = {"raised": "bold red", "updated": "red", "acknowledged": "yellow", "resolved": "green"}.get(
+        event.event, "white")
     when = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
     who = f" by {event.by}" if event.by else ""
+    part = f" part {a.part_id}" if a.part_id else ""
     console.print(
-        f"{when} [{colour}]{event.event:<12}[/] {a.line_id}/{a.camera_id} [bold]{a.defect_type}[/] "
-        f"score {a.score:.2f} frames {a.first_seq}-{a.last_seq}{who}  [dim]{a.alert_id}[/]",
+        f"{when} [{colour}]{event.event:<12}[/] {a.line_id}/{a.camera_id}{part} [bold]{escape(_findings(a))}[/] "
+        f"frames {a.first_seq}-{a.last_seq}{who}  [dim]{a.alert_id}[/]",
         highlight=False,
     )
 
@@ -105,16 +118,16 @@ def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
     # In a narrow terminal the cells fold rather than end in "…": "part_f…" could be any of
     # several defects, and the id must stay whole to be acknowledged.
     table = Table()
-    for name in ("state", "line/camera", "defect"):
+    for name in ("state", "line/camera", "part", "findings"):
         table.add_column(name, overflow="fold")
     for name in ("score", "frames", "raised", "id"):
         table.add_column(name, no_wrap=True)
     today = time.strftime("%Y-%m-%d")
     for name in line or [None]:
         for a in store.list_alerts(name):
-            table.add_row(a.state.value, f"{a.line_id}/{a.camera_id}", a.defect_type, f"{a.score:.2f}",
-                          f"{a.first_seq}-{a.last_frame_seq}",
-                          _raised_at(a.raised_ns, today), a.alert_id)
+            table.add_row(a.state.value, f"{a.line_id}/{a.camera_id}", a.part_id or "-", _findings(a),
+                          f"{a.score:.2f}", f"{a.first_seq}-{a.last_frame_seq}", _raised_at(a.raised_ns, today),
+                          a.alert_id)
     console.print(table)
 
 

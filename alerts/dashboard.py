@@ -45,6 +45,16 @@ def _camera_json(c: CameraHealth, now_ns: int) -> dict:
     }
 
 
+def _parts_json(store: RedisAlertStore, lines: list[str]) -> dict:
+    """Per line: parts inspected (passed + flagged), passed, flagged, unscored, and the yield in percent."""
+    found = {}
+    for line in lines:
+        counts: dict = store.part_counts(line)
+        counts["yield_pct"] = round(100.0 * counts["passed"] / counts["inspected"], 1) if counts["inspected"] else None
+        found[line] = counts
+    return found
+
+
 def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -> FastAPI:
     store = store or RedisAlertStore(connect(config.redis), config.alerts)
     token = config.dashboard.token.get_secret_value() if config.dashboard.token else None
@@ -99,6 +109,7 @@ def _add_page_routes(
             "lines": known,
             "cameras": [_camera_json(c, now) for c in store.cameras()],
             "counts": {line: store.counts(line) for line in known},
+            "parts": _parts_json(store, known),
         }
 
 
@@ -151,7 +162,7 @@ def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertS
 async def _event_stream(
     request: Request, config: PatchsightConfig, store: RedisAlertStore, line: str | None
 ) -> AsyncIterator[str]:
-    """Alert events from the lines' pub/sub channels, and camera health every few seconds."""
+    """Alert events from the lines' pub/sub channels; camera health and part counts every few seconds."""
     client = aioredis.Redis.from_url(config.redis.url, **config.redis.client_kwargs())
     pubsub = client.pubsub()
     await pubsub.psubscribe(store.channel(line) if line else store.channel("*"))
@@ -163,6 +174,10 @@ async def _event_stream(
                 now = time.time_ns()
                 cameras = await asyncio.to_thread(store.cameras, line)
                 yield f"event: cameras\ndata: {json.dumps([_camera_json(c, now) for c in cameras])}\n\n"
+                lines = [line] if line else sorted(set(await asyncio.to_thread(store.lines))
+                                                   | {entry.id for entry in config.lines})
+                parts = await asyncio.to_thread(_parts_json, store, lines)
+                yield f"event: parts\ndata: {json.dumps(parts)}\n\n"
                 next_cameras = time.monotonic() + CAMERA_REFRESH_S
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message and message["type"] == "pmessage":

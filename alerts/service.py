@@ -1,10 +1,13 @@
-"""The alert service: inspection results from Kafka -> debounced alerts in Redis.
+"""The alert service: inspection results from Kafka -> alerts in Redis, one per defective part
+(alerts/parts.py) or, for cameras without part tracking, debounced k-of-n (alerts/policy.py).
 
 One pass of the loop: poll a batch, and for each result decode -> decide ->
 write (one atomic Redis call) ; then commit the batch's offsets. Offsets are
 committed only after Redis has everything the batch caused, so a crash or a
 Redis outage loses nothing: the uncommitted results come again, and the
-debounce state and alert ids (both in Redis) make the repeat harmless.
+debounce and part states and the alert ids (all in Redis) make the repeat harmless.
+After each batch (at most once a second) the parts of cameras that have gone quiet
+for their line's ``part_timeout_s`` are decided.
 
 Several instances may share the consumer group; results are keyed by camera, so
 a camera's frames stay in order on one partition and one instance.
@@ -25,27 +28,31 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
+from alerts.parts import decide_part, decide_timeout
 from alerts.policy import DebounceState, decide
-from alerts.store import RedisAlertStore, StateConflict, connect
+from alerts.store import PART_COUNTERS, PartStep, RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
 from runtime.health import HealthServer, Reply
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
 from runtime.topics import ensure_topics, subscribe_when_known
-from schemas.alert import DefectAlert
-from schemas.config import PatchsightConfig
+from schemas.alert import DefectAlert, Finding
+from schemas.config import AlertPolicy, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
-from schemas.result import InspectionResult
+from schemas.result import InspectionResult, ResultStatus
 
 log = get_logger("alerts.service")
 
 REDIS_RETRY_INITIAL_S = 0.1
 REDIS_RETRY_MAX_S = 5.0
 COMMIT_TIMEOUT_MS = 5_000  # a stalled commit must not hold the loop for the client's 30 s request timeout
+PART_SWEEP_INTERVAL_S = 1.0  # how often the loop looks for parts whose camera went quiet
 
 
 class AlertServiceError(RuntimeError):
@@ -69,6 +76,9 @@ class ServiceMetrics:
         self.webhooks = Counter("patchsight_alerts_webhook_deliveries", "Webhook attempts", ["outcome"], registry=r)
         self.commits_failed = Counter("patchsight_alerts_commits_failed", "Offset commits that failed or timed out",
                                       registry=r)
+        self.part_verdicts = Counter("patchsight_alerts_part_verdicts",
+                                     "Parts decided by a camera (one per part and camera), by verdict",
+                                     ["line", "verdict"], registry=r)
         self.latency = Histogram(
             "patchsight_alerts_process_seconds",
             "Decide + write time per result",
@@ -76,6 +86,34 @@ class ServiceMetrics:
             registry=r,
         )
         self.redis_up.set(1)
+
+    def count_parts_from(self, store: RedisAlertStore, lines: Any) -> None:
+        """patchsight_parts{line,verdict}: the lines' part counters, read from Redis at each scrape."""
+        self.registry.register(_PartCounts(store, lines))
+
+
+class _PartCounts:
+    """The line totals live in Redis (a part passed by one camera can be flagged by the next, which moves it
+    from passed to flagged, so no process can count it alone): every instance reports the same figures."""
+
+    def __init__(self, store: RedisAlertStore, lines: Any) -> None:
+        self.store, self.lines = store, lines
+
+    def describe(self) -> list:
+        return [GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
+                                  labels=["line", "verdict"])]
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
+                                   labels=["line", "verdict"])
+        try:
+            for line in sorted(set(self.lines()) | set(self.store.lines())):
+                counts = self.store.part_counts(line)
+                for verdict in PART_COUNTERS:
+                    family.add_metric([line, verdict], counts[verdict])
+        except redis.RedisError:
+            pass  # patchsight_alerts_redis_up says why
+        yield family
 
 
 class _ForgetOnRevoke(ConsumerRebalanceListener):
@@ -85,6 +123,7 @@ class _ForgetOnRevoke(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         # Another instance may now move these cameras' state on; our copies would be stale.
         self.service._states.clear()
+        self.service._partitions.clear()
         # and their offsets are the new owner's to commit
         for tp in revoked:
             self.service._uncommitted.pop(tp, None)
@@ -102,6 +141,7 @@ class AlertService:
         self.redis = connect(config.redis)
         self.store = RedisAlertStore(self.redis, config.alerts)
         self.metrics = ServiceMetrics()
+        self.metrics.count_parts_from(self.store, lambda: self.lines)
         self.redis_down_since: float | None = None
         self.metrics_port: int | None = None
         self._states: dict[tuple[str, str], DebounceState] = {}  # cache; Redis holds the truth
@@ -112,6 +152,8 @@ class AlertService:
         self._webhook_thread: threading.Thread | None = None
         self._warned_lines: set[str] = set()
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, stored, and not yet committed
+        self._partitions: dict[str, int] = {}  # camera -> partition of the results it was seen on
+        self._next_sweep = 0.0
 
     # --- lifecycle ---
 
@@ -191,6 +233,8 @@ class AlertService:
         except Stopped:
             log.info("stopping with part of a batch unhandled; it stays uncommitted", handled=sum(done.values()))
         self._commit(done)
+        if not stop.is_set():
+            self._sweep_part_timeouts()
         return sum(len(r) for r in batch.values())
 
     def _handle(self, record: Any, stop: threading.Event) -> None:
@@ -200,6 +244,7 @@ class AlertService:
             self._dead_letter(record, exc)
             return
         started = time.perf_counter()
+        self._partitions[result.camera_id] = record.partition
         self._with_redis_retry(lambda: self._decide_and_store(result), stop)
         self.metrics.latency.observe(time.perf_counter() - started)
 
@@ -209,6 +254,9 @@ class AlertService:
         if line is None and result.line_id not in self._warned_lines:
             self._warned_lines.add(result.line_id)
             log.warning("result for a line not in the configuration; using the default policy", line=result.line_id)
+        if self._tracks_parts(result):
+            self._decide_part(result)
+            return
         for _ in range(5):
             state = self._states.get(key)
             if state is None:
@@ -236,11 +284,14 @@ class AlertService:
                     trigger_capture_ns=r.trigger_capture_ns,
                     raised_ns=now_ns,
                     model_id=result.model_id,
+                    findings=[Finding(question_id=r.question_id, question=r.question, defect_type=r.defect_type,
+                                      score=r.score, threshold=r.threshold, camera_id=result.camera_id)],
                 )
                 for r in decision.raised
             ]
             try:
-                created = self.store.apply(result, state, decision, alerts, self._thumbnail(result, alerts), now_ns)
+                thumbnail = self._thumbnail(result, bool(alerts))
+                created = self.store.apply(result, state, decision, alerts, thumbnail, now_ns)
             except StateConflict as exc:
                 self.metrics.conflicts.inc()
                 log.info("debounce state moved on elsewhere; deciding again", detail=str(exc))
@@ -258,8 +309,97 @@ class AlertService:
             return
         raise RuntimeError(f"debounce state of {key} keeps changing under us")
 
-    def _thumbnail(self, result: InspectionResult, alerts: list[DefectAlert]) -> bytes | None:
-        if not alerts or not result.thumbnail_jpeg_b64:
+    # --- the part path (alerts/parts.py) ---
+
+    def _tracks_parts(self, result: InspectionResult) -> bool:
+        """Results that show a part, and skips that may say the part left, are decided per part;
+        the rest (cameras with ``track_parts: false``, results without a part) with the k-of-n debounce."""
+        line = self.lines.get(result.line_id)
+        camera = next((c for c in line.cameras if c.id == result.camera_id), None) if line else None
+        if camera is not None and not camera.track_parts:
+            return False
+        return result.part is not None or result.status == ResultStatus.skipped
+
+    def _decide_part(self, result: InspectionResult) -> None:
+        line = self.lines.get(result.line_id)
+        thumbnail = self._thumbnail(result, wanted=result.part is not None)
+        now_ns = time.time_ns()
+        step = self.store.step_part(
+            result.line_id, result.camera_id,
+            lambda state: decide_part(state, result, line, now_ns, has_thumbnail=thumbnail is not None),
+            now_ns, result, thumbnail)
+        if step.decision is not None and step.decision.redelivery:
+            self.metrics.results.labels("redelivery").inc()
+            return
+        self.metrics.results.labels(result.status.value).inc()
+        self._count_part_step(step)
+
+    def _sweep_part_timeouts(self) -> None:
+        """Decide the parts whose camera has sent nothing for the line's ``part_timeout_s``.
+
+        Only cameras on this instance's partitions, and only once those partitions are consumed
+        to their end: a camera whose results wait in the backlog has not gone quiet.
+        """
+        if time.monotonic() < self._next_sweep or self._consumer is None or self.redis_down_since is not None:
+            return
+        self._next_sweep = time.monotonic() + PART_SWEEP_INTERVAL_S
+        now_ns = time.time_ns()
+        shortest = min([line.alert_policy.part_timeout_s for line in self.lines.values()]
+                       + [AlertPolicy().part_timeout_s])
+        try:
+            quiet = self.store.open_parts(seen_before_ns=now_ns - int(shortest * 1e9))
+            for line_id, camera_id in quiet:
+                if not self._caught_up(camera_id):
+                    continue
+                line = self.lines.get(line_id)
+                step = self.store.step_part(
+                    line_id, camera_id,
+                    lambda state, line=line, line_id=line_id, camera_id=camera_id: decide_timeout(
+                        state, line, line_id, camera_id, now_ns),
+                    now_ns)
+                self._count_part_step(step)
+        except (redis.RedisError, StateConflict) as exc:
+            log.warning("part timeouts not checked; trying again", error=str(exc))
+
+    def _caught_up(self, camera_id: str) -> bool:
+        """Whether this instance owns the camera's results partition and has consumed all of it."""
+        assert self._consumer is not None
+        topic = self.config.kafka.topics.results
+        partition = self._partitions.get(camera_id)
+        if partition is None:
+            partitions = self._consumer.partitions_for_topic(topic)
+            if not partitions:
+                return False
+            # the producers' default partitioner: murmur2 of the key (the camera id)
+            partition = (murmur2(camera_id.encode()) & 0x7FFFFFFF) % len(partitions)
+        tp = TopicPartition(topic, partition)
+        if tp not in self._consumer.assignment():
+            return False
+        try:
+            end = self._consumer.highwater(tp)
+            return end is not None and self._consumer.position(tp) >= end
+        except KafkaError:
+            return False
+
+    def _count_part_step(self, step: PartStep) -> None:
+        if step.conflicts:
+            self.metrics.conflicts.inc(step.conflicts)
+        ended = step.decision.ended if step.decision is not None else None
+        if ended is None:
+            return
+        self.metrics.part_verdicts.labels(ended.line_id, ended.verdict).inc()
+        log.debug("part decided", line=ended.line_id, camera=ended.camera_id, part=ended.part_id,
+                  verdict=ended.verdict, ended_by=ended.ended_by, frames=ended.frames)
+        if step.event and step.merge is not None and step.merge.alert is not None:
+            alert = step.merge.alert
+            if step.event == "raised":
+                self.metrics.raised.labels(alert.line_id, alert.defect_type).inc()
+            log.info(f"part alert {step.event}", line=alert.line_id, camera=ended.camera_id, part=alert.part_id,
+                     alert_id=alert.alert_id, findings=[f"{f.question_id}@{f.camera_id}={f.score:.3f}"
+                                                        for f in alert.findings])
+
+    def _thumbnail(self, result: InspectionResult, wanted: bool) -> bytes | None:
+        if not wanted or not result.thumbnail_jpeg_b64:
             return None
         try:
             return base64.b64decode(result.thumbnail_jpeg_b64, validate=True)

@@ -8,6 +8,12 @@ Every write is one Lua script, so Redis applies it whole or not at all:
   seq, so two service instances that briefly both own a camera during a
   consumer-group rebalance cannot both act on the same frame. Alert creation is
   idempotent on the alert id, which is derived from what caused the alert.
+* ``apply_part`` stores what one result (or a part timeout) did on a part-tracking
+  camera (alerts/parts.py decides): its part state, and for a part that ended the
+  part's line record, the part counters, the part's alert (raised, or updated with
+  another camera's findings) with its event, and the best frame's thumbnail. It is a
+  compare-and-set on the camera's state revision, the part record's revision and the
+  alert's state: ``step_part`` decides again from fresh state when one moved on.
 * ``transition`` moves an alert open -> acknowledged -> resolved, refusing an
   illegal move, and appends/publishes the event in the same step.
 """
@@ -17,16 +23,39 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import redis
 
+from alerts.parts import PartDecision, PartMerge, PartRecord, PartState, merge_part
 from alerts.policy import DebounceState, Decision
 from schemas.alert import ALLOWED_TRANSITIONS, AlertState, DefectAlert
 from schemas.config import AlertSettings, RedisSettings
 from schemas.result import InspectionResult
 
-_APPLY_RESULT = r"""
+# The camera's health hash and the line/camera sets, written with every result (both paths).
+_CAMERA_HEALTH = r"""
+local function camera_health(key, lines, cameras, seq, capture_ns, seen_ns, model, worker, status, line, camera)
+  -- Frame rate from the camera's own seq/capture clock, smoothed.
+  local prev = redis.call('HMGET', key, 'last_seq', 'last_capture_ns', 'fps')
+  local fps = prev[3]
+  if prev[1] and prev[2] then
+    local frames = tonumber(seq) - tonumber(prev[1])
+    local seconds = (tonumber(capture_ns) - tonumber(prev[2])) / 1e9
+    if frames > 0 and seconds > 0 then
+      local now = frames / seconds
+      if fps then now = 0.8 * tonumber(fps) + 0.2 * now end
+      fps = string.format('%.3f', now)
+    end
+  end
+  redis.call('HSET', key, 'line_id', line, 'camera_id', camera, 'last_seq', seq, 'last_capture_ns', capture_ns,
+    'last_seen_ns', seen_ns, 'model_id', model, 'worker_id', worker, 'last_status', status, 'fps', fps or '0')
+  redis.call('SADD', lines, line)
+  redis.call('SADD', cameras, camera)
+end
+"""
+
+_APPLY_RESULT = _CAMERA_HEALTH + r"""
 -- KEYS: 1 debounce  2 camera  3 events stream  4 counts  5 lines  6 unresolved  7 line alerts  8 line cameras
 -- ARGV: 1 expected seq  2 new seq  3 capture_ns  4 state json  5 seen_ns  6 model_id  7 worker_id  8 status
 --       9 line  10 camera  11 key prefix  12 channel  13 stream maxlen  14 thumbnail ttl  15 ops json  16.. thumbnails
@@ -57,6 +86,11 @@ for _, op in ipairs(cjson.decode(ARGV[15])) do
       local score = tonumber(redis.call('HGET', akey, 'score') or '0')
       if tonumber(op.score) > score then
         redis.call('HSET', akey, 'score', op.score)
+        -- a k-of-n alert's one finding follows its score (the text Python wrote, so no float is re-encoded)
+        local findings = redis.call('HGET', akey, 'findings')
+        if findings then
+          redis.call('HSET', akey, 'findings', (string.gsub(findings, '"score":[^,}]+', '"score":' .. op.score, 1)))
+        end
       end
       redis.call('HSET', akey, 'last_defect_seq', op.seq)
     end
@@ -64,24 +98,7 @@ for _, op in ipairs(cjson.decode(ARGV[15])) do
 end
 
 redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'capture_ns', ARGV[3], 'state', ARGV[4])
-
--- Frame rate from the camera's own seq/capture clock, smoothed.
-local prev = redis.call('HMGET', KEYS[2], 'last_seq', 'last_capture_ns', 'fps')
-local fps = prev[3]
-if prev[1] and prev[2] then
-  local frames = tonumber(ARGV[2]) - tonumber(prev[1])
-  local seconds = (tonumber(ARGV[3]) - tonumber(prev[2])) / 1e9
-  if frames > 0 and seconds > 0 then
-    local now = frames / seconds
-    if fps then now = 0.8 * tonumber(fps) + 0.2 * now end
-    fps = string.format('%.3f', now)
-  end
-end
-redis.call('HSET', KEYS[2], 'line_id', ARGV[9], 'camera_id', ARGV[10], 'last_seq', ARGV[2],
-  'last_capture_ns', ARGV[3], 'last_seen_ns', ARGV[5], 'model_id', ARGV[6], 'worker_id', ARGV[7],
-  'last_status', ARGV[8], 'fps', fps or '0')
-redis.call('SADD', KEYS[5], ARGV[9])
-redis.call('SADD', KEYS[8], ARGV[10])
+camera_health(KEYS[2], KEYS[5], KEYS[8], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {'ok', table.concat(created, ',')}
 """
 
@@ -100,8 +117,79 @@ return {'ok', sid}
 """
 
 
+_APPLY_PART = _CAMERA_HEALTH + r"""
+-- KEYS: 1 part state  2 camera  3 events stream  4 counts  5 lines  6 unresolved  7 line alerts  8 line cameras
+--       9 part counts  10 pending thumbnails  11 open parts  [12 part record  13 alert  14 alert thumbnail]
+-- ARGV: 1 expected rev  2 new rev  3 seq  4 capture_ns  5 state json  6 seen_ns  7 seen_ms  8 model_id
+--       9 worker_id  10 status  11 line  12 camera  13 channel  14 stream maxlen  15 thumbnail ttl
+--       16 open-parts member  17 '1' when a part is open after this  18 ops json  19 this result's thumbnail
+local stored = redis.call('HGET', KEYS[1], 'rev') or '0'
+if stored ~= ARGV[1] then return {'conflict', 'state'} end
+local ops = cjson.decode(ARGV[18])
+local m = ops.merge
+if m then
+  if (redis.call('HGET', KEYS[12], 'rev') or '0') ~= m.rev then return {'conflict', 'part'} end
+  if (redis.call('HGET', KEYS[13], 'state') or '') ~= m.alert_state then return {'conflict', 'alert'} end
+end
+
+local event = ''
+if m then
+  redis.call('HSET', KEYS[12], unpack(m.record))
+  redis.call('EXPIRE', KEYS[12], m.record_ttl)
+  for name, delta in pairs(m.counts) do redis.call('HINCRBY', KEYS[9], name, delta) end
+  local a = m.alert
+  if a then
+    redis.call('HSET', KEYS[13], unpack(a.fields))
+    if a.event == 'raised' then
+      redis.call('ZADD', KEYS[6], a.raised_ms, a.id)
+      redis.call('ZADD', KEYS[7], a.raised_ms, a.id)
+    end
+    for _, defect in ipairs(a.defect_types) do redis.call('HINCRBY', KEYS[4], defect, 1) end
+    local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[14], '*',
+      'event', a.event, 'alert_id', a.id, 'data', a.data)
+    redis.call('PUBLISH', ARGV[13], '{"id":"' .. sid .. '",' .. string.sub(a.data, 2))
+    event = a.event
+  end
+  if m.promote then
+    local jpeg = redis.call('HGET', KEYS[10], m.promote)
+    if jpeg then redis.call('SET', KEYS[14], jpeg, 'EX', ARGV[15]) end
+  end
+end
+for _, name in ipairs(ops.drop) do redis.call('HDEL', KEYS[10], name) end
+if ops.keep then
+  redis.call('HSET', KEYS[10], ops.keep, ARGV[19])
+  redis.call('EXPIRE', KEYS[10], ARGV[15])
+end
+
+redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'seq', ARGV[3], 'capture_ns', ARGV[4], 'state', ARGV[5])
+if ARGV[17] == '1' then
+  redis.call('ZADD', KEYS[11], ARGV[7], ARGV[16])
+else
+  redis.call('ZREM', KEYS[11], ARGV[16])
+end
+if ops.health then
+  camera_health(KEYS[2], KEYS[5], KEYS[8], ARGV[3], ARGV[4], ARGV[6], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+end
+return {'ok', event}
+"""
+
+# A part's line record is needed while its cameras can still report it; a week covers any line.
+PART_RECORD_TTL_S = 7 * 24 * 3600
+PART_COUNTERS = ("inspected", "passed", "flagged", "unscored")
+
+
 class StateConflict(Exception):
-    """Another writer moved the camera's debounce state on; reload and decide again."""
+    """Another writer moved the camera's debounce or part state, or the part's record, on; reload and decide again."""
+
+
+@dataclass(frozen=True)
+class PartStep:
+    """What one result (or one part timeout) did to a camera's parts."""
+
+    decision: PartDecision | None  # None: nothing was due (a timeout not reached)
+    merge: PartMerge | None = None  # the line record's change, when a part ended
+    event: str = ""  # raised | updated, when the part's alert was created or changed
+    conflicts: int = 0  # times another writer moved the state on and the step was decided again
 
 
 class AlertNotFound(LookupError):
@@ -164,8 +252,16 @@ def _hash_fields(alert: DefectAlert) -> list[str]:
     flat: list[str] = []
     for name, value in alert.model_dump(mode="json").items():
         if value is not None:
-            flat += [name, str(value)]
+            # lists (the findings) as JSON; scalars as their text
+            flat += [name, json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)]
     return flat
+
+
+def _alert_from_hash(raw: dict) -> DefectAlert:
+    fields: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    if "findings" in fields:
+        fields["findings"] = json.loads(fields["findings"])
+    return DefectAlert.model_validate(fields)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -185,6 +281,7 @@ class RedisAlertStore:
         self.prefix = settings.key_prefix
         self._apply = client.register_script(_APPLY_RESULT)
         self._transition = client.register_script(_TRANSITION)
+        self._apply_part = client.register_script(_APPLY_PART)
 
     # --- key layout (docs/redis-keys.md) ---
 
@@ -222,6 +319,22 @@ class RedisAlertStore:
 
     def line_cameras_key(self, line_id: str) -> str:
         return f"{self.prefix}:cameras:{line_id}"
+
+    def part_state_key(self, line_id: str, camera_id: str) -> str:
+        return f"{self.prefix}:partstate:{line_id}:{camera_id}"
+
+    def pending_thumbnails_key(self, line_id: str, camera_id: str) -> str:
+        return f"{self.prefix}:partframes:{line_id}:{camera_id}"
+
+    def part_record_key(self, part_key: str) -> str:
+        return f"{self.prefix}:part:{part_key}"
+
+    def part_counts_key(self, line_id: str) -> str:
+        return f"{self.prefix}:partcounts:{line_id}"
+
+    @property
+    def open_parts_key(self) -> str:
+        return f"{self.prefix}:openparts"
 
     @property
     def failed_deliveries_key(self) -> str:
@@ -299,6 +412,158 @@ class RedisAlertStore:
             raise StateConflict(f"{line}/{camera}: stored seq {_text(value)}, expected {previous.last_seq}")
         return [i for i in _text(value).split(",") if i]
 
+    # --- the part path (alerts/parts.py decides, this stores) ---
+
+    def load_part_state(self, line_id: str, camera_id: str) -> PartState:
+        return PartState.from_json(self.redis.hget(self.part_state_key(line_id, camera_id), "state"))
+
+    def load_part(self, part_key: str) -> tuple[PartRecord, DefectAlert | None]:
+        """The line's record of a part, and its alert if it has one."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.part_record_key(part_key))
+        pipe.hgetall(self.alert_key(part_key))
+        raw_record, raw_alert = pipe.execute()
+        alert = _alert_from_hash(raw_alert) if raw_alert else None
+        if raw_record:
+            raw = {_text(k): _text(v) for k, v in raw_record.items()}
+            record = PartRecord(rev=int(raw.get("rev") or 0), verdict=raw.get("verdict") or None,
+                                cameras=json.loads(raw.get("cameras") or "[]"),
+                                thumbnail_score=float(raw["thumbnail_score"]) if raw.get("thumbnail_score") else None)
+        elif alert is not None:
+            # the record expired and the part came back: its alert already counted it as flagged
+            record = PartRecord(verdict="flagged", cameras=[alert.camera_id])
+        else:
+            record = PartRecord()
+        return record, alert
+
+    def step_part(
+        self,
+        line_id: str,
+        camera_id: str,
+        decide: Callable[[PartState], PartDecision | None],
+        now_ns: int,
+        result: InspectionResult | None = None,
+        thumbnail: bytes | None = None,
+        attempts: int = 5,
+    ) -> PartStep:
+        """Load the camera's part state, ``decide`` on it, merge an ended part into its line record, store.
+
+        ``result``: the result decided on (None for a part timeout). Decides again from fresh
+        state when another writer moved the camera's state or the part's record on meanwhile.
+        """
+        for conflicts in range(attempts):
+            state = self.load_part_state(line_id, camera_id)
+            decision = decide(state)
+            if decision is None or decision.redelivery:
+                return PartStep(decision, conflicts=conflicts)
+            merge, alert = None, None
+            if decision.ended is not None:
+                record, alert = self.load_part(decision.ended.part_key)
+                merge = merge_part(record, alert, decision.ended, now_ns)
+            try:
+                event = self._apply_part_step(line_id, camera_id, state, decision, merge, alert, result, thumbnail,
+                                              now_ns)
+            except StateConflict:
+                continue
+            return PartStep(decision, merge, event, conflicts)
+        raise StateConflict(f"{line_id}/{camera_id}: part state or part record kept changing")
+
+    def _apply_part_step(
+        self,
+        line_id: str,
+        camera_id: str,
+        previous: PartState,
+        decision: PartDecision,
+        merge: PartMerge | None,
+        alert: DefectAlert | None,
+        result: InspectionResult | None,
+        thumbnail: bytes | None,
+        now_ns: int,
+    ) -> str:
+        new = decision.state
+        ops: dict[str, Any] = {"drop": decision.drop_thumbnails}
+        if decision.keep_thumbnail and thumbnail is not None:
+            ops["keep"] = decision.keep_thumbnail
+        if result is not None:
+            ops["health"] = True
+        keys = [
+            self.part_state_key(line_id, camera_id),
+            self.camera_key(line_id, camera_id),
+            self.events_key(line_id),
+            self.counts_key(line_id),
+            self.lines_key,
+            self.unresolved_key,
+            self.line_alerts_key(line_id),
+            self.line_cameras_key(line_id),
+            self.part_counts_key(line_id),
+            self.pending_thumbnails_key(line_id, camera_id),
+            self.open_parts_key,
+        ]
+        if merge is not None:
+            ended = decision.ended
+            assert ended is not None
+            keys += [self.part_record_key(ended.part_key), self.alert_key(ended.part_key),
+                     self.thumbnail_key(ended.part_key)]
+            record = merge.record
+            m: dict[str, Any] = {
+                "rev": str(record.rev - 1),
+                "alert_state": alert.state.value if alert is not None else "",
+                "record": ["rev", str(record.rev), "verdict", record.verdict, "cameras", json.dumps(record.cameras),
+                           "line_id", line_id, "part_id", ended.part_id, "source", ended.source,
+                           *(["thumbnail_score", repr(record.thumbnail_score)] if record.thumbnail_score is not None
+                             else [])],
+                "record_ttl": PART_RECORD_TTL_S,
+                "counts": merge.counts,
+            }
+            if merge.alert is not None:
+                m["alert"] = {
+                    "id": merge.alert.alert_id,
+                    "event": merge.event,
+                    "fields": _hash_fields(merge.alert),
+                    "raised_ms": str(merge.alert.raised_ns // 1_000_000),
+                    "defect_types": merge.new_defect_types,
+                    "data": event_json(merge.event or "raised", merge.alert, None, now_ns),
+                }
+            if merge.promote_thumbnail:
+                m["promote"] = merge.promote_thumbnail
+            ops["merge"] = m
+        args: list[Any] = [
+            str(previous.rev),
+            str(new.rev),
+            str(new.last_seq),
+            str(new.last_capture_ns),
+            new.to_json(),
+            str(now_ns),
+            str(now_ns // 1_000_000),
+            result.model_id if result else "",
+            result.worker_id if result else "",
+            result.status.value if result else "",
+            line_id,
+            camera_id,
+            self.channel(line_id),
+            str(self.settings.stream_maxlen),
+            str(self.settings.thumbnail_ttl_s),
+            f"{line_id}:{camera_id}",
+            "1" if new.part is not None else "0",
+            json.dumps(ops, separators=(",", ":")),
+            thumbnail if thumbnail is not None and "keep" in ops else b"",
+        ]
+        outcome, value = self._apply_part(keys=keys, args=args)
+        if outcome == b"conflict":
+            raise StateConflict(f"{line_id}/{camera_id}: the {_text(value)} moved on")
+        return _text(value) or ""
+
+    def open_parts(self, seen_before_ns: int | None = None) -> list[tuple[str, str]]:
+        """(line, camera) of the cameras with a part in view, last heard of before ``seen_before_ns``."""
+        top = "+inf" if seen_before_ns is None else seen_before_ns // 1_000_000
+        members = self.redis.zrangebyscore(self.open_parts_key, "-inf", top)
+        return [tuple(_text(m).split(":", 1)) for m in members]  # type: ignore[misc]
+
+    def part_counts(self, line_id: str) -> dict[str, int]:
+        """The line's parts: inspected (passed + flagged), passed, flagged, unscored (no frame was scored)."""
+        raw = {_text(k): int(v) for k, v in self.redis.hgetall(self.part_counts_key(line_id)).items()}
+        return {name: raw.get(name, 0) for name in PART_COUNTERS}
+
     # --- operators ---
 
     def transition(self, alert_id: str, target: AlertState, by: str, now_ns: int | None = None) -> DefectAlert:
@@ -344,7 +609,7 @@ class RedisAlertStore:
         raw = self.redis.hgetall(self.alert_key(alert_id))
         if not raw:
             return None
-        return DefectAlert.model_validate({_text(k): _text(v) for k, v in raw.items()})
+        return _alert_from_hash(raw)
 
     def thumbnail(self, alert_id: str) -> bytes | None:
         return self.redis.get(self.thumbnail_key(alert_id))
@@ -368,7 +633,7 @@ class RedisAlertStore:
         alerts = []
         for raw in pipe.execute():
             if raw:
-                alert = DefectAlert.model_validate({_text(k): _text(v) for k, v in raw.items()})
+                alert = _alert_from_hash(raw)
                 if line_id is None or alert.line_id == line_id:
                     alerts.append(alert)
         return alerts[:limit]

@@ -13,6 +13,7 @@ from alerts.store import RedisAlertStore, connect
 from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig
+from schemas.part import PartObservation
 from schemas.result import InspectionResult, QuestionScore, ResultStatus
 
 LINE = "line-a"
@@ -63,6 +64,45 @@ def result(
         scores=[] if status == ResultStatus.skipped else scores,
         thumbnail_jpeg_b64=base64.b64encode(THUMB).decode() if above and status == ResultStatus.ok else None,
     )
+
+
+def part_result(
+    seq: int,
+    part: str | None,
+    scratch: float = 0.1,
+    screw: float = 0.1,
+    camera: str = CAMERA,
+    source: str = "tracker",
+    aggregate: str = "mean",
+    capture_ns: int | None = None,
+    skip_reason: str = "no part in the zone",
+    thumbnail: bytes | None = None,
+) -> InspectionResult:
+    """A frame of a tracked camera: showing ``part`` (scored), or (``part=None``) no part: skipped.
+
+    The worker's thumbnail (``thumbnail`` or a small one naming camera and seq) comes with
+    frames that have a score at or above 0.5, the worker's threshold.
+    """
+    if part is None:
+        return result(seq, camera=camera, status=ResultStatus.skipped, capture_ns=capture_ns).model_copy(
+            update={"skip_reason": skip_reason})
+    r = result(seq, scratch=scratch, screw=screw, camera=camera, capture_ns=capture_ns)
+    jpeg = thumbnail or b"\xff\xd8" + f"{camera}/{seq}".encode() + b"\xff\xd9"
+    return r.model_copy(update={
+        "part": PartObservation(part_id=part, source=source, aggregate=aggregate),
+        "thumbnail_jpeg_b64": base64.b64encode(jpeg).decode() if max(scratch, screw) >= 0.5 else None,
+    })
+
+
+def part_run(parts: list[tuple[str | None, list[tuple[float, float]]]], camera: str = CAMERA, first: int = 0,
+             source: str = "tracker") -> list[InspectionResult]:
+    """Consecutive frames of one camera: per entry a part id (None: empty belt) and its frames' (scratch, screw)."""
+    out, seq = [], first
+    for part, frames in parts:
+        for scratch, screw in frames:
+            out.append(part_result(seq, part, scratch, screw, camera=camera, source=source))
+            seq += 1
+    return out
 
 
 def defect_run(first: int, frames: int, camera: str = CAMERA, before: int = 3, after: int = 8) -> list[InspectionResult]:
@@ -118,8 +158,8 @@ def alert_config(make_config: Callable[..., PatchsightConfig], redis_client) -> 
     """
     prefixes: set[str] = set()
 
-    def build(policy: dict | None = None, **sections: object) -> PatchsightConfig:
-        cfg = make_config(lines=[line_section(policy)], **sections)
+    def build(policy: dict | None = None, line: dict | None = None, **sections: object) -> PatchsightConfig:
+        cfg = make_config(lines=[line or line_section(policy)], **sections)
         prefixes.add(cfg.alerts.key_prefix)
         return cfg.model_copy(
             update={"alerts": cfg.alerts.model_copy(update={"group_id": "alerts-" + cfg.alerts.key_prefix})}

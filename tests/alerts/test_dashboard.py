@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 import uvicorn
-from alert_helpers import CAMERA, LINE, defect_run, drain, publish, raise_one_alert
+from alert_helpers import CAMERA, LINE, defect_run, drain, part_run, publish, raise_one_alert
 from fastapi.testclient import TestClient
 
 from alerts.dashboard import create_app
@@ -58,6 +58,26 @@ def test_api_lists_acknowledges_and_refuses_illegal_moves(with_alert):
     assert again.status_code == 409 and "cannot become acknowledged" in again.json()["detail"]
     assert client.post("/api/alerts/nope/resolve").status_code == 404
     assert store.get_alert(alert.alert_id).state == AlertState.acknowledged
+
+
+def two_parts(camera: str = "cam-2") -> list:
+    """A tracked camera: a part with a scratch and a missing screw, then a clean one."""
+    return part_run([("p-1", [(0.9, 0.8)] * 3), ("p-2", [(0.1, 0.1)] * 3), (None, [(0.1, 0.1)])], camera=camera)
+
+
+def test_api_shows_the_lines_parts_and_each_alerts_part_and_findings(alert_config):
+    cfg = alert_config()
+    results = two_parts()
+    publish(cfg, results)
+    with AlertService(cfg, "t1") as service:
+        drain(service, len(results))
+    client = TestClient(create_app(cfg))
+    info = client.get("/api/lines").json()
+    assert info["parts"][LINE] == {"inspected": 2, "passed": 1, "flagged": 1, "unscored": 0, "yield_pct": 50.0}
+    (alert,) = client.get("/api/alerts", params={"line": LINE}).json()
+    assert alert["part_id"] == "p-1" and alert["schema_version"] == 2
+    assert [(f["question_id"], f["camera_id"]) for f in alert["findings"]] == [("scratch", "cam-2"),
+                                                                               ("missing-screw", "cam-2")]
 
 
 def free_port() -> int:
@@ -130,6 +150,23 @@ def test_alert_appears_live_in_the_browser_and_ack_reaches_redis(alert_config):
         assert stored.state == AlertState.acknowledged and stored.acknowledged_by == "grace"
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-alert-id="{alert.alert_id}"]')
                    .get_attribute("data-state") == "acknowledged")
+
+        # parts of a tracked camera: the line's counts and yield, and the part's alert with every finding
+        results = two_parts()
+        publish(cfg, results)
+        with AlertService(cfg, "t2") as service:
+            drain(service, len(results))
+        part_alert = next(a for a in store.list_alerts(LINE) if a.part_id == "p-1")
+        selector = f'tr[data-alert-id="{part_alert.alert_id}"]'
+        row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)))
+        assert row.find_element(By.CSS_SELECTOR, "td.part").text == "p-1"
+        assert [li.text.split()[0] for li in row.find_elements(By.CSS_SELECTOR, "ul.findings li")] == [
+            "scratch", "missing_screw"]
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f'#parts tr[data-line="{LINE}"] td.yield'),
+                                                     "50.0 %"))
+        counts = driver.find_element(By.CSS_SELECTOR, f'#parts tr[data-line="{LINE}"]')
+        assert [counts.find_element(By.CSS_SELECTOR, f"td.{name}").text for name in ("inspected", "passed", "flagged")
+                ] == ["2", "1", "1"]
     finally:
         driver.quit()
         server.should_exit = True
