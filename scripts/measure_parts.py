@@ -22,14 +22,16 @@ k of n consecutive frames of it are over the threshold).
 
 Parts are keyed by recording and the truth's part id (each camera sees its own parts).
 Frames are encoded once per recording and cached (``--cache-dir``); the head scores every
-frame with ``bundle.score_encoded``.
+frame with ``bundle.score_encoded`` (the slow part on a CPU: about 16 frames/s on 2 cores), and
+``--scores-dir`` keeps those scores, so that a rerun at another budget takes seconds.
 
 Example (the recordings of issue 31's measurement)::
 
     .venv/bin/python scripts/measure_parts.py \\
         --calib /work/runs-parts/calib-s50{1..8} --heldout /work/runs-parts/heldout-s100{1..8} \\
         --heldout-subset heldout-s1001 heldout-s1002 \\
-        --cache-dir /work/runs-parts/cache --out /work/runs-parts/measure.json
+        --cache-dir /work/runs-parts/cache --scores-dir /work/runs-parts/scores \\
+        --out /work/runs-parts/measure.json
 
 Prints markdown tables; ``--out`` keeps every number as JSON.
 """
@@ -37,8 +39,10 @@ Prints markdown tables; ``--out`` keeps every number as JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,21 +84,51 @@ class Scored:
         self.scores, self.labels, self.keys, self.sets = scores, labels, keys, sets
 
 
-def score_sets(bundle, questions, paths: list[str], stride: int, cache_dir: str | None, log) -> Scored:  # type: ignore[no-untyped-def]
-    """Encode (cached) and score the recordings under each path; a path is one recording set (e.g. one seed)."""
-    ft = _finetune()
+def _scores_file(scores_dir: str, bundle_dir: str, rec: Path, qids: list[str], stride: int) -> Path:
+    """Where one recording's frame scores are kept: keyed by the bundle's spec and weights, the recording, questions, stride."""
+    bundle_files = sorted(p for p in Path(bundle_dir).rglob("*") if p.is_file())
+    key = json.dumps({"bundle": [(str(p.relative_to(bundle_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in bundle_files],
+                      "bundle_json": hashlib.sha256((Path(bundle_dir) / "bundle.json").read_bytes()).hexdigest(),
+                      "recording": str(rec.resolve()), "size": (rec / "frames.bin").stat().st_size,
+                      "questions": qids, "stride": stride}, sort_keys=True)
+    return Path(scores_dir) / f"scores-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def score_sets(bundle, bundle_dir: str, questions, paths: list[str], stride: int, cache_dir: str | None,  # type: ignore[no-untyped-def]
+               scores_dir: str | None, log) -> Scored:
+    """Encode (cached) and score the recordings under each path; a path is one recording set (e.g. one seed).
+
+    With ``scores_dir``, each recording's frame scores, labels and groups are kept there too, so a
+    rerun (another budget, another report) needs neither the encoder nor the head.
+    """
     scores, labels, keys, sets = [], [], [], []
+    qids = [q.id for q in questions]
     for path in paths:
         name = Path(path).name
         for rec in find_recordings([path]):
-            for piece in ft.cached_pieces(bundle.encoder, [rec], questions, stride, cache_dir, log=log):
-                for start in range(0, len(piece), 64):
-                    scores.append(bundle.score_encoded(piece.tokens.select(slice(start, start + 64)), questions))
-                labels.append(piece.labels.numpy())
-                keys += [f"{rec}|{g}" if "#part" in g else None for g in piece.groups]
-                sets += [name] * len(piece)
+            kept = _scores_file(scores_dir, bundle_dir, rec, qids, stride) if scores_dir else None
+            if kept is not None and kept.is_file():
+                saved = np.load(kept)
+                rec_scores, rec_labels, groups = saved["scores"], saved["labels"], saved["groups"].tolist()
+            else:
+                rec_scores, rec_labels, groups = np.zeros((0, len(qids))), np.zeros((0, len(qids))), []
+                for piece in _finetune().cached_pieces(bundle.encoder, [rec], questions, stride, cache_dir, log=log):
+                    rec_scores = np.concatenate([rec_scores] + [
+                        bundle.score_encoded(piece.tokens.select(slice(start, start + 64)), questions)
+                        for start in range(0, len(piece), 64)])
+                    rec_labels = np.concatenate([rec_labels, piece.labels.numpy()])
+                    groups += list(piece.groups)
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    partial = kept.with_suffix(f".{os.getpid()}.partial.npz")
+                    np.savez(partial, scores=rec_scores, labels=rec_labels, groups=np.array(groups, dtype=str))
+                    partial.replace(kept)
+            scores.append(np.asarray(rec_scores, dtype=np.float64))
+            labels.append(np.asarray(rec_labels))
+            keys += [f"{rec}|{g}" if "#part" in g else None for g in groups]
+            sets += [name] * len(groups)
         log(f"scored {path}: {sum(1 for s in sets if s == name)} frames")
-    return Scored(np.concatenate(scores).astype(np.float64), np.concatenate(labels), keys, sets)
+    return Scored(np.concatenate(scores), np.concatenate(labels), keys, sets)
 
 
 def part_sets(table: PartTable, frames: Scored) -> np.ndarray:
@@ -241,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="max share of good parts flagged by any question (default: the alert policy's, %(default)s)")
     parser.add_argument("--methods", nargs="+", default=list(PART_AGGREGATES), choices=list(PART_AGGREGATES))
     parser.add_argument("--cache-dir", default=None, help="keep each recording's encoding here (reruns skip the encoder)")
+    parser.add_argument("--scores-dir", default=None,
+                        help="keep each recording's frame scores here (reruns skip the encoder and the head)")
     parser.add_argument("--stride", type=int, default=1, help="use every n-th labelled frame")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=None, help="write every number here as JSON")
@@ -261,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     qids = [q.id for q in questions]
     types = {q.id: q.defect_type for q in questions}
     log(f"{bundle.model_id}: {len(qids)} questions")
-    frames = {"calibration": score_sets(bundle, questions, args.calib, args.stride, args.cache_dir, log),
-              "heldout": score_sets(bundle, questions, args.heldout, args.stride, args.cache_dir, log)}
+    frames = {name: score_sets(bundle, args.bundle, questions, paths, args.stride, args.cache_dir, args.scores_dir, log)
+              for name, paths in (("calibration", args.calib), ("heldout", args.heldout))}
     tables = {name: aggregate_parts(f.scores, f.keys, f.labels, qids, args.methods) for name, f in frames.items()}
     sets = {name: part_sets(tables[name][args.methods[0]], frames[name]) for name in frames}
     subset = np.isin(sets["heldout"], args.heldout_subset) if args.heldout_subset else None
