@@ -63,7 +63,6 @@ from training.parts import (  # noqa: E402
     independent_thresholds,
     part_report,
     report_from_matrices,
-    sum_reports,
 )
 
 
