@@ -22,6 +22,9 @@ Public API
     scorer: "head" (MLLM, VQAScore), "clip" (zero-shot CLIP), "probe" (linear probe).
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
+``bundle.part_thresholds_for(questions) -> np.ndarray (Q,)``  the same for part verdicts: Question.threshold,
+    else the calibrated part threshold (``spec.parts``), else the frame threshold
+``bundle.part_aggregate``  how a part's frame scores are combined ("mean" until calibrated otherwise)
 ``bundle.model_id``, ``bundle.encoder``, ``bundle.head``, ``bundle.clip`` (ClipBaseline | None),
 ``bundle.probe`` (LinearProbe | None), ``bundle.spec`` (BundleSpec), ``bundle.describe() -> dict``
 """
@@ -44,6 +47,7 @@ from model.encoder import (
 )
 from model.head import MLLMHead
 from schemas.config import Question
+from schemas.part import PartAggregate
 
 BUNDLE_FILE = "bundle.json"
 Scorer = Literal["head", "clip", "probe"]
@@ -62,6 +66,23 @@ class EncoderSpec(BaseModel):
     config: EncoderConfig = EncoderConfig()
 
 
+class PartVerdictSpec(BaseModel):
+    """How the bundle's frame scores become one verdict per part (``patchsight model calibrate``).
+
+    A part is flagged on a question when the ``aggregate`` of its frames' scores reaches the
+    question's threshold; the thresholds were chosen together so that at most
+    ``max_false_alarm_rate`` of the calibration recordings' good parts are flagged by any question.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    aggregate: PartAggregate = "mean"
+    thresholds: dict[str, float] = {}  # question id -> part threshold
+    max_false_alarm_rate: float = Field(0.02, ge=0.0, le=1.0)
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="what the thresholds bought on the calibration recordings: the part report")
+
+
 class BundleSpec(BaseModel):
     """bundle.json."""
 
@@ -76,6 +97,7 @@ class BundleSpec(BaseModel):
     questions: list[Question] = []
     thresholds: dict[str, float] = {}  # question id -> default threshold
     default_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    parts: PartVerdictSpec | None = None  # None: not calibrated for part verdicts (frame thresholds are used)
     provenance: dict[str, Any] = {}
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -208,6 +230,18 @@ class Bundle:
             out.append(t)
         return np.asarray(out, dtype=np.float32)
 
+    def part_thresholds_for(self, questions: Sequence[Question]) -> np.ndarray:
+        """Part-verdict thresholds: the line's where it sets one, else the calibrated part threshold, else the frame one."""
+        frame = self.thresholds_for(questions)
+        if self.spec.parts is None:
+            return frame
+        return np.asarray([q.threshold if q.threshold is not None else self.spec.parts.thresholds.get(q.id, float(f))
+                           for q, f in zip(questions, frame)], dtype=np.float32)
+
+    @property
+    def part_aggregate(self) -> PartAggregate:
+        return self.spec.parts.aggregate if self.spec.parts is not None else "mean"
+
     def describe(self) -> dict[str, Any]:
         def count(module) -> int:
             return sum(p.numel() for p in module.parameters()) if module is not None else 0
@@ -240,6 +274,7 @@ class Bundle:
             "questions": [q.model_dump(mode="json", exclude_none=True) for q in self.spec.questions],
             "thresholds": self.spec.thresholds,
             "default_threshold": self.spec.default_threshold,
+            "parts": self.spec.parts.model_dump(mode="json", exclude={"calibration"}) if self.spec.parts else None,
             "provenance": self.spec.provenance,
             "device": str(self.encoder.device),
             "dtype": str(self.encoder.dtype).removeprefix("torch."),
