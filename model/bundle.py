@@ -8,6 +8,7 @@ Layout::
     head/                 MLLMHead.save_pretrained: head_config.json, projector.safetensors, lm/
                           (LLaVA: llava/, or the hub id in head_config.json)
     probe.safetensors     optional LinearProbe on the pooled CLIP embedding
+    part-head/            optional second head that reads the part view (model/views.py): spec.part_view
 
 ``load_bundle`` never touches the network.
 
@@ -20,7 +21,11 @@ Public API
 ``bundle.encode(frames: list[np.ndarray BGR uint8]) -> EncoderOutput``
 ``bundle.score_frames(frames, questions, scorer="head") -> np.ndarray (B, Q) float32``
     scorer: "head" (MLLM, VQAScore), "clip" (zero-shot CLIP), "probe" (linear probe).
+``bundle.score_frames(frames, questions, boxes=[box | None, ...])``: with a part view, each frame with
+    a part box is scored from both views (the mean of the two heads' log-odds)
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
+    scorer "part_head": the part view's head, on encoded part views
+``combine_views(frame_scores, part_scores) -> np.ndarray``  P(yes) from both views
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
 ``bundle.part_thresholds_for(questions) -> np.ndarray (Q,)``  the same for part verdicts: Question.threshold,
     else the calibrated part threshold (``spec.parts``), else the frame threshold
@@ -46,11 +51,12 @@ from model.encoder import (
     EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, hub_kwargs, load_clip, resolve_device,
 )
 from model.head import MLLMHead
+from model.views import PART_MARGIN, Box, part_crop
 from schemas.config import Question
 from schemas.part import PartAggregate
 
 BUNDLE_FILE = "bundle.json"
-Scorer = Literal["head", "clip", "probe"]
+Scorer = Literal["head", "part_head", "clip", "probe"]
 
 
 class BundleError(ValueError):
@@ -64,6 +70,15 @@ class EncoderSpec(BaseModel):
     # None: the head's own (LLaVA) vision tower, no CLIP baseline.
     source: str | None = "encoder"
     config: EncoderConfig = EncoderConfig()
+
+
+class PartViewSpec(BaseModel):
+    """A second head that reads the part cut out of the frame (model/views.py), beside the whole-frame head."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: str = "part-head"
+    margin: float = Field(PART_MARGIN, ge=0.0, le=1.0, description="around the part's box, of its longer side")
 
 
 class PartVerdictSpec(BaseModel):
@@ -97,6 +112,7 @@ class BundleSpec(BaseModel):
     questions: list[Question] = []
     thresholds: dict[str, float] = {}  # question id -> default threshold
     default_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    part_view: PartViewSpec | None = None  # None: the head reads the whole frame only
     parts: PartVerdictSpec | None = None  # None: not calibrated for part verdicts (frame thresholds are used)
     provenance: dict[str, Any] = {}
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -112,9 +128,12 @@ class Bundle:
         clip_model: CLIPModel | None = None,
         probe: LinearProbe | None = None,
         directory: Path | None = None,
+        part_head: MLLMHead | None = None,
     ) -> None:
         if head.encoder is not None and head.encoder is not encoder:
             raise ValueError("the head must read the bundle's encoder")
+        if (part_head is None) != (spec.part_view is None):
+            raise ValueError("a part view needs its head, and a part head its spec.part_view")
         if clip is not None and clip.encoder is not encoder:
             raise ValueError("the CLIP baseline must read the bundle's encoder")
         self.spec = spec
@@ -124,6 +143,7 @@ class Bundle:
         self.clip_model = clip_model  # kept to save the text tower with the vision tower
         self.probe = probe
         self.directory = directory
+        self.part_head = part_head
 
     @classmethod
     def create(
@@ -174,6 +194,8 @@ class Bundle:
             self.clip.tokenizer.save_pretrained(out)
             self.encoder.preprocess.save_pretrained(out)
         self.head.save_pretrained(directory / self.spec.head, dtype=dtype)
+        if self.part_head is not None:
+            self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype)
         if self.probe is not None:
             self.probe.save(directory / "probe.safetensors")
         spec = self.spec.model_copy(update={"encoder": EncoderSpec(source=src, config=self.encoder.config)})
@@ -194,6 +216,10 @@ class Bundle:
     def score_encoded(self, enc: EncoderOutput, questions: Sequence[Question | str], scorer: Scorer = "head") -> np.ndarray:
         if scorer == "head":
             scores = self.head.score(enc, questions)
+        elif scorer == "part_head":
+            if self.part_head is None:
+                raise ValueError(f"bundle {self.model_id} has no part view")
+            scores = self.part_head.score(enc, questions)
         elif scorer == "clip":
             if self.clip is None:
                 raise ValueError(f"bundle {self.model_id} has no CLIP text tower")
@@ -205,12 +231,27 @@ class Bundle:
         return scores.float().cpu().numpy()
 
     def score_frames(
-        self, frames: Sequence[np.ndarray], questions: Sequence[Question | str], scorer: Scorer = "head"
+        self, frames: Sequence[np.ndarray], questions: Sequence[Question | str], scorer: Scorer = "head",
+        boxes: Sequence[Box | None] | None = None,
     ) -> np.ndarray:
-        """P(yes) for every question of every frame, (B, Q) float32 in [0, 1]."""
+        """P(yes) for every question of every frame, (B, Q) float32 in [0, 1].
+
+        ``boxes``: the part's box on each frame (None: no part). With a part view, the head's
+        score of a frame with a box comes from both views.
+        """
         if not frames:
             return np.zeros((0, len(questions)), dtype=np.float32)
-        return self.score_encoded(self.encode(frames), questions, scorer)
+        scores = self.score_encoded(self.encode(frames), questions, scorer)
+        rows = [i for i, box in enumerate(boxes or ()) if box is not None]
+        if scorer == "head" and self.part_head is not None and rows:
+            views = self.part_views([frames[i] for i in rows], [boxes[i] for i in rows])
+            scores[rows] = combine_views(scores[rows], self.score_encoded(self.encode(views), questions, "part_head"))
+        return scores
+
+    def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[np.ndarray]:
+        """The part view of each frame: its part cut out around the box (the encoder resizes it)."""
+        margin = self.spec.part_view.margin if self.spec.part_view is not None else PART_MARGIN
+        return [part_crop(frame, box, margin) for frame, box in zip(frames, boxes)]
 
     def _probe_scores(self, enc: EncoderOutput, questions: Sequence[Question | str]) -> torch.Tensor:
         if self.probe is None:
@@ -274,11 +315,21 @@ class Bundle:
             "questions": [q.model_dump(mode="json", exclude_none=True) for q in self.spec.questions],
             "thresholds": self.spec.thresholds,
             "default_threshold": self.spec.default_threshold,
+            "part_view": self.spec.part_view.model_dump(mode="json") if self.spec.part_view else None,
             "parts": self.spec.parts.model_dump(mode="json", exclude={"calibration"}) if self.spec.parts else None,
             "provenance": self.spec.provenance,
             "device": str(self.encoder.device),
             "dtype": str(self.encoder.dtype).removeprefix("torch."),
         }
+
+
+def combine_views(frame_scores: np.ndarray, part_scores: np.ndarray) -> np.ndarray:
+    """P(yes) from the whole-frame and the part view: the mean of their log-odds."""
+    eps = 1e-6
+    f = np.clip(frame_scores, eps, 1 - eps)
+    p = np.clip(part_scores, eps, 1 - eps)
+    logit = (np.log(f / (1 - f)) + np.log(p / (1 - p))) / 2
+    return (1 / (1 + np.exp(-logit))).astype(np.float32)
 
 
 def _is_hub_id(source: str, directory: Path) -> bool:
@@ -312,7 +363,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: to
     probe = None
     if (directory / "probe.safetensors").is_file():
         probe = LinearProbe.load(directory / "probe.safetensors").to(device)
-    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory)
+    part_head = None
+    if spec.part_view is not None:
+        part_head = MLLMHead.from_pretrained(directory / spec.part_view.head, encoder=encoder, device=device, dtype=dtype)
+    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head)
 
 
 def bundle_from_llava(
