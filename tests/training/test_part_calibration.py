@@ -1,8 +1,10 @@
-"""`model calibrate` chooses part thresholds for a false-alarm budget (tiny models, two tiny synth seeds:
-fixtures in conftest.py)."""
+"""`model calibrate` chooses part thresholds for a false-alarm budget, and scripts/measure_parts.py still runs
+(tiny models, two tiny synth seeds: fixtures in conftest.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import shutil
 from pathlib import Path
@@ -16,6 +18,9 @@ from training import data as td
 from training import metrics as tm
 from training.calibrate import calibrate
 from training.parts import REPORT_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def truth_parts(recs: list[Path]) -> dict[tuple[str, int], bool]:
     """(recording, part id) -> defective, from the recordings alone."""
@@ -119,3 +124,17 @@ def test_recordings_without_part_ids_leave_the_part_thresholds_as_they_were(cali
     record = calibrate(out, [camera], max_fpr=0.1, log=lambda m: None)
     assert "skipped" in record["parts"]
     assert load_bundle(out, device="cpu").spec.parts == before
+
+
+def test_the_part_measurement_script_runs(part_bundle, seed_dirs, workdir, capsys):
+    spec = importlib.util.spec_from_file_location("measure_parts", ROOT / "scripts" / "measure_parts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = workdir / "measure.json"
+    assert module.main(["--bundle", str(part_bundle), "--calib", str(seed_dirs[0]), "--heldout", str(seed_dirs[1]),
+                        "--budget", "0.25", "--threads", "1", "--cache-dir", str(workdir / "parts-cache"),
+                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["per_method"]) == {"mean", "top3", "noisy_or"}
+    assert result["per_method"]["mean"]["budgeted"]["calibration"]["overall"]["parts"] == 8
+    assert "Per part at thresholds chosen" in capsys.readouterr().out
