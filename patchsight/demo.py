@@ -599,16 +599,17 @@ def parts_table(seen: PartsSeen) -> Table:
     """The per-part report as a table: one row per defect type, then all parts."""
     report = seen.report
     table = Table(title="per part (each camera's parts against the recordings' truth)")
-    table.add_column("defect type")
-    for name in ("defective", "caught", "missed", "detection", "good", "flagged", "false alarms", "wrong defect"):
+    table.add_column("defect type", no_wrap=True)
+    for name in ("detection", "missed", "false alarms", "wrong defect"):
         table.add_column(name, justify="right")
     for name, r in [*sorted(report["by_defect_type"].items()), ("[bold]all", report["overall"])]:
-        table.add_row(name, str(r["defective"]), str(r["caught"]), str(r["missed"]), _rate(r["detection_rate"]),
-                      str(r["good"]), str(r["flagged"]), _rate(r["false_alarm_rate"]), str(r["wrong_defect"]))
+        table.add_row(name, f"{_rate(r['detection_rate'])} ({r['caught']}/{r['defective']})", str(r["missed"]),
+                      f"{_rate(r['false_alarm_rate'])} ({r['flagged']}/{r['good']})", str(r["wrong_defect"]))
     o = report["overall"]
     table.caption = (
-        f"{o['parts']} parts; a good part is flagged when any alert touches it, a defective one caught when an alert "
-        f"with a finding of its defect type does; wrong defect: flagged only for defects it does not have (missed)\n"
+        f"{o['parts']} parts; detection: caught/defective parts, caught when an alert with a finding of the defect "
+        f"type touches the part; false alarms: flagged/good parts, flagged when any alert touches it; wrong defect: "
+        f"flagged only for defects it does not have (missed)\n"
         f"alerts on frames without a part {seen.alerts_without_part}, alerts spanning several parts "
         f"{seen.alerts_on_several_parts}"
     )

@@ -239,13 +239,11 @@ def _print_parts(console: Console, parts: dict) -> None:
     console.print(table)
     report = parts["report"]
     table = Table(title="per part on the calibration recordings, by defect type")
-    for col in ("defect type", "defective", "caught", "missed", "detection", "good flagged", "false alarms",
-                "wrong defect"):
-        table.add_column(col)
+    for col in ("defect type", "detection", "missed", "false alarms", "wrong defect"):
+        table.add_column(col, no_wrap=True)
     for name, row in [*report["by_defect_type"].items(), ("all", report["overall"])]:
-        table.add_row(name, str(row["defective"]), str(row["caught"]), str(row["missed"]),
-                      _pct(row["detection_rate"]), f"{row['flagged']}/{row['good']}", _pct(row["false_alarm_rate"]),
-                      str(row["wrong_defect"]))
+        table.add_row(name, f"{_pct(row['detection_rate'])} ({row['caught']}/{row['defective']})", str(row["missed"]),
+                      f"{_pct(row['false_alarm_rate'])} ({row['flagged']}/{row['good']})", str(row["wrong_defect"]))
     console.print(table)
     console.print(f"per part, calibration recordings: {_rates(report['overall'])}")
     if "cross_validated" in parts:
