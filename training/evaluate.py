@@ -268,7 +268,7 @@ def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray
         keep = table.labels[:, j] >= 0
         frames = labels[in_part, cols[j]]
         per_question[qid] = {
-            "threshold": round(thresholds[qid], 4),
+            "threshold": thresholds[qid],
             "part_auroc": _finite(auroc(table.scores[keep, j], table.labels[keep, j])),
             "frame_auroc": _finite(auroc(frame_scores[in_part, cols[j]][frames >= 0], frames[frames >= 0])),
             "defective": int(own.sum()), "caught": int((own & flagged[:, j]).sum()),
