@@ -123,8 +123,8 @@ def calibrate(
     thresholds fitted on training frames would be too optimistic. A question the recordings
     do not answer (too few yes or no frames) keeps its frame threshold. ``max_false_alarm_rate``
     (default: ``AlertPolicy``'s) is the part budget; ``folds`` names each recording's fold (its
-    ``--data`` folder). Recordings whose frames carry no part id (``patchsight label`` writes
-    none) leave the bundle's part thresholds as they were.
+    ``--data`` folder; None: no cross-validated report). Recordings whose frames carry no part
+    id (``patchsight label`` writes none) leave the bundle's part thresholds as they were.
     """
     from model.bundle import BUNDLE_FILE, PartVerdictSpec, load_bundle
 
@@ -139,8 +139,10 @@ def calibrate(
     questions = [q for q in bundle.spec.questions if q.category != QuestionCategory.relation]
     pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log)
     keys = frame_part_keys(pieces)
-    fold_of = dict(zip(map(str, recordings), folds or map(str, recordings)))
-    frame_folds = [fold_of[p.sources[0]] for p in pieces for _ in range(len(p))]
+    frame_folds = None
+    if folds is not None:
+        fold_of = dict(zip(map(str, recordings), folds))
+        frame_folds = [fold_of[p.sources[0]] for p in pieces for _ in range(len(p))]
     data = LabelledSet.join(pieces)
     del pieces
     scores = torch.sigmoid(head_margins(bundle.head, data.tokens, questions)).numpy()
