@@ -9,8 +9,10 @@ What it does, in order:
    the dashboard, then one replay process per recording;
 5. follows results and alerts live until every frame has a result and the alert
    service has caught up;
-6. prints a summary: frames, alerts per defect type against ground truth (caught,
-   missed, false alerts) and capture-to-alert latency; then stops every process it
+6. prints a summary: frames, alert findings per defect type against ground truth (caught,
+   missed, false alerts), the per-part report (detection and false-alarm rate per part,
+   overall and per defect type: ``part_report_from_alerts``) and capture-to-alert latency,
+   also written to ``<run dir>/summary.json``; then stops every process it
    started, also on Ctrl-C, unless ``--keep-running`` (then on Ctrl-C), and the Kafka
    broker and Redis server if it started them: servers that were running before it
    (an earlier ``patchsight infra up``, or your own) keep running, and it says so.
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -43,6 +45,7 @@ from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config
 from schemas.result import InspectionResult, ResultStatus
+from training.parts import PartVerdict, part_report_from_flags
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer
@@ -181,43 +184,104 @@ def defect_events(recordings: Iterable[Recording], question_ids: set[str]) -> li
     return list(events.values())
 
 
+def findings_of(alert: DefectAlert) -> list[str]:
+    """The question ids an alert reports: its findings (a part alert), else its one question (an older alert)."""
+    return list(dict.fromkeys(f.question_id for f in alert.findings)) or [alert.question_id]
+
+
 def score_alerts(
     alerts: list[DefectAlert], events: list[DefectEvent], defect_type_of: dict[str, str]
 ) -> dict[str, TypeScore]:
-    """Match alerts to defect events: same camera and question, overlapping frames.
+    """Match each finding of each alert to defect events: same camera and question, overlapping frames.
 
-    An alert's frames run from its k-of-n window to its last frame above threshold, so an
-    alert raised just before a defective part and held open through it catches that part.
-    A second alert for an event already caught counts as a duplicate: the one thing
-    operators must never see.
+    A part alert lists every question over its threshold (its findings): each finding is
+    matched on its own, so one alert on a part with a scratch and a crack catches both, and a
+    finding for a defect the part does not have is a false alert of that defect type. An
+    alert's frames run from its first to its last frame (for a k-of-n alert, its last frame
+    above threshold), so an alert raised just before a defective part and held open through it
+    catches that part. A second finding for an event already caught counts as a duplicate:
+    the one thing operators must never see.
     """
     scores: dict[str, TypeScore] = {}
     caught: set[int] = set()
     for alert in sorted(alerts, key=lambda a: (a.camera_id, a.first_seq)):
-        score = scores.setdefault(alert.defect_type, TypeScore())
-        match = next(
-            (
-                i
-                for i, ev in enumerate(events)
-                if ev.camera_id == alert.camera_id
-                and ev.question_id == alert.question_id
-                # the k-of-n window may start a frame or two before the part is judged in view
-                and alert.first_seq <= ev.seqs[1] + 2
-                and alert.last_frame_seq >= ev.seqs[0]
-            ),
-            None,
-        )
-        if match is None:
-            score.false_alerts += 1
-        elif match in caught:
-            score.duplicates += 1
-        else:
-            caught.add(match)
-            score.caught += 1
+        for qid in findings_of(alert):
+            score = scores.setdefault(defect_type_of.get(qid, alert.defect_type), TypeScore())
+            match = next(
+                (
+                    i
+                    for i, ev in enumerate(events)
+                    if ev.camera_id == alert.camera_id
+                    and ev.question_id == qid
+                    # the k-of-n window may start a frame or two before the part is judged in view
+                    and alert.first_seq <= ev.seqs[1] + 2
+                    and alert.last_frame_seq >= ev.seqs[0]
+                ),
+                None,
+            )
+            if match is None:
+                score.false_alerts += 1
+            elif match in caught:
+                score.duplicates += 1
+            else:
+                caught.add(match)
+                score.caught += 1
     for i, ev in enumerate(events):
         if i not in caught:
             scores.setdefault(defect_type_of.get(ev.question_id, ev.question_id), TypeScore()).missed += 1
     return scores
+
+
+PartKey = tuple[str, str, int]  # line, camera, the truth's part id: each camera sees its own parts
+
+
+@dataclass
+class PartsSeen:
+    """Per-part scoring of the alerts: the report, and alerts that touched no part or several."""
+
+    report: dict
+    alerts_without_part: int = 0  # alerts whose frames show no part (an empty belt)
+    alerts_on_several_parts: int = 0  # alerts whose frames show more than one part
+
+
+def part_report_from_alerts(
+    alerts: list[DefectAlert], recordings: Iterable[Recording], question_ids: list[str],
+    defect_type_of: dict[str, str],
+) -> PartsSeen:
+    """The per-part report (``training.parts.part_report_from_flags``) of the alerts against the recordings' truth.
+
+    A part is a truth part id on one camera (each camera sees its own parts); it is defective for
+    the questions its frames answer yes. An alert touches the parts its frames show: on its
+    camera, the frames ``first_seq`` to ``last_frame_seq`` (``last_seq`` for a part alert), whatever
+    its own part id says (the tracker's ids, ``<camera>.<first seq>``, are not the truth's). Every
+    part it touches is flagged for its findings. So a good part counts as flagged if any alert
+    touches it, a defective part is caught if an alert with a finding of its defect type touches
+    it, and two alerts on one part count once.
+    """
+    known = set(question_ids)
+    defects: dict[PartKey, set[str]] = {}
+    frames: dict[tuple[str, str], list[tuple[int, PartKey]]] = {}
+    for rec in recordings:
+        camera = (rec.meta.line_id, rec.meta.camera_id)
+        for entry in rec.entries:
+            truth = entry.truth
+            if truth is None or truth.part_id is None:
+                continue
+            key = (*camera, truth.part_id)
+            defects.setdefault(key, set()).update(q for q, yes in truth.answers.items() if yes and q in known)
+            frames.setdefault(camera, []).append((entry.seq, key))
+    flagged: dict[PartKey, set[str]] = {key: set() for key in defects}
+    seen = PartsSeen(report={})
+    for alert in alerts:
+        touched = {key for seq, key in frames.get((alert.line_id, alert.camera_id), [])
+                   if alert.first_seq <= seq <= alert.last_frame_seq}
+        seen.alerts_without_part += not touched
+        seen.alerts_on_several_parts += len(touched) > 1
+        for key in touched:
+            flagged[key].update(q for q in findings_of(alert) if q in known)
+    verdicts = [PartVerdict(frozenset(defects[k]), frozenset(flagged[k])) for k in defects]
+    seen.report = part_report_from_flags(verdicts, question_ids, defect_type_of)
+    return seen
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -395,9 +459,12 @@ class _Progress:
             new = alert.alert_id not in self.alerts
             self.alerts[alert.alert_id] = alert  # the latest copy: an open alert's last defect frame moves on
             if new:
+                found = ", ".join(f"{f.question_id} {f.score:.2f}" for f in alert.findings) or (
+                    f"{alert.question_id} {alert.score:.2f}")
+                part = f" part {alert.part_id}" if alert.part_id else ""
                 live.console.print(
-                    f"[red]ALERT[/] {alert.line_id}/{alert.camera_id} {alert.defect_type} "
-                    f"score {alert.score:.2f} frames {alert.first_seq}-{alert.last_seq}"
+                    f"[red]ALERT[/] {alert.line_id}/{alert.camera_id}{part}: {found} "
+                    f"frames {alert.first_seq}-{alert.last_seq}"
                 )
 
     def table(self) -> Table:
@@ -524,16 +591,44 @@ def live_display(renderable: Table, console: Console) -> Iterator[Live]:
         console.line()
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def parts_table(seen: PartsSeen) -> Table:
+    """The per-part report as a table: one row per defect type, then all parts."""
+    report = seen.report
+    table = Table(title="per part (each camera's parts against the recordings' truth)")
+    table.add_column("defect type", no_wrap=True)
+    for name in ("detection", "missed", "false alarms", "wrong defect"):
+        table.add_column(name, justify="right")
+    for name, r in [*sorted(report["by_defect_type"].items()), ("[bold]all", report["overall"])]:
+        table.add_row(name, f"{_rate(r['detection_rate'])} ({r['caught']}/{r['defective']})", str(r["missed"]),
+                      f"{_rate(r['false_alarm_rate'])} ({r['flagged']}/{r['good']})", str(r["wrong_defect"]))
+    o = report["overall"]
+    table.caption = (
+        f"{o['parts']} parts; detection: caught/defective parts, caught when an alert with a finding of the defect "
+        f"type touches the part; false alarms: flagged/good parts, flagged when any alert touches it; wrong defect: "
+        f"flagged only for defects it does not have (missed)\n"
+        f"alerts on frames without a part {seen.alerts_without_part}, alerts spanning several parts "
+        f"{seen.alerts_on_several_parts}"
+    )
+    return table
+
+
 def _summary(
     cfg: PatchsightConfig, recordings: list[Path], alerts: list[DefectAlert], total: int, inspected: int,
     skipped: int, dead_letters: int, duplicate_results: int, elapsed: float, run_dir: Path,
-) -> Table:
+) -> Group:
+    """The summary tables (alert findings per defect type, then per part), also written to ``run_dir/summary.json``."""
     questions = {q.id: q for line in cfg.lines for q in line.questions}
+    defect_type_of = {q.id: q.defect_type for q in questions.values()}
     events = defect_events((Recording(r) for r in recordings), set(questions))
-    scores = score_alerts(alerts, events, {q.id: q.defect_type for q in questions.values()})
+    scores = score_alerts(alerts, events, defect_type_of)
+    seen = part_report_from_alerts(alerts, (Recording(r) for r in recordings), list(questions), defect_type_of)
     latencies = [(a.raised_ns - a.trigger_capture_ns) / 1e6 for a in alerts]
 
-    table = Table(title=f"summary ({elapsed:.0f} s)")
+    table = Table(title=f"summary ({elapsed:.0f} s): alert findings against each camera's defects")
     table.add_column("defect type")
     for name in ("caught", "missed", "false alerts", "duplicate alerts"):
         table.add_column(name, justify="right")
@@ -543,8 +638,8 @@ def _summary(
                        for f in ("caught", "missed", "false_alerts", "duplicates")))
     table.add_row("[bold]all", str(all_.caught), str(all_.missed), str(all_.false_alerts), str(all_.duplicates))
     table.caption = (
-        f"frames published {total}, inspected {inspected - skipped}, skipped {skipped}, "
-        f"dead-lettered {dead_letters}, redelivered results {duplicate_results}\n"
+        f"{len(alerts)} alerts, counted per finding; frames published {total}, inspected {inspected - skipped}, "
+        f"skipped {skipped}, dead-lettered {dead_letters}, redelivered results {duplicate_results}\n"
         f"capture-to-alert latency p50 {percentile(latencies, 50):.0f} ms, p99 {percentile(latencies, 99):.0f} ms"
     )
     (run_dir / "summary.json").write_text(
@@ -553,10 +648,14 @@ def _summary(
                 "frames": total, "inspected": inspected - skipped, "skipped": skipped,
                 "dead_lettered": dead_letters, "redelivered_results": duplicate_results,
                 "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)},
+                "alerts": len(alerts),
                 "by_defect_type": {k: vars(v) for k, v in scores.items()},
+                "parts": seen.report,
+                "alerts_without_part": seen.alerts_without_part,
+                "alerts_on_several_parts": seen.alerts_on_several_parts,
                 "elapsed_s": elapsed,
             },
             indent=2,
         )
     )
-    return table
+    return Group(table, parts_table(seen))

@@ -34,6 +34,11 @@ Example (the recordings of issue 31's measurement)::
         --out /work/runs-parts/measure.json
 
 Prints markdown tables; ``--out`` keeps every number as JSON.
+
+``patchsight model calibrate`` does the one choice a bundle needs (one aggregate's part thresholds
+for the budget, stored in bundle.json) and ``patchsight model eval`` reports per part at them; this
+script is the measurement behind those defaults: every aggregate side by side, the reference rules,
+calibration and held-out recordings in one run.
 """
 
 from __future__ import annotations
@@ -71,6 +76,13 @@ def _finetune():  # type: ignore[no-untyped-def]
     import training.data as module
 
     return module
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """training.metrics.auroc (torch), imported when first needed."""
+    from training.metrics import auroc
+
+    return auroc(scores, labels)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -158,7 +170,7 @@ def k_of_n_flags(frames: Scored, table: PartTable, thresholds: np.ndarray, k: in
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     keep = labels >= 0
-    value = _finetune().auroc(scores[keep], labels[keep])
+    value = _auroc(scores[keep], labels[keep])
     return None if math.isnan(value) else round(float(value), 4)
 
 

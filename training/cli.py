@@ -163,7 +163,6 @@ def finetune_command(
 ) -> None:
     """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
     from model.head import OLD_IMAGE_TOKENS
-    from schemas.errors import ConfigError
     from training.finetune import VARIANTS, FinetuneConfig, finetune
 
     if variant not in VARIANTS:
@@ -174,20 +173,7 @@ def finetune_command(
         raise typer.BadParameter("choose none or cosine", param_hint="--lr-decay")
     _quiet_transformers()
     console = Console(stderr=True)
-    questions = None
-    if config is not None:
-        from schemas.config import load_config
-
-        try:
-            cfg_file = load_config(config)
-        except ConfigError as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(1) from None
-        chosen = cfg_file.line(line) if line else (cfg_file.lines[0] if cfg_file.lines else None)
-        if chosen is None:
-            console.print(f"[red]no line {line!r} in {config}[/]")
-            raise typer.Exit(1)
-        questions = chosen.questions
+    questions = _config_line(config, line, console).questions if config is not None else None
     from model.head import HeadConfig, TinyDecoderConfig
 
     decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
@@ -210,21 +196,96 @@ def finetune_command(
     typer.echo(str(out))
 
 
+def _config_line(config: Path, line: str | None, console: Console):  # type: ignore[no-untyped-def]
+    """The ``--line`` of a ``--config`` file (its first line without ``--line``); exits 1 when there is none."""
+    from schemas.config import load_config
+    from schemas.errors import ConfigError
+
+    try:
+        cfg_file = load_config(config)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    chosen = cfg_file.line(line) if line else (cfg_file.lines[0] if cfg_file.lines else None)
+    if chosen is None:
+        console.print(f"[red]no line {line!r} in {config}[/]")
+        raise typer.Exit(1)
+    return chosen
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _rates(row: dict) -> str:
+    return (f"detection {_pct(row['detection_rate'])} ({row['caught']}/{row['defective']}), "
+            f"false alarms {_pct(row['false_alarm_rate'])} ({row['flagged']}/{row['good']} good parts)")
+
+
+def _print_parts(console: Console, parts: dict) -> None:
+    """What ``calibrate`` chose for parts and what it buys on the calibration recordings."""
+    if "skipped" in parts:
+        console.print(f"[yellow]part thresholds not calibrated:[/] {parts['skipped']} (they stay as they were)")
+        return
+    table = Table(title=f"part thresholds ({parts['aggregate']} of a part's frames; {parts['parts']} parts: "
+                  f"{parts['defective']} defective, {parts['good']} good; at most {parts['allowed_flagged']} good "
+                  f"parts flagged, a budget of {parts['max_false_alarm_rate']:.1%})")
+    for col in ("question", "threshold", "caught", "detection", "good flagged", "part AUROC"):
+        table.add_column(col)
+    for qid, r in parts["per_question"].items():
+        auc = "-" if r["part_auroc"] is None else f"{r['part_auroc']:.3f}"
+        table.add_row(qid, f"{r['threshold']:.4f}", f"{r['caught']}/{r['defective']}", _pct(r["detection_rate"]),
+                      str(r["flagged"]), auc)
+    console.print(table)
+    report = parts["report"]
+    table = Table(title="per part on the calibration recordings, by defect type")
+    for col in ("defect type", "detection", "missed", "false alarms", "wrong defect"):
+        table.add_column(col, no_wrap=True)
+    for name, row in [*report["by_defect_type"].items(), ("all", report["overall"])]:
+        table.add_row(name, f"{_pct(row['detection_rate'])} ({row['caught']}/{row['defective']})", str(row["missed"]),
+                      f"{_pct(row['false_alarm_rate'])} ({row['flagged']}/{row['good']})", str(row["wrong_defect"]))
+    console.print(table)
+    console.print(f"per part, calibration recordings: {_rates(report['overall'])}")
+    if "cross_validated" in parts:
+        cv = parts["cross_validated"]
+        console.print(f"per part, each of {len(cv['folds'])} --data folders with thresholds chosen on the others: "
+                      f"{_rates(cv['report']['overall'])}")
+
+
 @model_app.command("calibrate")
 def calibrate_command(
     bundle: Path = typer.Argument(..., help="bundle directory; its bundle.json is rewritten"),
-    data: list[Path] = typer.Option(..., "--data", help="labelled recordings the head was not trained on; repeat"),
+    data: list[Path] = typer.Option(..., "--data", help="labelled recordings the head was not trained on (or "
+                                    "folders of them, e.g. one synth seed each); repeat"),
     max_fpr: float = typer.Option(0.05, "--max-fpr", min=0.0, max=1.0,
-                                  help="flag at most this share of the clean frames (1: no cap)"),
+                                  help="frame thresholds flag at most this share of the clean frames (1: no cap)"),
+    max_false_alarm_rate: float | None = typer.Option(
+        None, "--max-false-alarm-rate", min=0.0, max=1.0,
+        help="part thresholds flag at most this share of the good parts, by any question (default: the --line's "
+        "alert_policy.max_false_alarm_rate, else 0.02)"),
+    aggregate: str = typer.Option("mean", help="mean | top3 | noisy_or: how a part's frame scores become one"),
+    config: Path = typer.Option(None, "--config", help="take the default budget from this config's --line"),
+    line: str = typer.Option(None, "--line", help="line id in --config (default: its first line)"),
     frame_stride: int = typer.Option(1, min=1, help="use every n-th labelled frame"),
     cache: Path = typer.Option(None, "--cache", help="keep encoded frames here"),
     threads: int = typer.Option(2),
 ) -> None:
-    """Refit a bundle's thresholds on labelled recordings: best balanced accuracy under a false-positive cap.
+    """Refit a bundle's frame and part thresholds on labelled recordings.
 
-    The rule finetune applies to its validation parts, applied to your own line. Copy the bundle
-    first to keep the old thresholds; the new ones and how they were set go in its provenance.
+    Frame thresholds: best balanced accuracy under a false-positive cap, the rule finetune applies
+    to its validation parts. Part thresholds: the frames grouped by part, aggregated per question,
+    and every question's threshold chosen together so that at most --max-false-alarm-rate of the
+    good parts are flagged. Copy the bundle first to keep the old thresholds; the new ones, what
+    they buy and how they were set go in its bundle.json.
     """
+    from schemas.part import PART_AGGREGATES
+
+    if aggregate not in PART_AGGREGATES:
+        raise typer.BadParameter(f"choose one of {', '.join(PART_AGGREGATES)}", param_hint="--aggregate")
+    console = Console(stderr=True)
+    if max_false_alarm_rate is None and config is not None:
+        max_false_alarm_rate = _config_line(config, line, console).alert_policy.max_false_alarm_rate
+
     import torch
 
     from model.bundle import BundleError
@@ -232,13 +293,19 @@ def calibrate_command(
 
     _quiet_transformers()
     torch.set_num_threads(threads)
-    console = Console(stderr=True)
+    recordings, folds = [], []
+    for path in data:  # each --data folder is a fold of the cross-validated part report
+        for rec in _recordings([path]):
+            if rec not in recordings:
+                recordings.append(rec)
+                folds.append(str(path))
     try:
-        record = calibrate(bundle, _recordings(data), max_fpr, frame_stride, cache, log=console.print)
+        record = calibrate(bundle, recordings, max_fpr, frame_stride, cache, log=console.print,
+                           max_false_alarm_rate=max_false_alarm_rate, aggregate=aggregate, folds=folds)
     except (BundleError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]calibrate failed:[/] {exc}")
         raise typer.Exit(1) from None
-    table = Table(title=f"thresholds ({record['frames']} frames, false-positive cap {max_fpr})")
+    table = Table(title=f"frame thresholds ({record['frames']} frames, false-positive cap {max_fpr})")
     for col in ("question", "threshold", "was", "yes", "no", "FPR", "TPR", "AUROC"):
         table.add_column(col)
     for qid, r in record["questions"].items():
@@ -246,6 +313,7 @@ def calibrate_command(
                       *("-" if r[k] is None else f"{r[k]:.3f}"
                         for k in ("false_positive_rate", "true_positive_rate", "auroc")))
     console.print(table)
+    _print_parts(console, record["parts"])
     typer.echo(str(bundle))
 
 

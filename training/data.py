@@ -260,11 +260,52 @@ def cached_pieces(
             partial.replace(path)
             del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too
             saved = torch.load(path, weights_only=False, mmap=True)
+        # the recording as this run names it: part keys (``frame_part_keys``) are made from it
         sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
-                                list(questions), saved["sources"]))
+                                list(questions), [str(rec)]))
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
     return sets
+
+
+def recording_pieces(
+    encoder: FrameEncoder,
+    recordings: Sequence[str | Path],
+    questions: Sequence[Question],
+    stride: int,
+    cache_dir: str | Path | None,
+    log: Log = print,
+) -> list[LabelledSet]:
+    """One encoded set per recording that has labelled frames, each naming its recording in ``sources``.
+
+    ``cached_pieces`` when ``cache_dir`` is given; without it each recording is encoded on its
+    own, so that every frame's recording is known (what ``frame_part_keys`` needs).
+    """
+    if cache_dir is not None:
+        return cached_pieces(encoder, recordings, questions, stride, cache_dir, log)
+    pieces = []
+    for rec in recordings:
+        try:
+            pieces.append(encode_recordings(encoder, [rec], questions, stride, log=log))
+        except NoLabelledFrames:
+            continue
+    if not pieces:
+        raise NoLabelledFrames("no labelled frames in the given recordings")
+    return pieces
+
+
+def frame_part_keys(pieces: Sequence[LabelledSet]) -> list[str | None]:
+    """Each frame's part: its recording and its truth's part id; None for a frame that shows no part.
+
+    The group names alone repeat across recordings whose line, camera and folder names are the
+    same (one synth seed's ``line-a/line-a-cam1`` and the next one's), so the recording comes first.
+    """
+    keys: list[str | None] = []
+    for piece in pieces:
+        if len(piece.sources) != 1:
+            raise ValueError(f"part keys need one recording per piece, got {len(piece.sources)}")
+        keys += [f"{piece.sources[0]}|{g}" if "#part" in g else None for g in piece.groups]
+    return keys
 
 
 def read_cached_piece(path: Path, log: Log = print) -> dict | None:

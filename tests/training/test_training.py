@@ -11,44 +11,12 @@ import torch
 
 from ingest import synth
 from ingest.recording import Recording
-from model.head import HeadConfig, TinyDecoderConfig
 from training import data as td
 from training import finetune as ft
 from training import metrics as tm
 from training.calibrate import calibrate
 from training.pretrain import DEFECT_WORDS, PretrainConfig, make_caption, pretrain, random_view, scene_captions
-
-TINY_HEAD = HeadConfig.tiny(decoder=TinyDecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("training")
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(workdir) -> Path:
-    cfg = PretrainConfig(
-        image_size=32, patch_size=16, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
-        text_heads=2, text_merges=2000, projection_dim=16, batch_size=8, max_steps=3, render_width=160,
-        log_every=1, threads=1, warmup_steps=1,
-    )
-    out = workdir / "clip"
-    record = pretrain(cfg, out, log=lambda m: None)
-    assert record["steps"] == 3 and all(np.isfinite(h["loss"]) for h in record["history"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def recordings(workdir) -> list[Path]:
-    return synth.write_recordings(workdir / "rec", lines=1, cameras=2, frames=40, seed=5, size=(320, 240), defect_rate=0.8)
-
-
-def tiny_config(**kw) -> ft.FinetuneConfig:
-    base = dict(head=TINY_HEAD, max_steps=30, eval_every=10, batch_frames=8, lr=3e-3, patience=100, threads=1,
-                val_fraction=0.3, warmup_steps=1)
-    return ft.FinetuneConfig(**{**base, **kw})
-
+from training_helpers import tiny_config
 
 def test_pretrain_writes_a_clip_that_loads_offline(tiny_clip):
     from model.encoder import load_clip
