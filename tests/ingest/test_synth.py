@@ -252,7 +252,8 @@ def _scene_digest(cam: SynthCamera, count: int) -> str:
                 look.blur_px, *look.belt_bgr]
         if sc.spec is not None:
             nums += [sc.spec.seed, sc.spec.angle, sc.spec.holes, sc.part_id, *sc.position]
-        h.update((repr(sc.spec and (sc.spec.part_type, sc.spec.defects)) + " ".join(f"{float(v):.9g}" for v in nums)).encode())
+        shown = repr(sc.spec and (sc.spec.part_type, sc.spec.defects))
+        h.update((shown + " ".join(f"{float(v):.9g}" for v in nums)).encode())
     return h.hexdigest()
 
 
@@ -275,7 +276,8 @@ def test_several_parts_render_like_one_part_each():
                           synth.render_parts_frame([], np.random.default_rng(1), look, SIZE))
     # two parts: each where it was put, the belt between them untouched
     empty = render(None)
-    both = synth.render_parts_frame([(a, (170.0, 240.0)), (b, (500.0, 240.0))], np.random.default_rng(0), CLEAN_LOOK, SIZE)
+    parts = [(a, (170.0, 240.0)), (b, (500.0, 240.0))]
+    both = synth.render_parts_frame(parts, np.random.default_rng(0), CLEAN_LOOK, SIZE)
     changed = np.abs(both.astype(int) - empty.astype(int)).max(axis=2) > 0
     columns = np.nonzero(changed.any(axis=0))[0]
     assert columns.min() < 30 and columns.max() > 640 - 10 - 30  # 170 - 150 and 500 + 150 (+ shadow)
