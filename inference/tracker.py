@@ -22,12 +22,14 @@ the frame (160 cells along the belt, 60 across: 4x8 pixels at 640x480; one ``cv2
 * Lighting drift: every frame is divided by a per-channel gain, the median ratio of frame
   to background on the cells that were belt in the previous frame.
 * Moving belt texture: stripes, slats and seams run across the belt and move with it, so a
-  per-cell mean cannot hold them. Their share of each column is measured on the rows that
-  look most like belt (the median over the 40% of rows with the fewest differing cells)
-  and taken out of the whole column; where the texture does not run (rails, guides) the
-  uncorrected difference is the smaller one, and a cell must differ both ways to count.
-  The background learns each frame with its texture shifted back, so it stays one consistent
-  picture of the belt. Fine texture (weave, grain) averages out in a cell.
+  per-cell mean cannot hold them. Their share of each column is measured on the belt rows
+  (not where parts were on the last frame, nor mostly differing now): the median of the
+  cells there that the texture runs over, and taken out of the whole column. Which cells
+  it runs over is learned: where the texture changed since the last frame, a belt cell's
+  difference changed with it, a still thing's (rail, guide, fixture) did not. A cell must
+  differ both with the texture taken out and without, so still things stay quiet too. The
+  background learns each belt cell with the texture shifted back, so it stays one
+  consistent picture of the belt. Fine texture (weave, grain) averages out in a cell.
 * A cell differs when, averaged with its neighbours across the belt, it is further from the
   belt than ``min_contrast`` (relative, in any colour channel) and than ``noise_k`` times the
   measured sensor noise (in grey levels, so dark cells need more). Differing cells group
@@ -43,8 +45,9 @@ the frame (160 cells along the belt, 60 across: 4x8 pixels at 640x480; one ``cv2
 * Start: the first frame seeds the background. Rows uniform along the belt (with uniform
   neighbours) are belt; the rows between them, where parts may lie, are interpolated from
   the belt rows above and below, so parts already in view on the first frame are found.
-  A seed that was wrong somewhere heals: a cell that stays foreground for ``absorb_after``
-  frames is learned into the background.
+  A seed that was wrong somewhere heals: a cell that a part holds for ``absorb_after``
+  frames (a wrong seed, a thing left lying) is learned quickly into the background, as
+  a still thing.
 
 Boxes are good to about a cell (4 px along the belt, 8 px across, at 640x480). A frame
 costs well under a millisecond (``benchmark``); the state is a few arrays of the cell grid
@@ -334,6 +337,12 @@ class PartTracker:
         self._settled = False  # every cell has been learned 1/learning_rate times
         self._stuck = np.zeros((gh, gw), np.uint16)
         self._belt_cells = np.ones((gh, gw), bool)
+        self._part_rows = np.zeros(gh, bool)
+        self._runs = np.ones((gh, gw), np.float32)  # per cell: how surely the belt's texture runs over it
+        self._last_moving = np.zeros(gw, np.float32)
+        self._last_lum = np.zeros((gh, gw), np.float32)
+        self._active = np.zeros(gw, bool)
+        self._follows = np.zeros((gh, 0), np.float32)
         self._gain = np.ones((planes, 1, 1), np.float32)
         # the noise, from neighbouring belt rows (each as noisy as a cell against the model)
         pairs = good[:-1][np.diff(good) == 1]
@@ -362,16 +371,35 @@ class PartTracker:
         # sensor noise is so many grey levels: relative to a dark cell (a rail, a shadow) it is more
         level = np.minimum.reduce(expected) if planes > 1 else expected[0]
         floor = np.maximum(self.min_contrast, self.noise_k * self._noise / level)
-        # texture moving with the belt, per column: the median over the rows that look most like
-        # belt (the 40% with the fewest differing cells; parts rarely leave fewer)
+        # texture moving with the belt, per column, measured on the rows that are belt: not where
+        # parts were on the last frame, nor mostly differing now (a part that just came). Its
+        # value is the mean of the cells there that differ, when enough do: cells that do not
+        # (rails, guides, a thing learned into the belt) have no say, however many they are.
         busy = (still > floor).mean(axis=1)
-        rows = busy <= np.partition(busy, int(0.4 * gh))[int(0.4 * gh)]
-        lum = resid[:, rows].mean(axis=0)
+        rows = (busy < 0.35) & ~self._part_rows
+        if rows.sum() < max(4, gh // 5):  # parts everywhere: the rows with the fewest differing cells
+            rows = busy <= np.partition(busy, int(0.4 * gh))[int(0.4 * gh)]
+        lum_all = resid.mean(axis=0)
+        # the median, per column, of those rows' cells that the texture runs over (the others are
+        # pushed to both ends in turn, so the middle stays the middle of the rest, give or take one)
+        runs = self._runs[rows] >= 0.5
+        ends = np.where(np.arange(len(runs)) % 2 == 0, np.inf, -np.inf).astype(np.float32)[:, None]
+        lum = np.where(runs, lum_all[rows], ends)
         moving = np.partition(lum, len(lum) // 2, axis=0)[len(lum) // 2]
+        moving = np.where((runs.sum(axis=0) >= 3) & np.isfinite(moving), moving, 0.0).astype(np.float32)
+        # which cells the texture runs over: where it changed since the last frame, a belt cell's
+        # difference changed by as much, a still thing's (a rail, a guide, a thing left lying) not
+        # (judged in _learn, on the cells no moving part covers)
+        change = moving - self._last_moving
+        self._active = np.abs(change) > 2 * floor.min(axis=0)
+        delta = lum_all[:, self._active] - self._last_lum[:, self._active]
+        self._follows = (np.abs(delta - change[self._active]) < np.abs(delta)).astype(np.float32)
+        self._last_moving, self._last_lum = moving, lum_all
         moved = np.abs(resid - moving).max(axis=0)
         diff = np.minimum(still, moved)
-        # the belt model learns the frame with its moving texture shifted back to where the model has it
-        self._texture = np.where(moved < still, 1.0 + moving, 1.0).astype(np.float32)
+        # the belt model learns the frame with its moving texture shifted back to where the model
+        # has it, on the cells the texture runs over
+        self._texture = np.where(self._runs >= 0.5, 1.0 + moving, 1.0).astype(np.float32)
         # judge each cell with its neighbours across the belt (not along it, where the next part follows)
         sharp = diff
         diff = cv2.blur(diff, (1, 3), borderType=cv2.BORDER_REPLICATE)
@@ -419,24 +447,36 @@ class PartTracker:
 
     def _learn(self, small: np.ndarray, blobs: list[_Blob]) -> None:
         assert self._bg is not None
-        covered = self._fg.copy()
+        held = self._fg.copy()  # what parts hold: their cells and boxes
+        covered = self._fg.copy()  # and the belt kept from learning: a cell more around each box
         for b in blobs:
+            held[b.top : b.bottom, b.lo : b.hi] = True
             covered[max(0, b.top - 1) : b.bottom + 1, max(0, b.lo - 1) : b.hi + 1] = True
-        # foreground for too long: belt after all (a wrong seed, a thing left lying)
+        # held for too long without moving: belt after all (a wrong seed, a thing left lying)
         stuck = self._stuck
         np.minimum(stuck, self.absorb_after + 1, out=stuck)
         stuck += 1
-        stuck *= covered
+        stuck *= held
         learn = ~covered
-        learn |= stuck > self.absorb_after
         if self._settled:
             rate = learn * np.float32(self.learning_rate)
         else:  # the first frames count fully: rate 1/n
             rate = learn * np.maximum(1.0 / (self._count + 1.0), self.learning_rate).astype(np.float32)
             self._count += learn
             self._settled = bool(self._count.min() * self.learning_rate >= 1.0)
+        absorb = stuck > self.absorb_after
+        if absorb.any():  # taken in quickly, once decided, as it looks: a thing that stays put
+            rate = np.where(absorb, np.float32(0.25), rate)
+            self._runs[absorb] = 0.0
+            self._texture[absorb] = 1.0
         self._bg += rate * (small / (self._gain * self._texture) - self._bg)
+        # does the texture run over a cell? Judged where no moving part covers it, now or before
+        judged = ((~covered & self._belt_cells) | absorb)[:, self._active]
+        if judged.any():
+            runs = self._runs[:, self._active]
+            self._runs[:, self._active] = np.where(judged, runs + 0.2 * (self._follows - runs), runs)
         self._belt_cells = ~covered
+        self._part_rows = covered.mean(axis=1) > 0.25  # where the parts are: rows mostly covered
 
     # --- tracks ---------------------------------------------------------------------------------
 

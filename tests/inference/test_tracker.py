@@ -293,3 +293,18 @@ def test_bad_arguments_are_refused():
 def test_benchmark_reports_milliseconds_per_frame():
     result = benchmark(frames=20, size=(320, 240))
     assert result["frames"] == 20 and 0 < result["ms_per_frame"] < 1000
+
+
+def test_a_thing_left_lying_becomes_belt():
+    """An object that stays put while the belt runs is learned into the background after ``absorb_after`` frames."""
+    tracker = PartTracker("cam-1", absorb_after=20)
+    thing = synth.PartSpec("bracket", seed=2)
+    seen = []
+    for seq in range(60):
+        look = synth.CameraLook(belt_phase=7.0 * seq, noise_sigma=3.0)
+        parts = [(thing, (320.0, 240.0))] if seq >= 5 else []
+        seen.append(tracker.update(synth.render_parts_frame(parts, np.random.default_rng(seq), look, SIZE), seq))
+    assert all(s.parts_in_view == 0 for s in seen[:5])
+    assert all(s.part_id == "cam-1.5" for s in seen[5:20])  # a part, standing still in the zone
+    assert all(s.parts_in_view == 0 and s.part_id is None for s in seen[40:])  # belt by now
+    assert {s.part_id for s in seen} == {None, "cam-1.5"}  # and what it leaves behind is no part
