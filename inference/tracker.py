@@ -372,16 +372,15 @@ class PartTracker:
         level = np.minimum.reduce(expected) if planes > 1 else expected[0]
         floor = np.maximum(self.min_contrast, self.noise_k * self._noise / level)
         # texture moving with the belt, per column, measured on the rows that are belt: not where
-        # parts were on the last frame, nor mostly differing now (a part that just came). Its
-        # value is the mean of the cells there that differ, when enough do: cells that do not
-        # (rails, guides, a thing learned into the belt) have no say, however many they are.
+        # parts were on the last frame, nor mostly differing now (a part that just came)
         busy = (still > floor).mean(axis=1)
         rows = (busy < 0.35) & ~self._part_rows
         if rows.sum() < max(4, gh // 5):  # parts everywhere: the rows with the fewest differing cells
             rows = busy <= np.partition(busy, int(0.4 * gh))[int(0.4 * gh)]
         lum_all = resid.mean(axis=0)
-        # the median, per column, of those rows' cells that the texture runs over (the others are
-        # pushed to both ends in turn, so the middle stays the middle of the rest, give or take one)
+        # the median, per column, of those rows' cells that the texture runs over: still cells
+        # (rails, guides, a thing learned into the belt) have no say, however many they are (they
+        # are pushed to both ends in turn, so the middle stays the middle of the rest, give or take one)
         runs = self._runs[rows] >= 0.5
         ends = np.where(np.arange(len(runs)) % 2 == 0, np.inf, -np.inf).astype(np.float32)[:, None]
         lum = np.where(runs, lum_all[rows], ends)
@@ -413,7 +412,7 @@ class PartTracker:
         fg = diff > floor
         self._fg = fg
         fg8 = cv2.morphologyEx(fg.view(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 1), np.uint8))
-        n, _, stats, _ = cv2.connectedComponentsWithStats(fg8, connectivity=8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(fg8, connectivity=8)
         # regions that overlap along the belt and nearly touch across it are one part (a
         # low-contrast part shows as separate features); specks of a few cells are noise
         stats = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= 4].tolist()
