@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -502,33 +502,30 @@ def render_part_frame(
 
     ``spec=None`` renders the empty belt. ``rng`` only picks the noise offset, so the same
     ``rng`` state, ``position`` and ``look`` give the same nuisances for two specs.
+    Several parts in one frame: ``render_parts_frame``.
+    """
+    if spec is None:
+        return render_parts_frame((), rng, look, size)
+    width, height = size
+    return render_parts_frame([(spec, position if position is not None else (width / 2, height / 2))], rng, look, size)
+
+
+def render_parts_frame(
+    parts: Sequence[tuple[PartSpec, tuple[float, float]]],
+    rng: np.random.Generator,
+    look: CameraLook = CLEAN_LOOK,
+    size: tuple[int, int] = (640, 480),
+) -> np.ndarray:
+    """One BGR frame with every ``(spec, centre)`` of ``parts`` on the belt (none: the empty belt).
+
+    Parts are drawn in order, each with its shadow; a part may lie partly outside the frame
+    (entering or leaving the view). One part renders exactly what ``render_part_frame`` does.
     """
     width, height = size
     frame = render_belt(look, size)
-    if spec is not None:
-        s = look.scale * width / BASE_WIDTH
-        part, mask = render_part(spec, round(s, 4))
-        ph, pw = mask.shape
-        cx, cy = position if position is not None else (width / 2, height / 2)
-        m = cv2.getRotationMatrix2D((pw / 2, ph / 2), -spec.angle, 1.0)
-        m[0, 2] += cx - pw / 2
-        m[1, 2] += cy - ph / 2
-        # warp only into the part's bounding box in the frame
-        diag = math.hypot(pw, ph) / 2 + 2
-        x0, y0 = max(0, int(cx - diag)), max(0, int(cy - diag))
-        x1, y1 = min(width, int(cx + diag) + 1), min(height, int(cy + diag) + 1)
-        if x1 > x0 and y1 > y0:
-            m[0, 2] -= x0
-            m[1, 2] -= y0
-            roi = (x1 - x0, y1 - y0)
-            warped = cv2.warpAffine(part, m, roi, flags=cv2.INTER_LINEAR)
-            alpha = cv2.warpAffine(mask, m, roi, flags=cv2.INTER_LINEAR)
-            dst = frame[y0:y1, x0:x1]
-            a = alpha[..., None].astype(np.float32) / 255.0
-            # soft shadow under the part, so it reads as lying on the belt
-            shadow = cv2.warpAffine(mask, m + np.array([[0, 0, 6 * s], [0, 0, 8 * s]]), roi, flags=cv2.INTER_LINEAR)
-            sh = 1.0 - 0.35 * shadow[..., None].astype(np.float32) / 255.0
-            dst[:] = (dst * sh * (1 - a) + warped * a).astype(np.uint8)
+    s = look.scale * width / BASE_WIDTH
+    for spec, (cx, cy) in parts:
+        _draw_part(frame, spec, (cx, cy), s)
     if look.blur_px > 1:
         frame = cv2.blur(frame, (int(look.blur_px), 1))
     gain = np.array(look.tint, np.float32) * look.brightness
@@ -542,20 +539,54 @@ def render_part_frame(
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _draw_part(frame: np.ndarray, spec: PartSpec, centre: tuple[float, float], s: float) -> None:
+    """Composite ``spec`` (with its shadow) onto ``frame`` in place, centred at ``centre``."""
+    height, width = frame.shape[:2]
+    part, mask = render_part(spec, round(s, 4))
+    ph, pw = mask.shape
+    cx, cy = centre
+    m = cv2.getRotationMatrix2D((pw / 2, ph / 2), -spec.angle, 1.0)
+    m[0, 2] += cx - pw / 2
+    m[1, 2] += cy - ph / 2
+    # warp only into the part's bounding box in the frame
+    diag = math.hypot(pw, ph) / 2 + 2
+    x0, y0 = max(0, int(cx - diag)), max(0, int(cy - diag))
+    x1, y1 = min(width, int(cx + diag) + 1), min(height, int(cy + diag) + 1)
+    if x1 > x0 and y1 > y0:
+        m[0, 2] -= x0
+        m[1, 2] -= y0
+        roi = (x1 - x0, y1 - y0)
+        warped = cv2.warpAffine(part, m, roi, flags=cv2.INTER_LINEAR)
+        alpha = cv2.warpAffine(mask, m, roi, flags=cv2.INTER_LINEAR)
+        dst = frame[y0:y1, x0:x1]
+        a = alpha[..., None].astype(np.float32) / 255.0
+        # soft shadow under the part, so it reads as lying on the belt
+        shadow = cv2.warpAffine(mask, m + np.array([[0, 0, 6 * s], [0, 0, 8 * s]]), roi, flags=cv2.INTER_LINEAR)
+        sh = 1.0 - 0.35 * shadow[..., None].astype(np.float32) / 255.0
+        dst[:] = (dst * sh * (1 - a) + warped * a).astype(np.uint8)
+
+
 # --- A camera on a line ------------------------------------------------------------------
+
+# Empty belt between parts close together (pixels of a 640-wide frame at zoom 1): well under
+# the 480 px field, so the next part enters the view while the previous one is still in it.
+CLOSE_SPACING: tuple[float, float] = (40.0, 160.0)
 
 
 @dataclass(frozen=True)
 class Scene:
-    spec: PartSpec | None  # None: empty belt
+    spec: PartSpec | None  # the part wholly inside the inspected field; None: no part is
     part_id: int | None
     position: tuple[float, float] | None  # part centre in frame pixels
     look: CameraLook
+    # Every part in view, wholly or partly, with its centre; None: just ``spec`` at ``position``
+    # (one part at a time). Parts close together (``SynthCamera.spacing``) fill it.
+    parts: tuple[tuple[PartSpec, tuple[float, float]], ...] | None = None
 
 
 @dataclass
 class SynthCamera:
-    """One camera watching one line: parts pass with gaps, the light drifts, the belt moves."""
+    """One camera watching one line: parts pass with gaps (or close together), the light drifts, the belt moves."""
 
     line_id: str
     camera_id: str
@@ -566,6 +597,13 @@ class SynthCamera:
     defect_rate: float = 0.25
     frames_per_part: tuple[int, int] = (8, 15)
     gap_frames: tuple[int, int] = (2, 6)
+    # Parts close together: None (the default) shows one part at a time, teleported into the
+    # inspected field after a gap of empty belt. (min, max): parts follow each other on the
+    # belt with this much empty belt between them (pixels of a 640-wide frame at zoom 1) and
+    # cross the whole view, so a frame shows the leaving part and the entering one; the camera
+    # starts on a loaded belt, ``gap_frames`` does not apply, and the belt speed is one per camera
+    # (a part stays about ``frames_per_part`` frames wholly inside the inspected field).
+    spacing: tuple[float, float] | None = None
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -586,9 +624,35 @@ class SynthCamera:
         self.noise_sigma = float(r.uniform(2.0, 6.0))
         self.drift_period_s = float(r.uniform(20, 60))
         self.vignette = float(r.uniform(0.05, 0.25))
+        if self.spacing is not None:
+            lo, hi = self.spacing
+            if not 0 <= lo <= hi:
+                raise ValueError(f"spacing must be (min, max) with 0 <= min <= max, got {self.spacing}")
+            x_start, x_end = inspected_x_range(self.size, self.scale)
+            k = self.scale * self.size[0] / BASE_WIDTH
+            if (PART_WIDTH + lo) * k <= x_end - x_start:
+                raise ValueError(f"spacing {lo:g} would put two parts wholly inside the inspected field at once")
+
+    def _look(self, n: int, phase: float, belt_speed: float) -> CameraLook:
+        t = n / self.fps
+        return CameraLook(
+            scale=self.scale,
+            belt_bgr=self.belt_bgr,  # type: ignore[arg-type]
+            belt_phase=phase,
+            brightness=self.base_brightness * (1 + 0.12 * math.sin(2 * math.pi * t / self.drift_period_s))
+            * float(self.rng.uniform(0.98, 1.02)),
+            tint=tuple(self.base_tint * (1 + 0.03 * math.sin(2 * math.pi * t / (1.7 * self.drift_period_s)))),  # type: ignore[arg-type]
+            vignette=self.vignette,
+            noise_sigma=self.noise_sigma,
+            # the exposure lasts about a quarter of the frame interval
+            blur_px=min(9, int(round(belt_speed * 0.25))),
+        )
 
     def scenes(self, count: int) -> Iterator[Scene]:
         """What is in front of the camera for ``count`` consecutive frames (nothing rendered yet)."""
+        if self.spacing is not None:
+            yield from self._close_scenes(count)
+            return
         r = self.rng
         width, height = self.size
         phase = float(r.uniform(0, 100))
@@ -607,32 +671,65 @@ class SynthCamera:
             for current, x in plan:
                 if n >= count:
                     return
-                t = n / self.fps
                 phase += belt_speed
-                look = CameraLook(
-                    scale=self.scale,
-                    belt_bgr=self.belt_bgr,  # type: ignore[arg-type]
-                    belt_phase=phase,
-                    brightness=self.base_brightness * (1 + 0.12 * math.sin(2 * math.pi * t / self.drift_period_s))
-                    * float(r.uniform(0.98, 1.02)),
-                    tint=tuple(self.base_tint * (1 + 0.03 * math.sin(2 * math.pi * t / (1.7 * self.drift_period_s)))),  # type: ignore[arg-type]
-                    vignette=self.vignette,
-                    noise_sigma=self.noise_sigma,
-                    # the exposure lasts about a quarter of the frame interval
-                    blur_px=min(9, int(round(belt_speed * 0.25))),
-                )
+                look = self._look(n, phase, belt_speed)
                 n += 1
                 if current is None:
                     yield Scene(None, None, None, look)
                 else:
                     yield Scene(current, part_id, (x, y), look)
 
+    def _close_scenes(self, count: int) -> Iterator[Scene]:
+        """Parts close together: a loaded belt carries them across the whole view at one speed."""
+        assert self.spacing is not None
+        r = self.rng
+        width, height = self.size
+        phase = float(r.uniform(0, 100))
+        x_start, x_end = inspected_x_range(self.size, self.scale)
+        # one belt speed per camera: a part stays about frames_per_part frames in the inspected field
+        passage = int(r.integers(self.frames_per_part[0], self.frames_per_part[1] + 1))
+        belt_speed = (x_end - x_start) / max(1, passage - 1)
+        k = self.scale * width / BASE_WIDTH
+        length = PART_WIDTH * k  # along the belt
+        reach = math.hypot(PART_WIDTH, max(p.height for p in PART_TYPES.values())) / 2 * k + 16 * k  # + shadow
+        belt: list[tuple[PartSpec, int, float, float]] = []  # (spec, part id, x at frame 0, y), downstream first
+        part_id = 0
+
+        def load(x: float) -> None:
+            nonlocal part_id
+            part_id += 1
+            spec = sample_part(r, str(r.choice(self.part_types)), self.defect_rate)
+            y = height / 2 + float(r.uniform(-0.04, 0.04)) * height
+            belt.append((spec, part_id, x, y))
+
+        # the belt is already loaded when the camera starts: the first part anywhere in view
+        load(float(r.uniform(0, width)))
+        for n in range(count):
+            shift = belt_speed * n
+            # load parts upstream until the last one loaded is still wholly out of view
+            while belt[-1][2] + shift + reach > 0:
+                load(belt[-1][2] - length - float(r.uniform(*self.spacing)) * k)
+            while belt[0][2] + shift - reach >= width:
+                belt.pop(0)  # it left the view
+            phase += belt_speed
+            look = self._look(n, phase, belt_speed)
+            shown = tuple((spec, (x + shift, y)) for spec, _, x, y in belt if x + shift + reach > 0)
+            inside = [(spec, pid, (x + shift, y)) for spec, pid, x, y in belt if x_start <= x + shift <= x_end]
+            if inside:
+                (spec, pid, position), = inside  # at most one: __post_init__ checked the spacing
+                yield Scene(spec, pid, position, look, shown)
+            else:
+                yield Scene(None, None, None, look, shown)
+
     def frames(self, count: int) -> Iterator[tuple[np.ndarray, FrameTruth]]:
         """``count`` consecutive BGR frames with their ground truth."""
         # noise has its own stream, so scenes() alone replays the same parts and positions
         noise = np.random.default_rng([self.seed, _stable_hash(self.camera_id), 1])
         for scene in self.scenes(count):
-            image = render_part_frame(scene.spec, noise, scene.position, scene.look, self.size)
+            if scene.parts is None:
+                image = render_part_frame(scene.spec, noise, scene.position, scene.look, self.size)
+            else:
+                image = render_parts_frame(scene.parts, noise, scene.look, self.size)
             yield image, truth_for(scene.spec, scene.part_id)
 
 
@@ -689,18 +786,26 @@ def write_recordings(
     size: tuple[int, int] = (640, 480),
     jpeg_quality: int = 90,
     on_frame: "callable[[], None] | None" = None,  # type: ignore[valid-type]
+    spacing: tuple[float, float] | None = None,
 ) -> list[Path]:
-    """Write one labelled recording per camera under ``out/<line>/<camera>``; returns their paths."""
+    """Write one labelled recording per camera under ``out/<line>/<camera>``; returns their paths.
+
+    ``spacing``: parts close together (``SynthCamera.spacing``); None: one part at a time.
+    """
     out = Path(out)
     paths: list[Path] = []
     start_ns = 1_700_000_000_000_000_000 + seed * 10**12  # fixed: recordings are reproducible byte for byte
     for li, line_id in enumerate(line_ids(lines)):
         for ci in range(cameras):
             camera_id = f"{line_id}-cam{ci + 1}"
-            cam = SynthCamera(line_id, camera_id, seed, part_types_for(line_id, li), fps, size, defect_rate)
+            cam = SynthCamera(line_id, camera_id, seed, part_types_for(line_id, li), fps, size, defect_rate,
+                              spacing=spacing)
+            source = f"synth seed={seed} defect_rate={defect_rate}"
+            if spacing is not None:
+                source += f" spacing={spacing[0]:g}-{spacing[1]:g}"
             meta = RecordingMeta(
                 line_id=line_id, camera_id=camera_id, fps=fps, width=size[0], height=size[1],
-                source=f"synth seed={seed} defect_rate={defect_rate}", created_ns=start_ns,
+                source=source, created_ns=start_ns,
                 part_types=cam.part_types, questions=[q.model_dump(mode="json") for q in SYNTH_QUESTIONS],
             )
             path = out / line_id / camera_id

@@ -24,12 +24,26 @@ def synth(
     width: int = typer.Option(640, min=160, help="frame width"),
     height: int = typer.Option(480, min=120, help="frame height"),
     jpeg_quality: int = typer.Option(90, min=10, max=100),
+    close_together: bool = typer.Option(
+        False, "--close-together", help="parts follow each other on a loaded belt: a frame shows the leaving part "
+        "and the entering one (default: one part at a time, with gaps of empty belt)"),
+    spacing: str = typer.Option(
+        None, help="parts close together with MIN-MAX pixels (of a 640-wide frame) of empty belt between "
+        "them; implies --close-together [default: 40-160]", show_default=False),
 ) -> None:
     """Render parts passing cameras on a conveyor and record them with per-frame ground truth."""
     from ingest.recording import RecordingError
-    from ingest.synth import write_recordings
+    from ingest.synth import CLOSE_SPACING, write_recordings
 
     console = Console(stderr=True)
+    gaps: tuple[float, float] | None = CLOSE_SPACING if close_together else None
+    if spacing is not None:
+        try:
+            lo, _, hi = spacing.partition("-")
+            gaps = (float(lo), float(hi or lo))
+        except ValueError:
+            console.print(f"[red]synth failed:[/] --spacing takes MIN-MAX pixels, e.g. 40-160, got {spacing!r}")
+            raise typer.Exit(2) from None
     total = lines * cameras * frames
     t0 = time.perf_counter()
     with Progress(
@@ -48,7 +62,7 @@ def synth(
         try:
             paths = write_recordings(
                 out, lines=lines, cameras=cameras, frames=frames, seed=seed, fps=fps, defect_rate=defect_rate,
-                size=(width, height), jpeg_quality=jpeg_quality, on_frame=tick,
+                size=(width, height), jpeg_quality=jpeg_quality, on_frame=tick, spacing=gaps,
             )
         except (RecordingError, ValueError, OSError) as exc:  # OSError: --out cannot be written
             console.print(f"[red]synth failed:[/] {exc}")

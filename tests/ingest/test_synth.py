@@ -236,3 +236,133 @@ def test_bad_arguments_are_refused():
         PartSpec("bracket", missing_screw="middle")
     with pytest.raises(ValueError):
         SynthCamera("line-a", "c", 0, ["bracket"], defect_rate=1.5)
+
+
+# --- parts close together ------------------------------------------------------------------
+
+
+def _scene_digest(cam: SynthCamera, count: int) -> str:
+    """What the camera shows, frame by frame, as numbers printed the same on any platform."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sc in cam.scenes(count):
+        look = sc.look
+        nums = [look.scale, look.belt_phase, look.brightness, *look.tint, look.vignette, look.noise_sigma,
+                look.blur_px, *look.belt_bgr]
+        if sc.spec is not None:
+            nums += [sc.spec.seed, sc.spec.angle, sc.spec.holes, sc.part_id, *sc.position]
+        shown = repr(sc.spec and (sc.spec.part_type, sc.spec.defects))
+        h.update((shown + " ".join(f"{float(v):.9g}" for v in nums)).encode())
+    return h.hexdigest()
+
+
+def test_one_part_at_a_time_is_what_it_always_was():
+    # digests of the stream before parts close together existed: existing seeds replay unchanged
+    assert _scene_digest(SynthCamera("line-a", "line-a-cam1", 0, ["bracket", "housing"]), 80) == (
+        "4b8b6ff6e774d040d89b422f58fa18acf719a7ee92687fa9e71598090e89a42a")
+    assert _scene_digest(SynthCamera("line-b", "line-b-cam2", 7, ["board", "cover"]), 80) == (
+        "3c506d671f04135c6769c06d5459a519a9093c78caf04bcffbb308794e6945dd")
+    assert all(sc.parts is None for sc in SynthCamera("line-a", "c", 1, ["bracket"]).scenes(40))
+
+
+def test_several_parts_render_like_one_part_each():
+    look = synth.CameraLook(noise_sigma=4, blur_px=6, brightness=0.9, vignette=0.2, belt_phase=13.0)
+    a, b = PartSpec("housing", seed=3, angle=2.0), PartSpec("board", seed=4, angle=-3.0)
+    for spec, position in ((a, (100.0, 230.0)), (b, (-60.0, 240.0)), (a, (700.0, 250.0))):
+        one = render_part_frame(spec, np.random.default_rng(1), position, look, SIZE)
+        assert np.array_equal(one, synth.render_parts_frame([(spec, position)], np.random.default_rng(1), look, SIZE))
+    assert np.array_equal(render_part_frame(None, np.random.default_rng(1), None, look, SIZE),
+                          synth.render_parts_frame([], np.random.default_rng(1), look, SIZE))
+    # two parts: each where it was put, the belt between them untouched
+    empty = render(None)
+    parts = [(a, (170.0, 240.0)), (b, (500.0, 240.0))]
+    both = synth.render_parts_frame(parts, np.random.default_rng(0), CLEAN_LOOK, SIZE)
+    changed = np.abs(both.astype(int) - empty.astype(int)).max(axis=2) > 0
+    columns = np.nonzero(changed.any(axis=0))[0]
+    assert columns.min() < 30 and columns.max() > 640 - 10 - 30  # 170 - 150 and 500 + 150 (+ shadow)
+    assert not changed[:, 336:340].any()  # the gap between them
+
+
+def test_parts_close_together_follow_each_other_across_the_view():
+    cam = SynthCamera("line-a", "line-a-cam1", 3, ["bracket", "housing"], spacing=synth.CLOSE_SPACING)
+    scenes = list(SynthCamera("line-a", "line-a-cam1", 3, ["bracket", "housing"],
+                              spacing=synth.CLOSE_SPACING).scenes(160))
+    frames = list(cam.frames(160))
+    lo, hi = synth.inspected_x_range(SIZE, cam.scale)
+    k = cam.scale
+    assert scenes[0].parts, "the camera starts on a loaded belt"
+    two = 0
+    for sc, (image, truth) in zip(scenes, frames):
+        xs = [x for _, (x, _) in sc.parts]
+        assert xs == sorted(xs, reverse=True)  # downstream first
+        # consecutive parts keep the spacing: a part's width plus 40..160 px of belt
+        assert all(300 * k + 40 * k - 1e-6 <= a - b <= 300 * k + 160 * k + 1e-6 for a, b in zip(xs, xs[1:]))
+        inside = [x for x in xs if lo <= x <= hi]
+        assert len(inside) <= 1
+        if inside:
+            assert truth.part_id == sc.part_id and sc.position[0] == inside[0] and truth.answers == sc.spec.answers()
+        else:
+            assert truth.part_id is None and sc.spec is None and not any(truth.answers.values())
+        # a leaving part and an entering one in the same frame
+        two += any(x + 150 * k > SIZE[0] for x in xs) and any(x - 150 * k < 0 for x in xs)
+    assert two > 20
+    # every part is labelled on consecutive frames, and the belt moves at one speed
+    ids = [t.part_id for _, t in frames]
+    labelled = [pid for pid in dict.fromkeys(ids) if pid is not None]
+    assert len(labelled) >= 4
+    for pid in labelled:
+        idx = [i for i, p in enumerate(ids) if p == pid]
+        assert idx == list(range(idx[0], idx[-1] + 1))
+        if 0 < idx[0] and idx[-1] < len(ids) - 1:  # not cut by the recording's ends
+            assert 7 <= len(idx) <= 15
+    speeds = {round(b.position[0] - a.position[0], 6) for a, b in zip(scenes, scenes[1:])
+              if a.part_id is not None and a.part_id == b.part_id}
+    assert len(speeds) == 1
+    # same seed, same frames
+    again = SynthCamera("line-a", "line-a-cam1", 3, ["bracket", "housing"], spacing=synth.CLOSE_SPACING)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(frames[:20], again.frames(20)))
+
+
+def test_close_together_draws_what_it_labels():
+    cam = SynthCamera("line-c", "line-c-cam2", 5, ["panel", "bracket"], spacing=(20.0, 40.0))
+    scenes = list(SynthCamera("line-c", "line-c-cam2", 5, ["panel", "bracket"], spacing=(20.0, 40.0)).scenes(30))
+    noise = np.random.default_rng([5, synth._stable_hash("line-c-cam2"), 1])  # the camera's noise stream
+    half = (synth.PART_WIDTH / 2 + 12) * cam.scale
+    for sc, (image, _) in zip(scenes, cam.frames(30)):
+        state = noise.bit_generator.state
+        assert np.array_equal(image, synth.render_parts_frame(sc.parts, noise, sc.look, SIZE))
+        noise.bit_generator.state = state
+        empty = synth.render_parts_frame([], noise, sc.look, SIZE)
+        changed = np.abs(image.astype(int) - empty.astype(int)).max(axis=2).max(axis=0) > 0
+        drawn = np.zeros(SIZE[0], bool)
+        for _, (x, _y) in sc.parts:
+            drawn[int(max(0, x - half)) : int(max(0, min(SIZE[0], x + half + 8 * cam.scale)))] = True
+            if 0 < x < SIZE[0]:
+                assert changed[int(x)]  # every part in view is drawn where it is
+        assert not (changed & ~drawn).any()  # and nothing else
+
+
+def test_bad_spacing_is_refused():
+    with pytest.raises(ValueError):
+        SynthCamera("line-a", "c", 0, ["bracket"], spacing=(-5.0, 10.0))
+    with pytest.raises(ValueError):
+        SynthCamera("line-a", "c", 0, ["bracket"], spacing=(60.0, 40.0))
+
+
+def test_synth_command_renders_parts_close_together(tmp_path):
+    from ingest.synth_cli import app
+
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "a"), "--lines", "1", "--cameras", "1", "--frames", "4",
+                                      "--width", "320", "--height", "240", "--close-together"])
+    assert result.exit_code == 0, result.output
+    assert Recording(tmp_path / "a" / "line-a" / "line-a-cam1").meta.source.endswith("spacing=40-160")
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "b"), "--lines", "1", "--cameras", "1", "--frames", "4",
+                                      "--width", "320", "--height", "240", "--spacing", "60-80"])
+    assert result.exit_code == 0, result.output
+    assert Recording(tmp_path / "b" / "line-a" / "line-a-cam1").meta.source.endswith("spacing=60-80")
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path / "c"), "--frames", "4", "--spacing", "near"])
+    assert bad.exit_code == 2 and "MIN-MAX" in bad.output
+    # without the option the recording says nothing about spacing, as before
+    plain = synth.write_recordings(tmp_path / "d", lines=1, cameras=1, frames=2, size=(320, 240))
+    assert Recording(plain[0]).meta.source == "synth seed=0 defect_rate=0.25"
