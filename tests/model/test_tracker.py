@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.tracker import PartTracker, TrackedFrame, benchmark
+from model.tracker import PartTracker, TrackedFrame
 from ingest import synth
 from schemas.config import CameraConfig, InspectionZone
 from schemas.part import PartObservation
@@ -288,11 +288,6 @@ def test_bad_arguments_are_refused():
         PartTracker("c", belt_axis="z")
     with pytest.raises(ValueError):
         PartTracker("c").update(synth.render_part_frame(None, np.random.default_rng(0)), 0, header_part_id="no spaces")
-
-
-def test_benchmark_reports_milliseconds_per_frame():
-    result = benchmark(frames=20, size=(320, 240))
-    assert result["frames"] == 20 and 0 < result["ms_per_frame"] < 1000
 
 
 def test_a_thing_left_lying_becomes_belt():

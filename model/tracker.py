@@ -57,7 +57,6 @@ and at most ``max_tracks`` tracks. Pure numpy and OpenCV.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -546,29 +545,3 @@ def _edge_motion(t: _Blob, b: _Blob) -> float | None:
 def _part_id(camera_id: str, seq: int) -> str:
     suffix = f".{seq}"
     return camera_id[: 64 - len(suffix)] + suffix
-
-
-def benchmark(frames: int = 300, size: tuple[int, int] = (640, 480), spacing: tuple[float, float] | None = None
-              ) -> dict[str, float]:
-    """The tracker's cost per frame on a synthetic camera, one thread, rendering excluded.
-
-    ``ms_per_frame`` is wall time; ``cpu_ms_per_frame`` leaves out time spent waiting for a
-    core, which on a shared machine is most of the difference. At most 100 distinct frames
-    are rendered and fed in turn.
-    """
-    from ingest.synth import SynthCamera
-
-    cam = SynthCamera("line-a", "line-a-cam1", 0, ["bracket", "housing"], size=size, spacing=spacing)
-    images = [image for image, _ in cam.frames(min(frames, 100))]
-    tracker = PartTracker("line-a-cam1")
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        wall, cpu = time.perf_counter(), time.process_time()
-        for seq in range(frames):
-            tracker.update(images[seq % len(images)], seq)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        cv2.setNumThreads(threads)
-    return {"frames": frames, "ms_per_frame": 1000 * wall / frames, "cpu_ms_per_frame": 1000 * cpu / frames,
-            "width": size[0], "height": size[1]}
