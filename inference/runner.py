@@ -4,11 +4,16 @@ The worker (``inference/worker.py``) decides what runs and when: Kafka, the dyna
 acknowledgements and commits. The runner runs it (the split vLLM makes between its scheduler and
 its model runner)::
 
-    decode threads  ModelRunner.decode   JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
-    model thread    ModelRunner.score    encoder once per frame -> every question of the frame's line
-                    ModelRunner.result   scores + thresholds (+ thumbnail) -> one InspectionResult
+    decode threads  ModelRunner.decode     JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+    model thread    ModelRunner.find_part  the camera's tracker (model/tracker.py), frame by frame in order:
+                                           the part in the zone, or none (the frame is not scored)
+                    ModelRunner.score      encoder once per view of each frame (the whole frame; the
+                                           part view too when the bundle has one) -> every question of
+                                           the frame's line
+                    ModelRunner.result     scores + thresholds (+ thumbnail) -> one InspectionResult
 
-``decode`` is safe to call from several threads at once; ``score`` is called by one thread.
+``decode`` is safe to call from several threads at once; ``find_part`` and ``score`` are called
+by the one model thread, which sees each camera's frames in their order.
 ``load_model`` loads the configured bundle, with one clear message when it cannot.
 """
 
@@ -24,8 +29,11 @@ import cv2
 import numpy as np
 import torch
 
-from schemas.config import InferenceSettings, LineConfig, PatchsightConfig
+from model.bundle import combine_views
+from model.tracker import PartTracker
+from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
+from schemas.part import PartObservation
 from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
 
 if TYPE_CHECKING:
@@ -46,6 +54,10 @@ class ModelRunner:
         self.settings = settings
         self.worker_id = worker_id
         self.thresholds = {line_id: bundle.thresholds_for(line.questions) for line_id, line in lines.items()}
+        # A part is judged on the aggregate of its frames, against thresholds calibrated for that.
+        self.part_thresholds = {line_id: bundle.part_thresholds_for(line.questions) for line_id, line in lines.items()}
+        self.cameras: dict[str, CameraConfig] = {c.id: c for line in lines.values() for c in line.cameras}
+        self.trackers: dict[str, PartTracker] = {}  # one per camera, made at its first frame
         self.device = bundle.encoder.device
         self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
 
@@ -73,8 +85,26 @@ class ModelRunner:
 
     # --- the model thread ------------------------------------------------------------
 
-    def score(self, line_ids: list[str], pixels: list[torch.Tensor]) -> list[np.ndarray]:
-        """One batch: each frame through the encoder once, then every question of its line; a score row per frame."""
+    def tracks_parts(self, msg: FrameMessage) -> bool:
+        """Whether the frame's camera is judged per part (else every frame on its own, k-of-n)."""
+        return self.cameras[msg.camera_id].track_parts
+
+    def find_part(self, msg: FrameMessage, image: np.ndarray) -> PartObservation | None:
+        """The part wholly inside the camera's zone on this frame (None: no part), in stream order."""
+        tracker = self.trackers.get(msg.camera_id)
+        if tracker is None:
+            tracker = self.trackers[msg.camera_id] = PartTracker.from_camera(
+                self.cameras[msg.camera_id], frame_size=(msg.width, msg.height))
+        return tracker.update(image, msg.seq, header_part_id=msg.part_id).observation(self.bundle.part_aggregate)
+
+    def score(
+        self, line_ids: list[str], pixels: list[torch.Tensor], part_views: list[np.ndarray | None] | None = None
+    ) -> list[np.ndarray]:
+        """One batch: each frame through the encoder once, then every question of its line; a score row per frame.
+
+        ``part_views``: the part cut out of each frame (None where no part is tracked); with a
+        bundle that reads the part view, those go through the encoder and its part head too.
+        """
         encoded = self.bundle.encoder(self._to_device(pixels), pooled=False)
         by_line: dict[str, list[int]] = defaultdict(list)
         for i, line_id in enumerate(line_ids):
@@ -83,7 +113,26 @@ class ModelRunner:
         for line_id, rows in by_line.items():
             line_scores = self.bundle.score_encoded(encoded.select(rows), self.lines[line_id].questions)
             scores.update(zip(rows, line_scores))
+        rows = [i for i, view in enumerate(part_views or ()) if view is not None]
+        if self.bundle.part_head is not None and rows:
+            # not through the staging buffer: the frames' copy from it may still be in flight
+            pixels_of_views = self.bundle.encoder.preprocess([part_views[i] for i in rows]).to(self.device)
+            views = self.bundle.encoder(pixels_of_views, pooled=False)
+            by_line = defaultdict(list)
+            for at, i in enumerate(rows):
+                by_line[line_ids[i]].append((at, i))
+            for line_id, pairs in by_line.items():
+                ats, frames = zip(*pairs)
+                part = self.bundle.score_encoded(views.select(list(ats)), self.lines[line_id].questions, "part_head")
+                for k, i in enumerate(frames):
+                    scores[i] = combine_views(scores[i], part[k])
         return [scores[i] for i in range(len(line_ids))]
+
+    def part_view(self, image: np.ndarray, part: PartObservation | None) -> np.ndarray | None:
+        """The part view of a frame, when the bundle reads one and the tracker boxed the part."""
+        if self.bundle.part_head is None or part is None or part.box is None:
+            return None
+        return self.bundle.part_views([image], [part.box])[0]
 
     def _to_device(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         if self.device.type != "cuda":
@@ -106,11 +155,13 @@ class ModelRunner:
         scores: np.ndarray | None = None,
         timing: Timing | None = None,
         image: np.ndarray | None = None,
+        part: PartObservation | None = None,
     ) -> InspectionResult:
         line = self.lines[msg.line_id]
         question_scores = []
         if scores is not None:
-            for question, score, threshold in zip(line.questions, scores, self.thresholds[line.id]):
+            thresholds = self.part_thresholds[line.id] if part is not None else self.thresholds[line.id]
+            for question, score, threshold in zip(line.questions, scores, thresholds):
                 score = min(max(float(score), 0.0), 1.0)
                 question_scores.append(QuestionScore(
                     question_id=question.id, score=score, threshold=float(threshold),
@@ -121,8 +172,8 @@ class ModelRunner:
             thumbnail = thumbnail_jpeg_b64(image, self.settings.thumbnail_px)
         return InspectionResult(
             line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
-            status=status, skip_reason=skip_reason, model_id=self.bundle.model_id, worker_id=self.worker_id,
-            scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
+            status=status, skip_reason=skip_reason, part=part, model_id=self.bundle.model_id,
+            worker_id=self.worker_id, scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
         )
 
 

@@ -5,8 +5,11 @@ Read top to bottom, a frame goes through::
     main thread     poll frames -> parse headers -> dead-letter / skip stale live frames
                     -> hand the JPEG to a decode thread -> commit what the broker acknowledged
     decode threads  JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
-    model thread    dynamic batcher -> encoder once per frame -> every question of the
-                    frame's line -> one InspectionResult per frame -> producer.send
+    model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
+                    without a part in the zone gets a skipped result and no model -> encoder
+                    once per view (whole frame; the part view too when the bundle has one)
+                    -> every question of the frame's line -> one InspectionResult per frame,
+                    carrying its part -> producer.send
     producer IO     broker acknowledgement -> the frame's offset becomes committable
 
 Three threads of work overlap: Kafka I/O, decoding and the model never wait for
@@ -85,6 +88,9 @@ STUCK_REBALANCE_S = 2 * SESSION_TIMEOUT_MS / 1000
 STUCK_FINAL_COMMIT_S = 4.0  # the same, while stopping: nothing else is waiting on the group
 REFUSAL_LOG_S = 5.0  # one warning per this many seconds of refused commits
 COMMIT_TIMEOUT_MS = 5_000  # a commit stuck behind a rebalance must not stop the loop that completes it
+
+
+NO_PART = "no part in the zone"
 
 
 class WorkerError(RuntimeError):
@@ -488,7 +494,7 @@ class Worker:
             self.log.exception("model thread failed")
 
     def _run_batch(self, batch: Batch[Frame], producer: KafkaProducer) -> None:
-        frames, queue_s, ready = [], [], []
+        frames, queue_s, ready, parts = [], [], [], []
         for frame, waited in zip(batch.items, batch.queue_s):
             if not self.in_flight.is_current(frame.tp, frame.epoch):
                 continue  # revoked while queued: the new owner redoes it
@@ -496,16 +502,27 @@ class Worker:
             if isinstance(decoded, str):
                 self._dead_letter(producer, frame.record, frame.epoch, "undecodable", decoded)
                 continue
+            part = None
+            if self.runner.tracks_parts(frame.msg):
+                # In stream order: the batch keeps each partition's (so each camera's) order.
+                part = self.runner.find_part(frame.msg, decoded[0])
+                if part is None:  # nothing to inspect: the model does not run, the alert service learns the part left
+                    result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART)
+                    self.metrics.frames_skipped.labels("no_part").inc()
+                    self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+                    continue
             frames.append(frame)
             queue_s.append(waited)
             ready.append(decoded)
+            parts.append(part)
         if not frames:
             return
         self.metrics.batch_size.observe(len(frames))
         self.metrics.batches.labels(batch.closed_by).inc()
 
         start = time.perf_counter()
-        scores = self.runner.score([frame.line.id for frame in frames], [pixels for _, pixels, _ in ready])
+        views = [self.runner.part_view(image, part) for (image, _, _), part in zip(ready, parts)]
+        scores = self.runner.score([frame.line.id for frame in frames], [pixels for _, pixels, _ in ready], views)
         model_s = time.perf_counter() - start
         self.metrics.model_time.observe(model_s)
 
@@ -515,7 +532,8 @@ class Worker:
             timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
                             batch_size=len(frames),
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
-            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image)
+            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image,
+                                        part=parts[i])
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
     # --- results and dead letters -------------------------------------------------------

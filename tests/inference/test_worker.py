@@ -43,7 +43,9 @@ REPO = Path(__file__).resolve().parents[2]
 LINES = [
     {
         "id": "line-a",
-        "cameras": [{"id": "cam-a1"}, {"id": "cam-a2"}],
+        # Random frames show no part: these tests are about the Kafka mechanics, so every frame is scored
+        # on its own (test_parts_in_the_stream covers the tracker in the worker).
+        "cameras": [{"id": "cam-a1", "track_parts": False}, {"id": "cam-a2", "track_parts": False}],
         "questions": [
             # threshold 0: always above, so every result of this line carries a thumbnail
             {"id": "scratch", "text": "Is there a scratch on the part?", "defect_type": "scratch", "threshold": 0.0},
@@ -52,7 +54,7 @@ LINES = [
     },
     {
         "id": "line-b",
-        "cameras": [{"id": "cam-b1"}],
+        "cameras": [{"id": "cam-b1", "track_parts": False}],
         "questions": [{"id": "holes", "text": "Are there fewer than four holes?", "defect_type": "holes",
                        "threshold": 1.0}],
     },
@@ -385,3 +387,42 @@ def test_a_metrics_port_in_use_stops_the_worker_before_it_joins_the_group(config
         assert cfg.inference.group_id not in {g["group_id"] for g in admin.list_groups()}
     finally:
         admin.close()
+
+
+def test_parts_named_by_a_header_or_found_by_the_tracker(make_config, unique, bundle_dir: Path, bundle: Bundle) -> None:
+    """A tracking camera: frames without a part in its zone are not scored; a ps-part-id header names the part."""
+    from ingest.synth import SynthCamera
+
+    cfg = make_config(
+        lines=[{"id": "line-p", "cameras": [{"id": "cam-p1"}, {"id": "cam-p2"}], "questions": LINES[1]["questions"]}],
+        model={"bundle": str(bundle_dir), "device": "cpu"},
+        inference={"group_id": unique("infer"), "metrics_port": 0, "decode_threads": 1},
+    )
+    ensure_topics(cfg.kafka)
+    shots = list(SynthCamera("line-p", "cam-p1", 3, ["bracket", "cover"], size=(320, 240)).frames(30))
+    messages = []
+    for camera in ("cam-p1", "cam-p2"):
+        for seq, (image, truth) in enumerate(shots):
+            plc = f"lot7-{truth.part_id}" if camera == "cam-p2" and truth.part_id is not None else None
+            messages.append(FrameMessage(line_id="line-p", camera_id=camera, seq=seq, capture_ns=time.time_ns(),
+                                         width=320, height=240, mode=FrameMode.replay, part_id=plc,
+                                         payload=cv2.imencode(".jpg", image)[1].tobytes()))
+    publish(cfg, [m.to_record() for m in messages])
+    with running(Worker(cfg, bundle, worker_id="w-parts")):
+        got = results(cfg, lambda rs: len(rs) >= len(messages))
+    by_frame = {(r.camera_id, r.seq): r for r in got}
+    first_seq = {}
+    for seq, (_, truth) in enumerate(shots):
+        if truth.part_id is not None:
+            first_seq.setdefault(truth.part_id, seq)
+    for seq, (_, truth) in enumerate(shots):
+        tracked, named = by_frame[("cam-p1", seq)], by_frame[("cam-p2", seq)]
+        if truth.part_id is None:
+            assert tracked.status == named.status == ResultStatus.skipped and tracked.part is None
+            assert tracked.skip_reason == "no part in the zone" and not tracked.scores
+            continue
+        assert tracked.status == ResultStatus.ok and len(tracked.scores) == 1
+        assert (tracked.part.part_id, tracked.part.source) == (f"cam-p1.{first_seq[truth.part_id]}", "tracker")
+        assert tracked.part.box is not None
+        assert (named.part.part_id, named.part.source) == (f"lot7-{truth.part_id}", "header")
+    assert len(first_seq) >= 2
