@@ -123,9 +123,11 @@ class ModelRunner:
                 by_line[line_ids[i]].append((at, i))
             for line_id, pairs in by_line.items():
                 ats, frames = zip(*pairs)
-                part = self.bundle.score_encoded(views.select(list(ats)), self.lines[line_id].questions, "part_head")
+                questions = self.lines[line_id].questions
+                part = self.bundle.score_encoded(views.select(list(ats)), questions, "part_head")
+                weights = self.bundle.part_view_weights(questions)
                 for k, i in enumerate(frames):
-                    scores[i] = combine_views(scores[i], part[k])
+                    scores[i] = combine_views(scores[i], part[k], weights)
         return [scores[i] for i in range(len(line_ids))]
 
     def part_view(self, image: np.ndarray, part: PartObservation | None) -> np.ndarray | None:

@@ -25,7 +25,8 @@ Public API
     a part box is scored from both views (the mean of the two heads' log-odds)
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
     scorer "part_head": the part view's head, on encoded part views
-``combine_views(frame_scores, part_scores) -> np.ndarray``  P(yes) from both views
+``combine_views(frame_scores, part_scores, weights) -> np.ndarray``  P(yes) from both views
+``bundle.part_view_weights(questions) -> np.ndarray (Q,)``  the part view's share of each question's log-odds
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
 ``bundle.part_thresholds_for(questions) -> np.ndarray (Q,)``  the same for part verdicts: Question.threshold,
     else the calibrated part threshold (``spec.parts``), else the frame threshold
@@ -79,6 +80,9 @@ class PartViewSpec(BaseModel):
 
     head: str = "part-head"
     margin: float = Field(PART_MARGIN, ge=0.0, le=1.0, description="around the part's box, of its longer side")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="question id -> the part view's share of the score's log-odds "
+        "(chosen by `model calibrate`; 0.5 where unset: both views alike)")
 
 
 class PartVerdictSpec(BaseModel):
@@ -237,7 +241,7 @@ class Bundle:
         """P(yes) for every question of every frame, (B, Q) float32 in [0, 1].
 
         ``boxes``: the part's box on each frame (None: no part). With a part view, the head's
-        score of a frame with a box comes from both views.
+        score of a frame with a box comes from both views (``combine_views``).
         """
         if not frames:
             return np.zeros((0, len(questions)), dtype=np.float32)
@@ -245,8 +249,15 @@ class Bundle:
         rows = [i for i, box in enumerate(boxes or ()) if box is not None]
         if scorer == "head" and self.part_head is not None and rows:
             views = self.part_views([frames[i] for i in rows], [boxes[i] for i in rows])
-            scores[rows] = combine_views(scores[rows], self.score_encoded(self.encode(views), questions, "part_head"))
+            part = self.score_encoded(self.encode(views), questions, "part_head")
+            scores[rows] = combine_views(scores[rows], part, self.part_view_weights(questions))
         return scores
+
+    def part_view_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
+        """The part view's share of each question's log-odds (0: the whole frame alone, 1: the part view alone)."""
+        weights = self.spec.part_view.weights if self.spec.part_view is not None else {}
+        ids = [q if isinstance(q, str) else q.id for q in questions]
+        return np.asarray([weights.get(i, 0.5) for i in ids], dtype=np.float32)
 
     def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[np.ndarray]:
         """The part view of each frame: its part cut out around the box (the encoder resizes it)."""
@@ -323,12 +334,12 @@ class Bundle:
         }
 
 
-def combine_views(frame_scores: np.ndarray, part_scores: np.ndarray) -> np.ndarray:
-    """P(yes) from the whole-frame and the part view: the mean of their log-odds."""
+def combine_views(frame_scores: np.ndarray, part_scores: np.ndarray, weights: np.ndarray | float = 0.5) -> np.ndarray:
+    """P(yes) from the whole-frame and the part view: their log-odds mixed, ``weights`` (per question) the part view's."""
     eps = 1e-6
     f = np.clip(frame_scores, eps, 1 - eps)
     p = np.clip(part_scores, eps, 1 - eps)
-    logit = (np.log(f / (1 - f)) + np.log(p / (1 - p))) / 2
+    logit = (1 - weights) * np.log(f / (1 - f)) + weights * np.log(p / (1 - p))
     return (1 / (1 + np.exp(-logit))).astype(np.float32)
 
 
