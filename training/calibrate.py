@@ -17,6 +17,14 @@ Two kinds of threshold, from the same frame scores:
   overall and per defect type) is stored with them. With recordings from several ``folds``
   (the ``--data`` folders: e.g. one synth seed each), it also reports the thresholds chosen on
   all folds but one applied to that one, summed over the folds: what to expect on new parts.
+
+A bundle with a part view (``spec.part_view``) is calibrated as the worker serves it: each
+labelled frame on which the camera's tracker boxes a part is scored from both views (the
+whole-frame head on the frame, the part head on the part view; ``training.views``), and the
+parts are made of those frames only. First each question's view weight is chosen from
+``training.views.WEIGHT_CHOICES`` for the best part AUROC (ties: nearest 0.5) and written to
+``spec.part_view.weights``; then the part thresholds for the budget, on the combined scores.
+The frame thresholds stay the whole-frame head's, on every labelled frame.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from model.bundle import combine_views
 from schemas.config import AlertPolicy, Question, QuestionCategory
 from schemas.part import PART_AGGREGATES
 from training.data import LabelledSet, Log, frame_part_keys, recording_pieces
 from training.metrics import MIN_EACH, auroc, best_threshold, head_margins
 from training.parts import budgeted_thresholds, cross_validate, group_parts
+from training.views import choose_view_weights, part_views
 
 
 def part_aurocs(scores: np.ndarray, labels: np.ndarray, question_ids: Sequence[str]) -> dict[str, float | None]:
@@ -106,6 +116,22 @@ def _frame_thresholds(bundle, questions: Sequence[Question], scores: np.ndarray,
     return thresholds, per_question
 
 
+def _combined_views(bundle, views, questions: Sequence[Question], frame_scores: np.ndarray,  # type: ignore[no-untyped-def]
+                    aggregate: str, fold_of: dict[str, str] | None) -> tuple:
+    """The tracked frames scored from both views, at the view weights chosen for them:
+    (scores, labels, part keys, folds or None, what was chosen)."""
+    qids = [q.id for q in questions]
+    frame = frame_scores[views.rows]
+    part = torch.sigmoid(head_margins(bundle.part_head, views.data.tokens, questions)).numpy()
+    labels = views.data.labels.numpy()
+    weights, by_weight = choose_view_weights(frame, part, labels, views.keys, qids, aggregate)
+    combined = combine_views(frame, part, np.array([weights[q] for q in qids], dtype=np.float32))
+    folds = None if fold_of is None else [fold_of[s] for s in views.sources]
+    record = {"margin": bundle.spec.part_view.margin, "tracked_frames": len(views), "frames": len(frame_scores),
+              "weights": weights, "part_auroc_by_weight": by_weight}
+    return combined, labels, views.keys, folds, record
+
+
 def calibrate(
     bundle_dir: str | Path,
     recordings: Sequence[str | Path],
@@ -143,11 +169,17 @@ def calibrate(
     if folds is not None:
         fold_of = dict(zip(map(str, recordings), folds))
         frame_folds = [fold_of[p.sources[0]] for p in pieces for _ in range(len(p))]
+    views = part_views(bundle, pieces, recordings, questions, stride, cache_dir, log) \
+        if bundle.part_head is not None else None
     data = LabelledSet.join(pieces)
     del pieces
     scores = torch.sigmoid(head_margins(bundle.head, data.tokens, questions)).numpy()
     labels = data.labels.numpy()
     thresholds, per_question = _frame_thresholds(bundle, questions, scores, labels, max_fpr)
+    view_record = None
+    if views is not None:
+        scores, labels, keys, frame_folds, view_record = _combined_views(
+            bundle, views, questions, scores, aggregate, None if folds is None else dict(zip(map(str, recordings), folds)))
     parts = calibrate_parts(scores, labels, keys, questions, budget, aggregate, frame_folds)
     if parts is None:
         log("no labelled frame carries a part id: the part thresholds are left as they were")
@@ -162,6 +194,8 @@ def calibrate(
         "parts": parts if parts is not None else {"skipped": "no labelled frame carries a part id",
                                                   "max_false_alarm_rate": budget, "aggregate": aggregate},
     }
+    if view_record is not None:
+        record["part_view"] = view_record
     # A threshold written on a bundle question would override the calibrated one (thresholds_for,
     # part_thresholds_for): cleared where one was calibrated. The frame table keeps the value of
     # a question that was not refitted, so its frame threshold does not change.
@@ -171,6 +205,9 @@ def calibrate(
     spec_questions = [q.model_copy(update={"threshold": None}) if q.id in refit else q for q in bundle.spec.questions]
     update = {"thresholds": thresholds, "questions": spec_questions,
               "provenance": {**bundle.spec.provenance, "calibration": record}}
+    if view_record is not None:
+        weights = {**bundle.spec.part_view.weights, **view_record["weights"]}
+        update["part_view"] = bundle.spec.part_view.model_copy(update={"weights": weights})
     if parts is not None:
         update["parts"] = PartVerdictSpec(aggregate=aggregate, thresholds=parts["thresholds"],  # type: ignore[arg-type]
                                           max_false_alarm_rate=budget, calibration=parts["report"])

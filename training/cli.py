@@ -125,6 +125,12 @@ def finetune_command(
     variant: str = typer.Option(
         "full", help="full | cls_only | no_position | no_position_at_all | question_blind (ablations)"),
     head_only: bool = typer.Option(False, "--head-only", help="write only the head (ablations)"),
+    view: str = typer.Option(
+        "frame", help="frame: train the whole-frame head | part: add a part head to the --encoder bundle, trained "
+        "on the part view (the part cut around the tracker's box); it starts from the bundle's part head, else "
+        "(--init-head) from its whole-frame head"),
+    margin: float = typer.Option(0.06, min=0.0, max=1.0,
+                                 help="--view part: the margin around the part's box, of its longer side"),
     init_head: bool = typer.Option(False, "--init-head", help="start from the --encoder bundle's head"),
     init_head_from: Path | None = typer.Option(
         None, "--init-head-from", help="start from this bundle's (or head folder's) head instead"),
@@ -171,6 +177,8 @@ def finetune_command(
         raise typer.BadParameter("choose patch or cls_then_patch", param_hint="--image-tokens")
     if lr_decay not in ("none", "cosine"):
         raise typer.BadParameter("choose none or cosine", param_hint="--lr-decay")
+    if view not in ("frame", "part"):
+        raise typer.BadParameter("choose frame or part", param_hint="--view")
     _quiet_transformers()
     console = Console(stderr=True)
     questions = _config_line(config, line, console).questions if config is not None else None
@@ -183,7 +191,7 @@ def finetune_command(
                          eval_every=eval_every, patience=patience, max_val_frames=val_frames,
                          frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads, device=device, max_false_positive_rate=max_fpr,
-                         train_pairs=train_pairs, train_pair_seed=train_pair_seed)
+                         train_pairs=train_pairs, train_pair_seed=train_pair_seed, view=view, margin=margin)
     try:
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache,

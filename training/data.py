@@ -6,6 +6,12 @@ is a row of yes/no questions. Frames are decoded and encoded once (the encoder i
 one encoding and a run that adds recordings encodes only those. ``render_pairs`` draws twin
 pairs from the synthetic line (one part with and without the asked property), and
 ``split_by_group`` splits by part, not by frame: consecutive frames of one part are near duplicates.
+
+Two views of a recording (``VIEWS``): ``"frame"``, every labelled frame whole; ``"part"``, the
+part view the worker reads (``model.views``): a fresh ``PartTracker`` runs over all the
+recording's frames in order, and each labelled frame where it boxes a part (and the truth
+shows one) is encoded as ``part_crop(image, box, margin)``. Every set keeps each frame's
+``seq``, so the two views of one frame can be put side by side (``align_views``).
 """
 
 from __future__ import annotations
@@ -16,18 +22,21 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from ingest import synth
-from ingest.recording import Recording
+from ingest.recording import FrameTruth, Recording
 from model.encoder import EncoderOutput, FrameEncoder
+from model.tracker import PartTracker
+from model.views import PART_MARGIN, part_crop
 from schemas.config import Question, QuestionCategory
 
 Log = Callable[[str], None]
+VIEWS = ("frame", "part")
 
 
 # Patch tokens are nearly all of a training set's memory (64 x 192 floats a frame at the compact
@@ -48,6 +57,7 @@ class LabelledSet:
     groups: list[str]  # one id per physical part (or per empty-belt stretch): the unit of the split
     questions: list[Question]
     sources: list[str]
+    seqs: list[int] | None = None  # each frame's seq in its recording (None: not known)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -81,9 +91,12 @@ class LabelledSet:
         embeds = None if sets[0].tokens.image_embeds is None else gather([d.tokens.image_embeds for d in sets])
         tokens = EncoderOutput(embeds, gather([d.tokens.feature_tokens for d in sets], HELD_PATCH_DTYPE),
                                gather([d.tokens.cls_token for d in sets]))
+        seqs = None
+        if all(d.seqs is not None for d in sets):
+            seqs = [d.seqs[i] for d, p in zip(sets, picks) for i in p.tolist()]  # type: ignore[index]
         return LabelledSet(tokens, gather([d.labels for d in sets]),
                            [d.groups[i] for d, p in zip(sets, picks) for i in p.tolist()], sets[0].questions,
-                           [s for d in sets for s in d.sources])
+                           [s for d in sets for s in d.sources], seqs)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "LabelledSet":
         return LabelledSet.join([self], [np.asarray(index)])
@@ -137,6 +150,37 @@ class NoLabelledFrames(ValueError):
     """Recordings that are labelled, yet none of whose frames (at the stride) carries an answer."""
 
 
+def view_frames(rec: Recording, stride: int = 1, view: str = "frame", margin: float = PART_MARGIN,
+                skipped: list[int] | None = None) -> Iterator[tuple[int, FrameTruth, np.ndarray]]:
+    """``(seq, truth, image)`` of every ``stride``-th labelled frame of a recording, as ``view`` reads it.
+
+    ``"frame"``: the decoded frame. ``"part"``: a fresh ``PartTracker`` (the recording's camera,
+    its default zone) sees every frame in recording order, which is seq order, labelled or not;
+    a labelled frame is kept where it boxes a part and the truth shows one, and the image is
+    the part view, ``part_crop(image, box, margin)``. Undecodable frames are counted in ``skipped``.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+    tracker = PartTracker(rec.meta.camera_id, None, (rec.meta.width, rec.meta.height)) if view == "part" else None
+    for n, (entry, jpeg) in enumerate(rec.frames()):
+        truth = entry.truth
+        wanted = truth is not None and not n % stride
+        if tracker is None and not wanted:
+            continue
+        try:
+            image = decode(jpeg)
+        except ValueError:
+            if skipped is not None and wanted:
+                skipped.append(entry.seq)
+            continue
+        if tracker is not None:
+            box = tracker.update(image, entry.seq).box
+            if not wanted or box is None or truth.part_id is None:
+                continue
+            image = part_crop(image, box, margin)
+        yield entry.seq, truth, image  # type: ignore[misc]
+
+
 def encode_recordings(
     encoder: FrameEncoder,
     recordings: Sequence[str | Path],
@@ -144,15 +188,19 @@ def encode_recordings(
     stride: int = 1,
     batch: int = 64,
     log: Log = print,
+    view: str = "frame",
+    margin: float = PART_MARGIN,
 ) -> LabelledSet:
-    """Decode and encode every ``stride``-th labelled frame of the recordings (with the pooled embedding)."""
+    """Decode and encode every ``stride``-th labelled frame of the recordings (with the pooled embedding),
+    as ``view`` reads it (``view_frames``: the whole frame, or the part view of the frames the tracker boxes)."""
     ids = [q.id for q in questions]
     parts: list[EncoderOutput] = []
     labels: list[list[float]] = []
     groups: list[str] = []
+    seqs: list[int] = []
     pending: list[np.ndarray] = []
     t0 = time.time()
-    skipped = 0
+    skipped: list[int] = []
 
     def flush() -> None:
         if pending:
@@ -165,18 +213,11 @@ def encode_recordings(
             raise ValueError(f"{path} has no ground truth: record it with labels (e.g. `patchsight synth`)")
         name = f"{rec.meta.line_id}/{rec.meta.camera_id}@{Path(path).name}"
         empty_run = 0
-        for n, (entry, jpeg) in enumerate(rec.frames()):
-            truth = entry.truth
-            if truth is None or n % stride:
-                continue
+        for seq, truth, image in view_frames(rec, stride, view, margin, skipped):
             if truth.part_id is None:
                 empty_run += 1
-            try:
-                image = decode(jpeg)
-            except ValueError:
-                skipped += 1
-                continue
             pending.append(image)
+            seqs.append(seq)
             labels.append([float(truth.answers[i]) if i in truth.answers else -1.0 for i in ids])
             groups.append(f"{name}#part{truth.part_id}" if truth.part_id is not None else f"{name}#empty{empty_run // 20}")
             if len(pending) >= batch:
@@ -184,10 +225,41 @@ def encode_recordings(
                 log(f"encoded {len(groups)} frames ({len(groups) / (time.time() - t0):.0f}/s)")
     flush()
     if not groups:
-        raise NoLabelledFrames("no labelled frames in the given recordings")
+        what = "labelled frames" if view == "frame" else "labelled frames with a tracked part"
+        raise NoLabelledFrames(f"no {what} in the given recordings")
     if skipped:
-        log(f"skipped {skipped} undecodable frames")
-    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions), [str(p) for p in recordings])
+        log(f"skipped {len(skipped)} undecodable frames")
+    return LabelledSet(EncoderOutput.cat(parts), torch.tensor(labels), groups, list(questions),
+                       [str(p) for p in recordings], seqs)
+
+
+def labelled_seqs(path: str | Path, stride: int) -> list[int]:
+    """The seqs of every ``stride``-th labelled frame of a recording (what the whole-frame view keeps, bar undecodable frames)."""
+    return [e.seq for n, e in enumerate(Recording(path).entries) if e.truth is not None and not n % stride]
+
+
+def align_views(frames: Sequence[LabelledSet], views: Sequence[LabelledSet]) -> np.ndarray:
+    """For each row of ``LabelledSet.join(views)``, its row in ``LabelledSet.join(frames)``: the same recording and seq.
+
+    Both sides one piece per recording (``recording_pieces``), with their seqs.
+    """
+    row: dict[tuple[str, int], int] = {}
+    at = 0
+    for piece in frames:
+        if piece.seqs is None or len(piece.sources) != 1:
+            raise ValueError("aligning views needs one recording per piece, with its seqs")
+        row.update({(piece.sources[0], seq): at + i for i, seq in enumerate(piece.seqs)})
+        at += len(piece)
+    out = []
+    for piece in views:
+        if piece.seqs is None or len(piece.sources) != 1:
+            raise ValueError("aligning views needs one recording per piece, with its seqs")
+        for seq in piece.seqs:
+            key = (piece.sources[0], seq)
+            if key not in row:
+                raise ValueError(f"frame {seq} of {key[0]} is in the part view but not among the whole frames")
+            out.append(row[key])
+    return np.asarray(out, dtype=np.int64)
 
 
 def cached_encoding(
@@ -197,13 +269,15 @@ def cached_encoding(
     stride: int,
     cache_dir: str | Path | None,
     log: Log = print,
+    view: str = "frame",
+    margin: float = PART_MARGIN,
 ) -> LabelledSet:
     """``encode_recordings``, each recording's encoding kept in ``cache_dir``.
 
     Per recording, so that several heads share one encoding and a run that adds recordings
     encodes only the new ones.
     """
-    return LabelledSet.join(cached_pieces(encoder, recordings, questions, stride, cache_dir, log))
+    return LabelledSet.join(cached_pieces(encoder, recordings, questions, stride, cache_dir, log, view, margin))
 
 
 def cached_pieces(
@@ -213,6 +287,8 @@ def cached_pieces(
     stride: int,
     cache_dir: str | Path | None,
     log: Log = print,
+    view: str = "frame",
+    margin: float = PART_MARGIN,
 ) -> list[LabelledSet]:
     """``cached_encoding`` before the join: one set per recording that has labelled frames.
 
@@ -221,9 +297,11 @@ def cached_pieces(
     rename, never rewritten in place, so a mapping stays valid while another run writes the
     same file. An unreadable file is encoded again. Patch tokens are stored in
     ``HELD_PATCH_DTYPE``; files with float32 ones, from before, are read as they are.
+    A part-view file's key names the view and the margin too (a whole-frame file's key is as it
+    always was); a whole-frame file from before that has no seqs gets them from the recording's index.
     """
     if cache_dir is None:
-        return [encode_recordings(encoder, recordings, questions, stride, log=log)]
+        return [encode_recordings(encoder, recordings, questions, stride, log=log, view=view, margin=margin)]
 
     common = {
         "questions": [q.id for q in questions], "stride": stride,
@@ -232,6 +310,8 @@ def cached_pieces(
         "weights": hashlib.sha256(
             encoder.vision.embeddings.patch_embedding.weight.detach().float().cpu().numpy().tobytes()).hexdigest(),
     }
+    if view != "frame":  # whole-frame keys stay as they were, so their cache files stay valid
+        common.update(view=view, margin=margin)
     paths = []
     for rec in recordings:
         key = json.dumps({**common, "recording": str(Path(rec).resolve()),
@@ -248,7 +328,7 @@ def cached_pieces(
         saved = read_cached_piece(path, log) if is_cached else None
         if saved is None:
             try:
-                data = encode_recordings(encoder, [rec], questions, stride, log=log)
+                data = encode_recordings(encoder, [rec], questions, stride, log=log, view=view, margin=margin)
             except NoLabelledFrames:
                 continue  # others may have some; an empty piece is not cached, it costs nothing to read again
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,13 +336,18 @@ def cached_pieces(
             # write then rename: heads trained side by side may share (and race for) one cache file
             partial = path.with_suffix(f".{os.getpid()}.partial")
             torch.save({"tokens": (t.image_embeds, t.feature_tokens.to(HELD_PATCH_DTYPE), t.cls_token),
-                        "labels": data.labels, "groups": data.groups, "sources": data.sources}, partial)
+                        "labels": data.labels, "groups": data.groups, "sources": data.sources, "seqs": data.seqs},
+                       partial)
             partial.replace(path)
             del data, t  # read back memory-mapped like the cached pieces, so new encodings leave memory too
             saved = torch.load(path, weights_only=False, mmap=True)
         # the recording as this run names it: part keys (``frame_part_keys``) are made from it
+        seqs = saved.get("seqs")
+        if seqs is None:  # a file from before seqs were kept: the index says them, unless frames were undecodable
+            seqs = labelled_seqs(rec, stride)
+            seqs = seqs if len(seqs) == len(saved["labels"]) else None
         sets.append(LabelledSet(EncoderOutput(*saved["tokens"]), saved["labels"], saved["groups"],
-                                list(questions), [str(rec)]))
+                                list(questions), [str(rec)], seqs))
     if not sets:
         raise NoLabelledFrames("no labelled frames in the given recordings")
     return sets
@@ -275,6 +360,8 @@ def recording_pieces(
     stride: int,
     cache_dir: str | Path | None,
     log: Log = print,
+    view: str = "frame",
+    margin: float = PART_MARGIN,
 ) -> list[LabelledSet]:
     """One encoded set per recording that has labelled frames, each naming its recording in ``sources``.
 
@@ -282,11 +369,11 @@ def recording_pieces(
     own, so that every frame's recording is known (what ``frame_part_keys`` needs).
     """
     if cache_dir is not None:
-        return cached_pieces(encoder, recordings, questions, stride, cache_dir, log)
+        return cached_pieces(encoder, recordings, questions, stride, cache_dir, log, view, margin)
     pieces = []
     for rec in recordings:
         try:
-            pieces.append(encode_recordings(encoder, [rec], questions, stride, log=log))
+            pieces.append(encode_recordings(encoder, [rec], questions, stride, log=log, view=view, margin=margin))
         except NoLabelledFrames:
             continue
     if not pieces:

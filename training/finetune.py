@@ -10,6 +10,13 @@ the validation parts (``training.metrics.best_threshold``).
 The same code trains the ablation heads of the evaluation (``variant``): CLS token only,
 position embeddings removed (from the encoder; or from the encoder, with the image tokens shuffled),
 question not visible to the image-token weighting.
+
+``view="part"`` trains a bundle's part head instead (``model.views``): the frames are read as
+the part view (``training.data.view_frames``: the part cut around the tracker's box), the head
+starts from the ``--encoder`` bundle's part head, else (``init_head``) from its whole-frame head,
+and the bundle written is the ``--encoder`` bundle as it was (encoder, whole-frame head, probe,
+questions, thresholds, part thresholds) with ``part-head/`` and ``spec.part_view`` added; its
+per-question view weights are left to ``patchsight model calibrate``.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from pydantic import BaseModel, BeforeValidator, Field
 from ingest.recording import Recording
 from model.encoder import FrameEncoder
 from model.head import HeadConfig, MLLMHead, renamed_image_tokens
+from model.views import PART_MARGIN
 from schemas.config import Question
 from training.data import (
     LabelledSet, Log, cached_pieces, encode_pairs, labelled_questions, questions_of, split_by_group,
 )
 from training.metrics import auroc, best_threshold, head_margins
-from training.provenance import bundle_provenance
+from training.provenance import bundle_provenance, earlier_round
 from training.schedule import budget_progress, learning_rate
 
 Variant = Literal["full", "cls_only", "no_position", "no_position_at_all", "question_blind"]
@@ -75,6 +83,10 @@ class FinetuneConfig(BaseModel):
         320, ge=1, description="validation frames scored at each evaluation (a random sample of the validation "
         "parts' frames): more gives a steadier loss to pick the kept step by, at the cost of time")
     frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
+    view: Literal["frame", "part"] = Field(
+        "frame", description="frame: train the whole-frame head; part: the part head, on the part view of the "
+        "frames the tracker boxes (needs a bundle as the encoder)")
+    margin: float = Field(PART_MARGIN, ge=0.0, le=1.0, description="part view: around the part's box, of its longer side")
     train_pairs: int = Field(
         0, ge=0, description="rendered twin pairs per question added to the training frames (not to validation): "
         "one part with and without the asked property, the unit of pair accuracy")
@@ -304,7 +316,12 @@ def finetune(
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
     Path(out).mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails now, not after training
     # The starting head is resolved before the frames are encoded, so a bad choice fails in seconds.
-    cfg, init, init_bundle = starting_head(cfg, encoder, base, init_head, init_head_from)
+    part_start = None
+    if cfg.view == "part":
+        cfg, init, part_start = starting_part_head(cfg, encoder, base, init_head, init_head_from, head_only)
+        init_bundle = None
+    else:
+        cfg, init, init_bundle = starting_head(cfg, encoder, base, init_head, init_head_from)
     train, val, n_frames = training_sets(cfg, encoder, recordings, questions, cache_dir, log)
     head, record = train_head(cfg, encoder, train, val, log, init=init)
     head_device = head.device
@@ -331,6 +348,8 @@ def finetune(
         (out / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
         log(f"wrote head ({cfg.variant}) -> {out}")
         return record
+    if cfg.view == "part":
+        return write_part_bundle(base, head, record, part_start, out, cfg.margin, log)
     probe = LinearProbe(train.tokens.image_embeds.shape[1], [q.id for q in questions])
     probe.fit(train.tokens.image_embeds, train.labels)
     provenance = bundle_provenance(record, encoder_source, base, init_bundle,
@@ -358,6 +377,12 @@ def starting_head(
         init.use_encoder(encoder)
     elif init_head and base is not None and cfg.variant == "full":
         init, init_bundle = base.head, base
+    cfg = _read_as_asked(cfg, encoder, init)
+    return cfg, init, init_bundle
+
+
+def _read_as_asked(cfg: FinetuneConfig, encoder: FrameEncoder, init: MLLMHead | None) -> FinetuneConfig:
+    """The config with a started head's image tokens; the started head set to read them as the run asks."""
     if init is not None:
         # A started head reads its image tokens the way this run asks (an ablation's change, or
         # CLS + patches): the projector maps one token at a time, so its weights fit either way.
@@ -370,7 +395,71 @@ def starting_head(
     if cfg.head_config().image_tokens == "cls_then_patch" and encoder.config.feature_select != "patch":
         raise ValueError(f"the encoder already selects {encoder.config.feature_select!r} tokens; "
                          "image tokens 'cls_then_patch' needs one that selects patch tokens")
-    return cfg, init, init_bundle
+    return cfg
+
+
+def starting_part_head(
+    cfg: FinetuneConfig,
+    encoder: FrameEncoder,
+    base,  # type: ignore[no-untyped-def]  # the --encoder bundle, or None
+    init_head: bool,
+    init_head_from: str | Path | None,
+    head_only: bool = False,
+) -> tuple[FinetuneConfig, MLLMHead | None, dict | None]:
+    """A part-view run's start: (the config; the head to start from or None; where it came from, for the provenance).
+
+    ``init_head_from`` when given; else the ``--encoder`` bundle's part head when it has one; else,
+    with ``init_head``, a copy of its whole-frame head; else a new head.
+    """
+    if base is None:
+        raise ValueError("--view part adds a part head to a bundle: pass a bundle as --encoder")
+    if cfg.variant != "full" or head_only:
+        raise ValueError("--view part trains the part head of a bundle: no --variant, no --head-only")
+    if cfg.train_pairs:
+        raise ValueError("--view part reads tracked parts; rendered twin pairs (--train-pairs) have no part box")
+    init, start = None, None
+    if init_head_from is not None:
+        init, _ = load_head(init_head_from, cfg.device)
+        init.use_encoder(encoder)
+        start = {"source": str(init_head_from)}
+    elif base.part_head is not None:
+        init = base.part_head
+        start = {"from": "part head", **earlier_round({"model_id": base.spec.model_id, **{
+            k: v for k, v in (base.spec.provenance.get("part_view") or {}).items() if k in ("finetune", "init_head")}})}
+    elif init_head:
+        # a copy read from the bundle's folder: the whole-frame head itself is saved unchanged beside it
+        init = MLLMHead.from_pretrained(Path(base.directory) / base.spec.head, encoder=encoder, device=cfg.device,
+                                        dtype=torch.float32)
+        start = {"from": "whole-frame head", "model_id": base.spec.model_id}
+    return _read_as_asked(cfg, encoder, init), init, start
+
+
+def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, out: str | Path,  # type: ignore[no-untyped-def]
+                      margin: float, log: Log = print) -> dict:
+    """The ``--encoder`` bundle with ``head`` as its part head (``spec.part_view``), written to ``out``.
+
+    Its view weights are left unset (0.5: both views alike) for ``model calibrate`` to choose;
+    the provenance keeps the part round under ``part_view``.
+    """
+    from model.bundle import PartViewSpec
+
+    part_round: dict = {"finetune": {k: v for k, v in record.items() if k != "history"},
+                        "finetune_history": record["history"]}
+    if start is not None:
+        part_round["init_head"] = start
+    base.head = base.head.to("cpu")
+    base.part_head = head.to("cpu")
+    if base.probe is not None:
+        base.probe = base.probe.to("cpu")
+    base.spec = base.spec.model_copy(update={
+        "part_view": PartViewSpec(margin=margin), "provenance": {**base.spec.provenance, "part_view": part_round}})
+    out = Path(out)
+    base.save(out, dtype=torch.float16)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"wrote bundle {base.spec.model_id} with a part head ({size / 1e6:.1f} MB) -> {out}; "
+        f"run `patchsight model calibrate` on it for its view weights and part thresholds")
+    record["bundle_bytes"] = size
+    return record
 
 
 def training_sets(
@@ -382,7 +471,7 @@ def training_sets(
     log: Log = print,
 ) -> tuple[LabelledSet, LabelledSet, int]:
     """(training set, validation set, labelled frames in the recordings): the recordings encoded and split by part."""
-    pieces = cached_pieces(encoder, recordings, questions, cfg.frame_stride, cache_dir, log)
+    pieces = cached_pieces(encoder, recordings, questions, cfg.frame_stride, cache_dir, log, cfg.view, cfg.margin)
     labels = torch.cat([d.labels for d in pieces])
     for j, q in enumerate(questions):
         log(f"  {q.id:16s} {int((labels[:, j] == 1).sum()):5d} yes {int((labels[:, j] == 0).sum()):5d} no")
@@ -394,5 +483,6 @@ def training_sets(
     if cfg.train_pairs:
         # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
         train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
-    log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
+    view = "" if cfg.view == "frame" else " (part view)"
+    log(f"{len(train)} training frames, {len(val)} validation frames{view} (split by part)")
     return train, val, n_frames

@@ -1,0 +1,166 @@
+"""Training the part view: encoding recordings as the tracker cuts them, `finetune --view part`, and `calibrate`
+choosing the view weights and the part thresholds on the combined scores (tiny models: conftest.py)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ingest.recording import Recording, find_recordings
+from model.tracker import PartTracker
+from training import data as td
+from training import finetune as ft
+from training.calibrate import calibrate
+from training.views import WEIGHT_CHOICES, choose_view_weights
+from training_helpers import tiny_config
+
+
+@pytest.fixture(scope="session")
+def view_bundle(part_bundle, recordings, workdir):
+    out = workdir / "view-bundle"
+    record = ft.finetune(tiny_config(max_steps=4, view="part", margin=0.08), part_bundle, recordings, out,
+                         log=lambda m: None, init_head=True, cache_dir=workdir / "view-cache")
+    return out, record
+
+
+@pytest.fixture(scope="session")
+def view_calibrated(view_bundle, seed_dirs, workdir):
+    out = workdir / "view-calibrated"
+    shutil.copytree(view_bundle[0], out)
+    recs = find_recordings(seed_dirs)
+    record = calibrate(out, recs, max_fpr=0.1, log=lambda m: None, max_false_alarm_rate=0.25,
+                       folds=[str(r.parents[1]) for r in recs])
+    return out, record
+
+
+def test_part_view_encoding_keeps_the_tracked_labelled_frames_with_their_seqs(tiny_clip, recordings, workdir):
+    encoder = ft.load_encoder(tiny_clip)[0]
+    questions = td.questions_of(recordings)
+    rec = recordings[0]
+    part = td.encode_recordings(encoder, [rec], questions, log=lambda m: None, view="part", margin=0.06)
+    frame = td.encode_recordings(encoder, [rec], questions, log=lambda m: None)
+    recording = Recording(rec)
+    tracker = PartTracker(recording.meta.camera_id, None, (recording.meta.width, recording.meta.height))
+    expected = []
+    for entry, jpeg in recording.frames():
+        box = tracker.update(td.decode(jpeg), entry.seq).box
+        if box is not None and entry.truth is not None and entry.truth.part_id is not None:
+            expected.append(entry.seq)
+    assert expected and part.seqs == expected and len(part) == len(expected)
+    assert frame.seqs == td.labelled_seqs(rec, 1) and len(frame.seqs) > len(part.seqs)
+    rows = td.align_views([frame], [part])
+    assert [frame.seqs[i] for i in rows] == part.seqs
+    assert torch.equal(frame.labels[torch.as_tensor(rows)], part.labels)
+    assert all("#part" in g for g in part.groups)
+
+
+def test_the_cache_keys_on_the_view_and_margin_and_whole_frame_files_keep_their_names(tiny_clip, recordings, workdir):
+    encoder = ft.load_encoder(tiny_clip)[0]
+    questions = td.questions_of(recordings)
+    cache = workdir / "key-cache"
+    logs: list[str] = []
+    frame = td.cached_pieces(encoder, recordings, questions, 1, cache, logs.append)
+    names = {p.name for p in cache.iterdir()}
+    assert len(names) == len(recordings)
+    part = td.cached_pieces(encoder, recordings, questions, 1, cache, logs.append, "part", 0.06)
+    wider = td.cached_pieces(encoder, recordings, questions, 1, cache, logs.append, "part", 0.2)
+    assert len({p.name for p in cache.iterdir()}) == 3 * len(recordings)
+    logs.clear()
+    again = td.cached_pieces(encoder, recordings, questions, 1, cache, logs.append, "part", 0.06)
+    assert any(f"cached encodings of {len(recordings)} of {len(recordings)}" in m for m in logs)
+    assert [p.seqs for p in again] == [p.seqs for p in part]
+    assert not torch.equal(part[0].tokens.feature_tokens, wider[0].tokens.feature_tokens)
+    # a whole-frame file from before seqs were kept still gives them (from the recording's index)
+    path = next(cache / n for n in names)
+    saved = torch.load(path, weights_only=False)
+    del saved["seqs"]
+    torch.save(saved, path)
+    frame_again = td.cached_pieces(encoder, recordings, questions, 1, cache, lambda m: None)
+    assert [p.seqs for p in frame_again] == [p.seqs for p in frame]
+    assert {p.name for p in cache.iterdir()} >= names
+
+
+def test_finetune_view_part_adds_a_part_head_to_the_encoder_bundle(view_bundle, part_bundle):
+    from model.bundle import load_bundle
+
+    out, record = view_bundle
+    base, bundle = load_bundle(part_bundle, device="cpu"), load_bundle(out, device="cpu")
+    assert bundle.part_head is not None and bundle.spec.part_view.margin == 0.08
+    assert bundle.spec.part_view.weights == {}
+    assert bundle.spec.thresholds == base.spec.thresholds and bundle.spec.questions == base.spec.questions
+    assert bundle.spec.model_id == base.spec.model_id and bundle.probe is not None
+    for name, value in base.head.state_dict().items():  # the whole-frame head is the encoder bundle's
+        assert torch.equal(bundle.head.state_dict()[name], value)
+    part_round = bundle.spec.provenance["part_view"]
+    assert part_round["finetune"]["config"]["view"] == "part" and part_round["init_head"]["from"] == "whole-frame head"
+    assert bundle.spec.provenance["finetune"] == base.spec.provenance["finetune"]
+    assert record["steps"] == 4 and record["config"]["margin"] == 0.08
+
+
+def test_finetune_view_part_needs_a_bundle_and_no_ablation(tiny_clip, part_bundle, recordings, workdir):
+    with pytest.raises(ValueError, match="bundle"):
+        ft.finetune(tiny_config(max_steps=1, view="part"), tiny_clip, recordings, workdir / "x", log=lambda m: None)
+    with pytest.raises(ValueError, match="variant"):
+        ft.finetune(tiny_config(max_steps=1, view="part", variant="cls_only"), part_bundle, recordings,
+                    workdir / "x", log=lambda m: None)
+
+
+def test_a_second_part_round_starts_from_the_part_head(view_bundle, recordings, workdir):
+    out = workdir / "view-bundle-2"
+    ft.finetune(tiny_config(max_steps=1, view="part", margin=0.08), view_bundle[0], recordings, out,
+                log=lambda m: None)
+    from model.bundle import load_bundle
+
+    started = load_bundle(out, device="cpu").spec.provenance["part_view"]["init_head"]
+    assert started["from"] == "part head" and started["finetune"]["steps"] == 4
+
+
+def test_calibrate_chooses_view_weights_and_part_thresholds_on_the_combined_scores(view_calibrated, seed_dirs):
+    from model.bundle import load_bundle
+
+    path, record = view_calibrated
+    bundle = load_bundle(path, device="cpu")
+    questions = [q for q in bundle.spec.questions if q.category != "relation"]
+    weights = bundle.spec.part_view.weights
+    assert set(weights) == {q.id for q in questions} and set(weights.values()) <= set(WEIGHT_CHOICES)
+    assert record["part_view"]["weights"] == weights and bundle.spec.part_view.margin == 0.08
+    parts = bundle.spec.parts
+    assert parts is not None and set(parts.thresholds) == {q.id for q in questions}
+
+    # the budget, counted again as the worker scores: tracker boxes, both views, per truth part
+    scores, keys, defective = [], [], {}
+    for rec_path in find_recordings(seed_dirs):
+        rec = Recording(rec_path)
+        tracker = PartTracker(rec.meta.camera_id, None, (rec.meta.width, rec.meta.height))
+        for entry, jpeg in rec.frames():
+            image = td.decode(jpeg)
+            box = tracker.update(image, entry.seq).box
+            truth = entry.truth
+            if box is None or truth is None or truth.part_id is None:
+                continue
+            scores.append(bundle.score_frames([image], questions, boxes=[box])[0])
+            key = (str(rec_path), truth.part_id)
+            keys.append(key)
+            defective[key] = defective.get(key, False) or any(truth.answers[q.id] for q in questions)
+    scores = np.array(scores)
+    t = np.array([parts.thresholds[q.id] for q in questions])
+    good = [k for k, d in defective.items() if not d]
+    flagged = sum(bool((scores[[i for i, k in enumerate(keys) if k == key]].mean(axis=0) >= t).any()) for key in good)
+    assert flagged <= math.floor(0.25 * len(good))
+    assert record["parts"]["parts"] == len(defective) and record["parts"]["good"] == len(good)
+    assert record["part_view"]["tracked_frames"] == len(keys)
+
+
+def test_view_weights_are_chosen_by_part_auroc_ties_nearest_half():
+    keys = ["a", "a", "b", "b", "c", "c"]
+    labels = np.array([[1, 1], [1, 1], [0, 0], [0, 0], [0, 0], [0, 0]])
+    frame = np.array([[0.2, 0.5]] * 2 + [[0.9, 0.5]] * 2 + [[0.1, 0.5]] * 2)  # question 0: the frame view is wrong
+    part = np.array([[0.6, 0.5]] * 2 + [[0.1, 0.5]] * 2 + [[0.2, 0.5]] * 2)  # question 1: neither view says anything
+    weights, table = choose_view_weights(frame, part, labels, keys, ["q0", "q1"])
+    # q0 separates its parts at 0.75 and 1 alike (not at 0.5 or below): the tie goes to the one nearer 0.5
+    assert table["q0"] == {"0.0": 0.5, "0.25": 0.5, "0.5": 0.5, "0.75": 1.0, "1.0": 1.0}
+    assert weights == {"q0": 0.75, "q1": 0.5} and table["q1"]["0.5"] == 0.5

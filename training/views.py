@@ -1,0 +1,87 @@
+"""Scoring labelled recordings from both views of a bundle with a part view (``model.views``), as the worker does.
+
+The worker scores a frame on which its camera's tracker boxes a part from both views: the
+whole-frame head on the frame, the part head on the part cut around the box, their log-odds
+mixed per question (``model.bundle.combine_views``, the part view's share ``spec.part_view.weights``);
+a frame without a tracked part is not inspected. Offline the same: ``two_views`` encodes the
+recordings whole and in the part view (``training.data.view_frames``) and pairs each part-view
+frame with its whole frame; the per-part grouping runs over those tracked frames only.
+
+``choose_view_weights`` picks each question's share from ``WEIGHT_CHOICES``: the one whose part
+scores (aggregated as the bundle's parts are) separate defective from good parts best (AUROC),
+ties to the one nearest 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from model.bundle import combine_views
+from schemas.config import Question
+from training.data import LabelledSet, Log, align_views, frame_part_keys, recording_pieces
+from training.metrics import auroc
+from training.parts import group_parts
+
+WEIGHT_CHOICES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class PartViews:
+    """The part-view frames of some recordings: each one's row among the whole frames, and its part."""
+
+    data: LabelledSet  # the part views, encoded, one row per tracked frame
+    rows: np.ndarray  # (M,): the same frame's row in the joined whole-frame pieces
+    keys: list[str | None]  # (M,): its part (recording and truth part id)
+    sources: list[str]  # (M,): its recording
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def part_views(bundle, frame_pieces: Sequence[LabelledSet], recordings: Sequence[str | Path],  # type: ignore[no-untyped-def]
+               questions: Sequence[Question], stride: int, cache_dir: str | Path | None, log: Log = print) -> PartViews:
+    """The part views of the recordings' labelled frames that the tracker boxes, paired with ``frame_pieces``
+    (``recording_pieces`` of the same recordings, questions and stride)."""
+    margin = bundle.spec.part_view.margin
+    pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log, "part", margin)
+    rows = align_views(frame_pieces, pieces)
+    keys = frame_part_keys(pieces)
+    sources = [p.sources[0] for p in pieces for _ in range(len(p))]
+    return PartViews(LabelledSet.join(pieces), rows, keys, sources)
+
+
+def view_aurocs(frame_scores: np.ndarray, part_scores: np.ndarray, labels: np.ndarray, keys: Sequence[str | None],
+                question_ids: Sequence[str], aggregate: str, choices: Sequence[float] = WEIGHT_CHOICES) -> np.ndarray:
+    """(W, Q) part AUROC of each question at each weight (NaN where its parts are not both good and defective)."""
+    out = np.full((len(choices), len(question_ids)), np.nan)
+    for i, w in enumerate(choices):
+        table = group_parts(combine_views(frame_scores, part_scores, w), keys, labels, question_ids, aggregate)  # type: ignore[arg-type]
+        for j in range(len(question_ids)):
+            keep = table.labels[:, j] >= 0
+            if keep.any():
+                out[i, j] = auroc(table.scores[keep, j], table.labels[keep, j])
+    return out
+
+
+def choose_view_weights(frame_scores: np.ndarray, part_scores: np.ndarray, labels: np.ndarray,
+                        keys: Sequence[str | None], question_ids: Sequence[str], aggregate: str = "mean",
+                        choices: Sequence[float] = WEIGHT_CHOICES) -> tuple[dict[str, float], dict[str, dict]]:
+    """Each question's part-view weight: the choice with the best part AUROC, ties to the one nearest 0.5
+    (0.5 where no choice can be measured). Returns the weights and, per question, the AUROC at each choice."""
+    aucs = view_aurocs(frame_scores, part_scores, labels, keys, question_ids, aggregate, choices)
+    order = sorted(range(len(choices)), key=lambda i: (abs(choices[i] - 0.5), choices[i]))
+    weights: dict[str, float] = {}
+    for j, qid in enumerate(question_ids):
+        best, best_auc = 0.5, -math.inf
+        for i in order:
+            if not np.isnan(aucs[i, j]) and aucs[i, j] > best_auc + 1e-12:
+                best, best_auc = float(choices[i]), float(aucs[i, j])
+        weights[qid] = best
+    table = {qid: {str(w): None if np.isnan(aucs[i, j]) else round(float(aucs[i, j]), 4) for i, w in enumerate(choices)}
+             for j, qid in enumerate(question_ids)}
+    return weights, table
