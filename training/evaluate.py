@@ -26,6 +26,15 @@ thresholds falls back to its frame thresholds). The JSON report's ``parts`` is t
 ``part_verdict`` adds the aggregate, the thresholds and part AUROC per question. Relation
 questions are left out of it: no line asks them.
 
+A bundle with a part view (``spec.part_view``) is evaluated as the worker serves it
+(``training.views``): on each frame where the camera's tracker boxes a part, the MLLM head's
+score is the whole-frame head's and the part head's (on the part view) mixed per question
+with ``spec.part_view.weights``, and the per-part grouping runs over those tracked frames
+only. The CLIP zero-shot baseline reads the same two views, its scores mixed with weight 0.5.
+The linear probe and the ablation heads read the whole frame; rendered pairs are whole frames
+(they have no tracked box), so pair accuracy is the whole-frame head's for every scorer.
+``views`` in the JSON report says what each scorer read.
+
 Output: ``report.md``, ``report.json`` (the same numbers) and PNG plots in one folder.
 """
 
@@ -47,6 +56,7 @@ from training.data import LabelledSet, encode_recordings, frame_part_keys, quest
 from training.finetune import WITHOUT_ENCODER_POSITIONS
 from training.metrics import auroc, head_margins
 from training.parts import group_parts, part_report
+from training.views import part_views
 
 Log = Callable[[str], None]
 CATEGORIES = [c.value for c in QuestionCategory]
@@ -163,6 +173,7 @@ def evaluate(
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
     pieces = recording_pieces(bundle.encoder, recordings, questions, 1, None, log)  # one per recording: part keys
     part_keys = frame_part_keys(pieces)
+    views = tracked_views(bundle, pieces, recordings, questions, log)
     data = LabelledSet(EncoderOutput.cat([p.tokens for p in pieces]), torch.cat([p.labels for p in pieces]),
                        [g for p in pieces for g in p.groups], list(questions), [s for p in pieces for s in p.sources])
     del pieces
@@ -222,6 +233,8 @@ def evaluate(
         else:
             scorers[f"ablation_{variant}"] = run_head(head, data.tokens, enc_pos, enc_neg, thr)
 
+    read, part_keys, view_info = score_part_views(bundle, views, questions, scorers, part_keys,
+                                                  lambda tok: head_scores(bundle.part_head, tok), clip, log)
     report: dict = {
         "bundle": str(bundle_path),
         "model_id": bundle.model_id,
@@ -231,6 +244,8 @@ def evaluate(
         "pairs_per_question": pairs_per_question,
         "questions": [q.model_dump(mode="json", exclude_none=True) | {"trained": q.id in trained} for q in questions],
         "scorers": {},
+        "views": {**read, "pairs": "whole frame (rendered pairs have no tracked box)"},
+        **view_info,
     }
     for name, s in scorers.items():
         per_q = {}
@@ -247,6 +262,41 @@ def evaluate(
     (out / "report.md").write_text(markdown(report))
     log(f"report -> {out}")
     return report
+
+
+def tracked_views(bundle, pieces: Sequence[LabelledSet], recordings: Sequence[str | Path],  # type: ignore[no-untyped-def]
+                  questions: Sequence[Question], log: Log = print):
+    """The part views of the frames the tracker boxes (``training.views.part_views``); None without a part view."""
+    return None if bundle.part_head is None else part_views(bundle, pieces, recordings, questions, 1, None, log)
+
+
+def score_part_views(bundle, views, questions: Sequence[Question], scorers: dict[str, Scored],  # type: ignore[no-untyped-def]
+                     keys: Sequence[str | None], part_head: Callable, clip: Callable,
+                     log: Log = print) -> tuple[dict[str, str], list, dict]:
+    """With part ``views``, the tracked frames' MLLM head and CLIP zero-shot scores from both views, in place in ``scorers``.
+
+    Returns what each scorer read, the frames' part keys (None where the tracker boxed no part),
+    and the report's ``part_view`` entry: margin, tracked frames and weights (no entry without ``views``).
+    """
+    from model.bundle import combine_views
+
+    read = {name: "whole frame" for name in scorers}
+    if views is None:
+        return read, list(keys), {}
+    log(f"scoring: the part views of {len(views)} tracked frames (MLLM part head, CLIP zero-shot)")
+    both = "whole frame; on tracked frames also the part view"
+    rows = views.rows
+    head = scorers["mllm_head"].frames
+    head[rows] = combine_views(head[rows], part_head(views.data.tokens), bundle.part_view_weights(questions))
+    zero_shot = scorers["clip_zero_shot"].frames
+    zero_shot[rows] = combine_views(zero_shot[rows], clip(views.data.tokens), 0.5)
+    read.update(mllm_head=f"{both} (part head, log-odds mixed by spec.part_view.weights)",
+                clip_zero_shot=f"{both} (log-odds mixed 50/50)")
+    tracked = np.zeros(len(keys), dtype=bool)
+    tracked[rows] = True
+    info = {"margin": bundle.spec.part_view.margin, "tracked_frames": len(views), "frames": len(keys),
+            "weights": dict(zip([q.id for q in questions], map(float, bundle.part_view_weights(questions))))}
+    return read, [k if t else None for k, t in zip(keys, tracked)], {"part_view": info}
 
 
 def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray, labels: np.ndarray,  # type: ignore[no-untyped-def]
@@ -358,6 +408,7 @@ def markdown(report: dict) -> str:
         "pair accuracy counts a pair correct only if both images are answered correctly. "
         "`overall` averages the fine-detail, spatial and counting questions; `relation` questions were never "
         "stated by a caption nor trained on.",
+        *view_lines(report),
         "",
         "## Per category",
         "",
@@ -399,6 +450,19 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {fmt(t['value'])} | {required} | {met} |")
     lines += ["", "Plots: `roc.png` (ROC per category), `categories.png` (pair accuracy and AUROC per category).", ""]
     return "\n".join(lines)
+
+
+def view_lines(report: dict) -> list[str]:
+    """What each scorer read, for a bundle with a part view (nothing otherwise: every scorer read the whole frame)."""
+    info = report.get("part_view")
+    if info is None:
+        return []
+    weights = ", ".join(f"{q} {w:g}" for q, w in info["weights"].items())
+    read = "; ".join(f"{LABELS.get(k, k)}: {v}" for k, v in report["views"].items())
+    return ["", f"Part view: the tracker boxed a part on {info['tracked_frames']} of {info['frames']} frames; there "
+            f"the part (margin {info['margin']:g}) was read too. Views read: {read}. The part view's share of each "
+            f"question's log-odds (MLLM head): {weights}. Per part, only the tracked frames count, as the worker "
+            "serves the bundle."]
 
 
 def part_markdown(report: dict) -> list[str]:

@@ -164,3 +164,48 @@ def test_view_weights_are_chosen_by_part_auroc_ties_nearest_half():
     # q0 separates its parts at 0.75 and 1 alike (not at 0.5 or below): the tie goes to the one nearer 0.5
     assert table["q0"] == {"0.0": 0.5, "0.25": 0.5, "0.5": 0.5, "0.75": 1.0, "1.0": 1.0}
     assert weights == {"q0": 0.75, "q1": 0.5} and table["q1"]["0.5"] == 0.5
+
+
+def test_eval_scores_both_views_and_groups_parts_over_tracked_frames(view_calibrated, seed_dirs, workdir):
+    import json
+
+    from training.evaluate import evaluate
+
+    path, record = view_calibrated
+    out = workdir / "view-eval"
+    report = evaluate(path, find_recordings(seed_dirs), out, pairs_per_question=1, threads=1, log=lambda m: None)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["part_view"]["tracked_frames"] == record["part_view"]["tracked_frames"]
+    assert saved["part_view"]["weights"]["scratch"] == record["part_view"]["weights"]["scratch"]
+    assert "part view" in saved["views"]["mllm_head"] and "part view" in saved["views"]["clip_zero_shot"]
+    assert saved["views"]["clip_linear_probe"] == "whole frame"
+    assert saved["part_verdict"]["frames"] == record["part_view"]["tracked_frames"]
+    counts = ("parts", "defective", "good")
+    assert [report["parts"]["overall"][k] for k in counts] == [record["parts"]["report"]["overall"][k] for k in counts]
+    assert "Part view: the tracker boxed a part on" in (out / "report.md").read_text()
+
+
+def test_eval_of_a_bundle_without_a_part_view_reads_whole_frames(calibrated, seed_dirs, workdir):
+    from training.evaluate import evaluate
+
+    report = evaluate(calibrated[0], find_recordings(seed_dirs), workdir / "frame-eval", pairs_per_question=1,
+                      threads=1, log=lambda m: None)
+    assert "part_view" not in report and set(report["views"].values()) == {"whole frame (rendered pairs have no tracked box)",
+                                                                           "whole frame"}
+
+
+def test_cli_finetune_view_part(part_bundle, recordings, workdir):
+    from typer.testing import CliRunner
+
+    from model.bundle import load_bundle
+    from training.cli import model_app
+
+    out = workdir / "cli-view-bundle"
+    args = ["finetune", "--encoder", str(part_bundle), "--data", str(recordings[0]), "--out", str(out), "--view",
+            "part", "--margin", "0.1", "--init-head", "--max-steps", "2", "--eval-every", "1", "--batch-frames", "4",
+            "--lr", "2e-4", "--lr-decay", "cosine", "--threads", "1", "--cache", str(workdir / "cli-view-cache")]
+    result = CliRunner().invoke(model_app, args)
+    assert result.exit_code == 0, result.output
+    assert load_bundle(out, device="cpu").spec.part_view.margin == 0.1
+    bad = CliRunner().invoke(model_app, [*args[:8], "sideways"])
+    assert bad.exit_code != 0 and "--view" in bad.output
