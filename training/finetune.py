@@ -349,7 +349,7 @@ def finetune(
         log(f"wrote head ({cfg.variant}) -> {out}")
         return record
     if cfg.view == "part":
-        return write_part_bundle(base, head, record, part_start, out, cfg.margin, log)
+        return write_part_bundle(base, head, record, part_start, out, cfg.margin, model_id, log)
     probe = LinearProbe(train.tokens.image_embeds.shape[1], [q.id for q in questions])
     probe.fit(train.tokens.image_embeds, train.labels)
     provenance = bundle_provenance(record, encoder_source, base, init_bundle,
@@ -435,8 +435,8 @@ def starting_part_head(
 
 
 def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, out: str | Path,  # type: ignore[no-untyped-def]
-                      margin: float, log: Log = print) -> dict:
-    """The ``--encoder`` bundle with ``head`` as its part head (``spec.part_view``), written to ``out``.
+                      margin: float, model_id: str, log: Log = print) -> dict:
+    """The ``--encoder`` bundle with ``head`` as its part head (``spec.part_view``), as ``model_id``, written to ``out``.
 
     Its view weights are left unset (0.5: both views alike) for ``model calibrate`` to choose;
     the provenance keeps the part round under ``part_view``.
@@ -452,7 +452,8 @@ def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, ou
     if base.probe is not None:
         base.probe = base.probe.to("cpu")
     base.spec = base.spec.model_copy(update={
-        "part_view": PartViewSpec(margin=margin), "provenance": {**base.spec.provenance, "part_view": part_round}})
+        "model_id": model_id, "part_view": PartViewSpec(margin=margin),
+        "provenance": {**base.spec.provenance, "part_view": part_round}})
     out = Path(out)
     base.save(out, dtype=torch.float16)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
