@@ -76,6 +76,8 @@ class ServiceMetrics:
         self.webhooks = Counter("patchsight_alerts_webhook_deliveries", "Webhook attempts", ["outcome"], registry=r)
         self.commits_failed = Counter("patchsight_alerts_commits_failed", "Offset commits that failed or timed out",
                                       registry=r)
+        self.polls_failed = Counter("patchsight_alerts_polls_failed", "Polls that failed (the broker unreachable)",
+                                    registry=r)
         self.part_verdicts = Counter("patchsight_alerts_part_verdicts",
                                      "Parts decided by a camera (one per part and camera), by verdict",
                                      ["line", "verdict"], registry=r)
@@ -223,7 +225,15 @@ class AlertService:
         """Poll once, handle every record, commit what was handled. Returns records handled."""
         assert self._consumer is not None, "call start() first"
         stop = stop or threading.Event()
-        batch = self._consumer.poll(timeout_ms=timeout_ms)
+        try:
+            batch = self._consumer.poll(timeout_ms=timeout_ms)
+        except (KafkaError, OSError) as exc:
+            # A broker outage surfaces here now and then (connection refused mid-fetch); the consumer
+            # reconnects by itself, so the service waits and polls again instead of ending its thread.
+            self.metrics.polls_failed.inc()
+            log.warning("poll failed; polling again", error=f"{type(exc).__name__}: {exc}")
+            stop.wait(timeout_ms / 1000)
+            return 0
         done: dict[TopicPartition, int] = {}
         try:
             for tp, records in batch.items():
