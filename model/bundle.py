@@ -199,7 +199,9 @@ class Bundle:
             self.encoder.preprocess.save_pretrained(out)
         self.head.save_pretrained(directory / self.spec.head, dtype=dtype)
         if self.part_head is not None:
-            self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype)
+            # a part head started from the whole-frame head words the questions with its tokenizer: kept once
+            own = self.part_head.tokenizer.get_vocab() != self.head.tokenizer.get_vocab()
+            self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype, tokenizer=own)
         if self.probe is not None:
             self.probe.save(directory / "probe.safetensors")
         spec = self.spec.model_copy(update={"encoder": EncoderSpec(source=src, config=self.encoder.config)})
@@ -376,7 +378,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: to
         probe = LinearProbe.load(directory / "probe.safetensors").to(device)
     part_head = None
     if spec.part_view is not None:
-        part_head = MLLMHead.from_pretrained(directory / spec.part_view.head, encoder=encoder, device=device, dtype=dtype)
+        part_head = MLLMHead.from_pretrained(directory / spec.part_view.head, encoder=encoder, device=device,
+                                             dtype=dtype, tokenizer_from=directory / spec.head / "lm")
     return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head)
 
 

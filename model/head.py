@@ -361,8 +361,13 @@ class MLLMHead(nn.Module):
         encoder: FrameEncoder | None = None,
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
+        tokenizer_from: str | Path | None = None,
     ) -> "MLLMHead":
-        """Load a head saved by ``save_pretrained`` (never touches the network)."""
+        """Load a head saved by ``save_pretrained`` (never touches the network).
+
+        ``tokenizer_from``: the ``lm/`` folder to read the tokenizer from when the head was saved
+        without one (a bundle's part head shares its whole-frame head's).
+        """
         directory = Path(directory)
         config = HeadConfig.model_validate_json((directory / "head_config.json").read_text())
         device = resolve_device(device)
@@ -372,7 +377,8 @@ class MLLMHead(nn.Module):
             return cls.from_llava(
                 source, encoder=encoder, config=config, device=device, dtype=dtype, local_files_only=True
             )
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / "lm"))
+        own = (directory / "lm" / "tokenizer.json").is_file() or tokenizer_from is None
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / "lm" if own else Path(tokenizer_from)))
         lm = LlamaForCausalLM.from_pretrained(str(directory / "lm"), dtype=torch.float32, local_files_only=True)
         weights = load_file(str(directory / "projector.safetensors"))
         projector = Projector(weights["linear_1.weight"].shape[1], lm.config.hidden_size)
@@ -380,8 +386,11 @@ class MLLMHead(nn.Module):
         head = cls(config, projector, lm, tokenizer, encoder)
         return head.to(device=device, dtype=dtype).eval()
 
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """head_config.json + projector.safetensors + lm/ (save_pretrained). LLaVA: llava/ unless hub-sourced."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, tokenizer: bool = True) -> None:
+        """head_config.json + projector.safetensors + lm/ (save_pretrained). LLaVA: llava/ unless hub-sourced.
+
+        ``tokenizer=False`` leaves the tokenizer out of ``lm/`` (load with ``tokenizer_from``).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "head_config.json").write_text(self.config.model_dump_json(indent=2))
@@ -397,7 +406,8 @@ class MLLMHead(nn.Module):
         if dtype is not None and self.dtype != dtype:
             lm = copy.deepcopy(lm).to(dtype)  # the live model keeps its precision
         lm.save_pretrained(directory / "lm")
-        self.tokenizer.save_pretrained(directory / "lm")
+        if tokenizer:
+            self.tokenizer.save_pretrained(directory / "lm")
 
     # --- properties ---------------------------------------------------------------
 

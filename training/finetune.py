@@ -451,9 +451,13 @@ def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, ou
     base.part_head = head.to("cpu")
     if base.probe is not None:
         base.probe = base.probe.to("cpu")
+    # the whole-frame head's round becomes an earlier one: its data list shrinks to a digest, as a started
+    # head's does (the bundle keeps its size budget with a second head in it)
+    provenance = {**base.spec.provenance, "part_view": part_round}
+    if isinstance(provenance.get("finetune"), dict):
+        provenance["finetune"] = earlier_round({"finetune": provenance["finetune"]})["finetune"]
     base.spec = base.spec.model_copy(update={
-        "model_id": model_id, "part_view": PartViewSpec(margin=margin),
-        "provenance": {**base.spec.provenance, "part_view": part_round}})
+        "model_id": model_id, "part_view": PartViewSpec(margin=margin), "provenance": provenance})
     out = Path(out)
     base.save(out, dtype=torch.float16)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -14,6 +14,7 @@ from ingest.recording import Recording, find_recordings
 from model.tracker import PartTracker
 from training import data as td
 from training import finetune as ft
+from training.provenance import earlier_round
 from training.calibrate import calibrate
 from training.views import WEIGHT_CHOICES, choose_view_weights
 from training_helpers import tiny_config
@@ -97,7 +98,9 @@ def test_finetune_view_part_adds_a_part_head_to_the_encoder_bundle(view_bundle, 
         assert torch.equal(bundle.head.state_dict()[name], value)
     part_round = bundle.spec.provenance["part_view"]
     assert part_round["finetune"]["config"]["view"] == "part" and part_round["init_head"]["from"] == "whole-frame head"
-    assert bundle.spec.provenance["finetune"] == base.spec.provenance["finetune"]
+    # the whole-frame round is kept, its data list as a digest (an earlier round now)
+    assert bundle.spec.provenance["finetune"] == earlier_round({"finetune": base.spec.provenance["finetune"]})["finetune"]
+    assert bundle.spec.provenance["finetune"]["data"]["recordings"] == len(base.spec.provenance["finetune"]["data"])
     assert record["steps"] == 4 and record["config"]["margin"] == 0.08
 
 
