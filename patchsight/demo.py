@@ -506,7 +506,10 @@ def _follow(
                 break
             replays_done = all(p.popen.poll() is not None for p in procs.procs if p.name.startswith("replay"))
             all_seen = len(progress.seen) >= progress.total
-            if replays_done and all_seen and _alerts_caught_up(results, alerts_group, topic):
+            # the last part of a recording may still be in view when it ends: the alert service decides
+            # it once its camera has been quiet for part_timeout_s, and the summary waits for that
+            if replays_done and all_seen and _alerts_caught_up(results, alerts_group, topic) \
+                    and not store.open_parts():
                 progress.status = "done"
                 progress.read_alerts(store, live)  # it may have caught up since the read above: take its final copies
                 break
