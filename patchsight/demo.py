@@ -45,7 +45,7 @@ from runtime.topics import ensure_topics
 from schemas.alert import DefectAlert
 from schemas.config import PatchsightConfig, load_config
 from schemas.result import InspectionResult, ResultStatus
-from training.parts import PartVerdict, part_report_from_flags
+from training.parts import PartFlags, part_report_from_flags
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer
@@ -279,7 +279,7 @@ def part_report_from_alerts(
         seen.alerts_on_several_parts += len(touched) > 1
         for key in touched:
             flagged[key].update(q for q in findings_of(alert) if q in known)
-    verdicts = [PartVerdict(frozenset(defects[k]), frozenset(flagged[k])) for k in defects]
+    verdicts = [PartFlags(frozenset(defects[k]), frozenset(flagged[k])) for k in defects]
     seen.report = part_report_from_flags(verdicts, question_ids, defect_type_of)
     return seen
 

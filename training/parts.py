@@ -113,22 +113,6 @@ class PartTable:
                          np.concatenate([t.frames for t in tables]), first.method)
 
 
-def frame_labels(truths: Sequence[object | None], question_ids: Sequence[str]) -> np.ndarray:
-    """(N, Q) int8 labels from frames' ``FrameTruth``: 1 yes, 0 no, -1 unanswered (or no truth)."""
-    out = np.full((len(truths), len(question_ids)), -1, dtype=np.int8)
-    for i, truth in enumerate(truths):
-        answers = getattr(truth, "answers", None) or {}
-        for j, qid in enumerate(question_ids):
-            if qid in answers:
-                out[i, j] = 1 if answers[qid] else 0
-    return out
-
-
-def part_keys(truths: Sequence[object | None], prefix: str) -> list[str | None]:
-    """One key per frame from its truth's part id, unique across recordings by ``prefix``; None: no part."""
-    return [None if getattr(t, "part_id", None) is None else f"{prefix}#part{t.part_id}" for t in truths]  # type: ignore[union-attr]
-
-
 def _label_array(labels: np.ndarray | Sequence, shape: tuple[int, int]) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.shape != shape:
@@ -150,7 +134,7 @@ def aggregate_parts(
 
     ``frame_scores`` (N, Q) P(yes); ``keys`` (N,) each frame's part key, ``None`` for a frame
     showing no part (skipped); ``labels`` (N, Q): 1 yes, 0 no, negative or NaN unanswered
-    (``LabelledSet.labels`` or ``frame_labels``), or bool.
+    (``LabelledSet.labels``), or bool.
     """
     scores = np.asarray(frame_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] != len(question_ids):
@@ -196,7 +180,7 @@ def group_parts(
 
 
 @dataclass(frozen=True)
-class PartVerdict:
+class PartFlags:
     """One part as the demo sees it: the questions it is defective for (truth) and those flagged (alerts)."""
 
     defects: frozenset[str] = frozenset()
@@ -271,7 +255,7 @@ def part_report(
 
 
 def part_report_from_flags(
-    parts: Iterable[PartVerdict | tuple[Collection[str], Collection[str]]],
+    parts: Iterable[PartFlags | tuple[Collection[str], Collection[str]]],
     question_ids: Sequence[str],
     defect_type_of: Mapping[str, str] | None = None,
 ) -> dict:
@@ -284,7 +268,7 @@ def part_report_from_flags(
     index = {q: j for j, q in enumerate(question_ids)}
     truth_rows, flag_rows = [], []
     for part in parts:
-        defects, flags = (part.defects, part.flagged) if isinstance(part, PartVerdict) else part
+        defects, flags = (part.defects, part.flagged) if isinstance(part, PartFlags) else part
         unknown = sorted(set(defects).union(flags) - set(index))
         if unknown:
             raise ValueError(f"questions {unknown} are not among the line's questions {list(question_ids)}")

@@ -11,19 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.recording import FrameTruth
 from schemas.part import PART_AGGREGATES, aggregate_scores
 from training.parts import (
     REPORT_KEYS,
     PartTable,
-    PartVerdict,
+    PartFlags,
     aggregate_parts,
     budgeted_thresholds,
     cross_validate,
-    frame_labels,
     group_parts,
     independent_thresholds,
-    part_keys,
     part_report,
     part_report_from_flags,
     sum_reports,
@@ -54,20 +51,12 @@ def test_frames_are_grouped_by_part_with_the_alert_services_aggregates() -> None
     assert one.defective.tolist() == [True, True]
 
 
-def test_grouping_from_frame_truths() -> None:
-    truths = [
-        FrameTruth(part_id=None, answers={"scratch": False, "crack": False}),
-        FrameTruth(part_id=1, defects=["crack"], answers={"scratch": False, "crack": True}),
-        FrameTruth(part_id=1, defects=["crack"], answers={"scratch": False, "crack": True}),
-        FrameTruth(part_id=2, answers={"scratch": False}),
-        None,
-    ]
-    qids = ["scratch", "crack"]
-    labels = frame_labels(truths, qids)
-    assert labels.tolist() == [[0, 0], [0, 1], [0, 1], [0, -1], [-1, -1]]
-    keys = part_keys(truths, "line-a/cam1@seed7")
-    assert keys == [None, "line-a/cam1@seed7#part1", "line-a/cam1@seed7#part1", "line-a/cam1@seed7#part2", None]
-    table = group_parts(np.full((5, 2), 0.5), keys, labels, qids, "mean")
+def test_grouping_by_part_key() -> None:
+    # an empty-belt frame (key None), two frames of a part with a crack, a part that answers only
+    # the scratch question, a frame without truth
+    labels = np.array([[0, 0], [0, 1], [0, 1], [0, -1], [-1, -1]])
+    keys = [None, "line-a/cam1@seed7#part1", "line-a/cam1@seed7#part1", "line-a/cam1@seed7#part2", None]
+    table = group_parts(np.full((5, 2), 0.5), keys, labels, ["scratch", "crack"], "mean")
     assert table.labels.tolist() == [[0, 1], [0, -1]]
     assert table.defective.tolist() == [True, False]
 
@@ -130,7 +119,7 @@ def test_report_counts_every_key_on_a_hand_made_fixture() -> None:
 
 
 def test_the_report_from_alerts_matches_the_report_from_scores() -> None:
-    verdicts = [PartVerdict(frozenset(d), frozenset(f)) for d, f in PARTS.values()]
+    verdicts = [PartFlags(frozenset(d), frozenset(f)) for d, f in PARTS.values()]
     assert part_report_from_flags(verdicts, QIDS) == EXPECTED
     assert part_report_from_flags(list(PARTS.values()), QIDS) == EXPECTED  # (defects, flagged) pairs too
 
