@@ -101,13 +101,16 @@ class _PartCounts:
     def __init__(self, store: RedisAlertStore, lines: Any) -> None:
         self.store, self.lines = store, lines
 
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
+                                 labels=["line", "verdict"])
+
     def describe(self) -> list:
-        return [GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
-                                  labels=["line", "verdict"])]
+        return [self._family()]
 
     def collect(self) -> Any:
-        family = GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
-                                   labels=["line", "verdict"])
+        family = self._family()
         try:
             for line in sorted(set(self.lines()) | set(self.store.lines())):
                 counts = self.store.part_counts(line)
