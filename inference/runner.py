@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import torch
 
-from model.bundle import combine_views
 from model.tracker import PartTracker
 from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
@@ -123,11 +122,9 @@ class ModelRunner:
                 by_line[line_ids[i]].append((at, i))
             for line_id, pairs in by_line.items():
                 ats, frames = zip(*pairs)
-                questions = self.lines[line_id].questions
-                part = self.bundle.score_encoded(views.select(list(ats)), questions, "part_head")
-                weights = self.bundle.part_view_weights(questions)
-                for k, i in enumerate(frames):
-                    scores[i] = combine_views(scores[i], part[k], weights)
+                mixed = self.bundle.with_part_view(np.stack([scores[i] for i in frames]), views.select(list(ats)),
+                                                   self.lines[line_id].questions)
+                scores.update(zip(frames, mixed))
         return [scores[i] for i in range(len(line_ids))]
 
     def part_view(self, image: np.ndarray, part: PartObservation | None) -> np.ndarray | None:

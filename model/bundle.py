@@ -25,6 +25,7 @@ Public API
     a part box is scored from both views (the mean of the two heads' log-odds)
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
     scorer "part_head": the part view's head, on encoded part views
+``bundle.with_part_view(frame_scores, encoded_part_views, questions) -> np.ndarray``  both views' P(yes)
 ``combine_views(frame_scores, part_scores, weights) -> np.ndarray``  P(yes) from both views
 ``bundle.part_view_weights(questions) -> np.ndarray (Q,)``  the part view's share of each question's log-odds
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
@@ -251,9 +252,14 @@ class Bundle:
         rows = [i for i, box in enumerate(boxes or ()) if box is not None]
         if scorer == "head" and self.part_head is not None and rows:
             views = self.part_views([frames[i] for i in rows], [boxes[i] for i in rows])
-            part = self.score_encoded(self.encode(views), questions, "part_head")
-            scores[rows] = combine_views(scores[rows], part, self.part_view_weights(questions))
+            scores[rows] = self.with_part_view(scores[rows], self.encode(views), questions)
         return scores
+
+    def with_part_view(self, frame_scores: np.ndarray, part_views: EncoderOutput,
+                       questions: Sequence[Question | str]) -> np.ndarray:
+        """The whole-frame scores of some frames mixed with their encoded part views' (the part head's), per question."""
+        part = self.score_encoded(part_views, questions, "part_head")
+        return combine_views(frame_scores, part, self.part_view_weights(questions))
 
     def part_view_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
         """The part view's share of each question's log-odds (0: the whole frame alone, 1: the part view alone)."""
