@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from schemas.errors import ConfigError
 from schemas.frame import Id
+from schemas.redaction import redact
 
 ENV_PREFIX = "PATCHSIGHT__"
 
@@ -157,12 +158,9 @@ class CameraSource(Section):
         return self
 
     def describe(self) -> str:
-        """A log-safe description: credentials in URLs are masked."""
+        """A log-safe description: secrets in URLs are masked (``schemas.redaction``)."""
         if self.url is not None:
-            scheme, sep, rest = self.url.partition("://")
-            if "@" in rest:
-                rest = "***@" + rest.split("@", 1)[1]
-            return f"{scheme}{sep}{rest}"
+            return redact(self.url)
         if self.device is not None:
             return f"device:{self.device}"
         return str(self.video or self.images)
