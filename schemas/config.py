@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator,
+)
 
 from schemas.errors import ConfigError
 from schemas.frame import Id
 from schemas.redaction import redact
 
 ENV_PREFIX = "PATCHSIGHT__"
+_HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
 class Section(BaseModel):
@@ -287,11 +290,29 @@ class InferenceSettings(Section):
 class Webhook(Section):
     """An HTTP endpoint that receives every alert event, signed with HMAC-SHA256."""
 
-    url: str = Field(description="receiver URL")
-    secret: SecretStr = Field(description="HMAC-SHA256 key shared with the receiver")
+    url: str = Field(description="receiver URL: http:// or https:// with a host")
+    secret: SecretStr = Field(description="HMAC-SHA256 key shared with the receiver; not empty")
     timeout_s: float = Field(5.0, gt=0, description="per attempt")
     max_attempts: int = Field(5, ge=1, description="then the delivery is recorded as failed for good")
     retry_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, capped at 60 s")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Checked with pydantic's AnyHttpUrl, but kept as written: normalising it would change what
+        # receivers and the failed-deliveries record see. The message never quotes the URL (it may hold a key).
+        try:
+            _HTTP_URL.validate_python(url)
+        except ValidationError as exc:
+            raise ValueError(f"not an http(s) URL with a host: {exc.errors()[0]['msg']}") from None
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, secret: SecretStr) -> SecretStr:
+        if not secret.get_secret_value():
+            raise ValueError("must not be empty: receivers could not tell a signed request from a forged one")
+        return secret
 
 
 class AlertSettings(Section):
