@@ -494,7 +494,7 @@ class AlertService:
     def _start_http(self) -> None:
         try:
             self._http = HealthServer(self.settings.metrics_port, self.metrics.registry, {"/healthz": self._health},
-                                      name="alerts-http")
+                                      host=self.settings.metrics_host, name="alerts-http")
         except OSError as exc:
             raise AlertServiceError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} "
                                     "(another alert service on this host? set alerts.metrics_port; 0 picks a free one)"

@@ -263,6 +263,9 @@ class IngestSettings(Section):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus port of `patchsight ingest`; 0 picks a free port, unset: off"
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics; 0.0.0.0 to let Prometheus on another machine scrape it"
+    )
 
 
 class ModelSettings(Section):
@@ -283,7 +286,10 @@ class InferenceSettings(Section):
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Set cores / workers when several share a host"
     )
-    metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics, /healthz and /readyz; 0 picks a free port")
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics, /healthz and /readyz; 0.0.0.0 to let Prometheus on another machine scrape it"
+    )
     thumbnail_px: int = Field(160, ge=32, description="longest side of the thumbnail sent with above-threshold results")
 
 
@@ -323,6 +329,9 @@ class AlertSettings(Section):
     stream_maxlen: int = Field(10_000, ge=10, description="approximate length cap of each per-line event stream")
     thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long alert thumbnails are kept")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 to let Prometheus on another machine scrape it"
+    )
     webhooks: list[Webhook] = Field(default_factory=list)
 
 

@@ -162,6 +162,38 @@ def test_metrics_and_healthz(alert_config):
         assert "patchsight_alerts_redis_up 1.0" in text
 
 
+def _this_hosts_address() -> str | None:
+    """An IPv4 address of this host other than loopback (the one a route out would use), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))  # UDP: nothing is sent
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_metrics_listen_on_loopback_unless_metrics_host_says_otherwise(alert_config):
+    """Issue #35: /metrics listened on every interface while the dashboard defaulted to loopback."""
+    address = _this_hosts_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    cfg = alert_config()
+    assert cfg.alerts.metrics_host == "127.0.0.1"
+    with AlertService(cfg, "t1") as service:
+        assert _answers("127.0.0.1", service.metrics_port) and not _answers(address, service.metrics_port)
+    with AlertService(alert_config(alerts={"metrics_host": "0.0.0.0"}), "t2") as service:
+        assert _answers(address, service.metrics_port)
+
+
 def test_run_stops_on_event_and_commits(alert_config):
     cfg = alert_config()
     results = defect_run(first=0, frames=4)
