@@ -240,7 +240,8 @@ class Worker:
         kafka, topics = self.config.kafka, self.config.kafka.topics
         try:  # first: a port in use fails before anything joins the group
             health = HealthServer(self.settings.metrics_port, self.metrics.registry,
-                                  {"/healthz": self._liveness, "/readyz": self._readiness}, host=self.settings.metrics_host)
+                                  {"/healthz": self._liveness, "/readyz": self._readiness},
+                                  host=self.settings.metrics_host)
         except OSError as exc:
             raise WorkerError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} (another "
                               "worker on this host? set inference.metrics_port; 0 picks a free one)") from None

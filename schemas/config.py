@@ -264,7 +264,7 @@ class IngestSettings(Section):
         None, ge=0, le=65535, description="Prometheus port of `patchsight ingest`; 0 picks a free port, unset: off"
     )
     metrics_host: str = Field(
-        "127.0.0.1", description="listen address of /metrics; 0.0.0.0 to let Prometheus on another machine scrape it"
+        "127.0.0.1", description="listen address of /metrics; 0.0.0.0 lets Prometheus elsewhere scrape it"
     )
 
 
@@ -288,7 +288,7 @@ class InferenceSettings(Section):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics, /healthz and /readyz; 0 picks a free port")
     metrics_host: str = Field(
-        "127.0.0.1", description="listen address of /metrics, /healthz and /readyz; 0.0.0.0 to let Prometheus on another machine scrape it"
+        "127.0.0.1", description="listen address of /metrics, /healthz and /readyz; 0.0.0.0 lets Prometheus elsewhere scrape it"
     )
     thumbnail_px: int = Field(160, ge=32, description="longest side of the thumbnail sent with above-threshold results")
 
@@ -330,7 +330,7 @@ class AlertSettings(Section):
     thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long alert thumbnails are kept")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
     metrics_host: str = Field(
-        "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 to let Prometheus on another machine scrape it"
+        "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 lets Prometheus elsewhere scrape it"
     )
     webhooks: list[Webhook] = Field(default_factory=list)
 
