@@ -74,6 +74,29 @@ def test_the_wire_format_doc_gives_these_headers_and_the_partitioner() -> None:
     assert "-X partitioner=murmur2_random" in doc and '"partitioner": "murmur2_random"' in doc
 
 
+def test_murmur2_random_puts_each_camera_where_kafka_python_does_and_the_default_does_not(
+    make_config, unique
+) -> None:
+    """The doc's reason for the partitioner setting, on a real topic of 12 partitions and 24 camera ids."""
+    cfg = make_config()
+    topic = unique("partitioner")
+    ensure_topics(cfg.kafka, [topic], partitions=12)
+    cameras = [f"line-a-cam{i}".encode() for i in range(24)]
+    kafka_python = [(murmur2(key) & 0x7FFFFFFF) % 12 for key in cameras]  # DefaultPartitioner's choice
+
+    def partitions(settings: dict) -> list[int]:
+        producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap, **settings})
+        placed: dict[bytes, int] = {}
+        for key in cameras:
+            producer.produce(topic, key=key, value=b"x",
+                             on_delivery=lambda err, msg: placed.setdefault(msg.key(), msg.partition()))
+        assert producer.flush(30) == 0
+        return [placed[key] for key in cameras]
+
+    assert partitions({"partitioner": "murmur2_random"}) == kafka_python
+    assert partitions({}) != kafka_python, "librdkafka's default (CRC32) would split producers' cameras"
+
+
 def test_confluent_kafka_frames_become_an_alert_read_with_plain_redis_commands(
     make_config, unique, bundle: Bundle, redis_client: redis.Redis  # noqa: F811
 ) -> None:
