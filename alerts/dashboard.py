@@ -1,4 +1,5 @@
-"""The operator dashboard: one HTML page, a JSON API and a live event stream (SSE).
+"""The operator dashboard: one HTML page, a JSON API and a live event stream (SSE);
+docs/dashboard-api.md documents the routes for other clients.
 
 Reads everything from Redis (the alert service's store); acknowledge/resolve go
 through the same state machine as the CLI. When ``dashboard.token`` is set,
@@ -19,7 +20,7 @@ from typing import AsyncIterator, Callable
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, connect
@@ -30,6 +31,11 @@ CAMERA_REFRESH_S = 2.0
 
 
 class Operator(BaseModel):
+    """The body of acknowledge/resolve (docs/dashboard-api.md). Unknown fields are refused (422), not
+    ignored: ``{"operator": "alice"}`` recorded the action as the dashboard's, not alice's."""
+
+    model_config = ConfigDict(extra="forbid")
+
     by: str = Field("dashboard", min_length=1, max_length=64)
 
 
