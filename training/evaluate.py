@@ -60,7 +60,7 @@ from training.data import (
     LabelledSet, encode_recordings, frame_part_keys, questions_of, recording_pieces, render_pairs, renderable,
 )
 from training.finetune import WITHOUT_ENCODER_POSITIONS
-from training.metrics import auroc, head_margins
+from training.metrics import auroc, head_margins, reportable
 from training.output import check_writable, filled_on_success
 from training.parts import group_parts, part_report
 from training.views import part_views
@@ -363,8 +363,8 @@ def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray
         frames = labels[in_part, cols[j]]
         per_question[qid] = {
             "threshold": thresholds[qid],
-            "part_auroc": _finite(auroc(table.scores[keep, j], table.labels[keep, j])),
-            "frame_auroc": _finite(auroc(frame_scores[in_part, cols[j]][frames >= 0], frames[frames >= 0])),
+            "part_auroc": reportable(auroc(table.scores[keep, j], table.labels[keep, j])),
+            "frame_auroc": reportable(auroc(frame_scores[in_part, cols[j]][frames >= 0], frames[frames >= 0])),
             "defective": int(own.sum()), "caught": int((own & flagged[:, j]).sum()),
             "good_flagged": int((good & flagged[:, j]).sum()),
         }
@@ -378,10 +378,6 @@ def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray
         "per_question": per_question,
     }
     return report, detail
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 4)
 
 
 def _part_targets(report: dict) -> dict:

@@ -55,7 +55,7 @@ from training.data import (
     PARTLESS_RUN, LabelledSet, Log, cached_pieces, encode_pairs, group_names, held_out_groups, labelled_questions,
     questions_of, regroup_partless, split_groups,
 )
-from training.metrics import auroc, best_threshold, head_margins
+from training.metrics import auroc, best_threshold, head_margins, reportable
 from training.output import check_writable, filled_on_success
 from training.provenance import bundle_provenance, earlier_round
 from training.schedule import budget_progress, learning_rate
@@ -311,18 +311,14 @@ def train_head(
         "steps": step,
         "best_step": best_step,
         "stopped": stopped,
-        "best_val_loss": _rounded(best["loss"]),
-        "best_val_auroc": _rounded(best["auroc"]),
+        "best_val_loss": reportable(best["loss"]),
+        "best_val_auroc": reportable(best["auroc"]),
         "wall_s": round(time.time() - t0, 1),
         "train_frames": len(train),
         "val_frames": 0 if val is None else len(val),
         "history": history,
     }
     return head, record
-
-
-def _rounded(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 4)
 
 
 # --- Validation: a holdout, or cross-validation over parts (training.validation) ----------
@@ -404,7 +400,7 @@ def cross_validate(cfg: FinetuneConfig, encoder: FrameEncoder, pieces: Sequence[
     head, record = train_head(cfg, encoder, train, None, log, init=head, steps=chosen)
     record.update(best_step=chosen, best_val_loss=round(float(mean[chosen][0]), 4), folds=runs,
                   mean_val_loss={str(step): round(float(m[0]), 4) for step, m in mean.items()},
-                  mean_val_auroc={str(step): _rounded(float(m[1])) for step, m in mean.items()})
+                  mean_val_auroc={str(step): reportable(float(m[1])) for step, m in mean.items()})
     if record["stopped"] == "max_steps":  # it ran the steps it was given: the folds' choice
         record["stopped"] = "chosen_steps"
     return head, record, HeldOut.join(fold_held), train
@@ -488,13 +484,16 @@ def finetune(
         init_bundle = None
     else:
         cfg, init, init_bundle = starting_head(cfg, encoder, base, init_head, init_head_from)
+    # twin pairs first: a question the synthetic line cannot show fails before the recordings are encoded
+    pairs = encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log) if cfg.train_pairs else None
     pieces = encoded_pieces(cfg, encoder, recordings, questions, cache_dir, log)
     n_frames = sum(len(p) for p in pieces)
     folds = validation_folds(cfg, pieces, log)
     head = init if init is not None else new_head(cfg, encoder, pieces[0])
-    pairs = encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log) if cfg.train_pairs else None
-    validate = holdout if len(folds) == 1 else cross_validate
-    head, record, held, train = validate(cfg, encoder, pieces, folds[0] if len(folds) == 1 else folds, head, pairs, log)
+    if len(folds) == 1:
+        head, record, held, train = holdout(cfg, encoder, pieces, folds[0], head, pairs, log)
+    else:
+        head, record, held, train = cross_validate(cfg, encoder, pieces, folds, head, pairs, log)
     del pieces
     # not rounded: a rounded threshold may drop below a clean frame's score and break the cap
     thresholds = {q.id: best_threshold(held.scores["head"][:, j], held.labels[:, j], max_fpr=cfg.max_false_positive_rate)

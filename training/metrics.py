@@ -7,6 +7,7 @@ and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -30,6 +31,11 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     ranks = np.empty(len(values))
     ranks[order] = np.repeat(first + (count + 1) / 2, count)
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def reportable(value: float) -> float | None:
+    """A metric as reports hold it: rounded to 4 places, None where it is undefined (nan)."""
+    return None if math.isnan(value) else round(float(value), 4)
 
 
 MIN_EACH = 5  # fewer yes (or no) frames than this, and a question keeps its default threshold

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from model.encoder import EncoderOutput
 from schemas.config import Question
 from training.data import LabelledSet
-from training.metrics import auroc
+from training.metrics import auroc, reportable
 
 SCORERS = {"head": "the head", "start": "its starting point", "probe": "the linear probe",
            "good_only": "the good-only scorer"}
@@ -139,15 +139,11 @@ def validation_report(held: HeldOut, questions: Sequence[Question], seed: int = 
         resampled = np.array([mean_auroc(scores[d], held.labels[d]) for d in draws])
         resampled = resampled[~np.isnan(resampled)]
         interval = [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))] if len(resampled) else None
-        per_question = {q.id: _rounded(auroc(scores[held.labels[:, j] >= 0, j], held.labels[held.labels[:, j] >= 0, j]))
+        per_question = {q.id: reportable(auroc(scores[held.labels[:, j] >= 0, j], held.labels[held.labels[:, j] >= 0, j]))
                         for j, q in enumerate(questions)}
-        report["scorers"][name] = {"auroc": _rounded(point), "interval": interval and [round(v, 4) for v in interval],
+        report["scorers"][name] = {"auroc": reportable(point), "interval": interval and [round(v, 4) for v in interval],
                                    "per_question": per_question}
     return report
-
-
-def _rounded(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 4)
 
 
 def refusal(report: dict, best_step: int) -> str | None:

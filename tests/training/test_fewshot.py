@@ -42,6 +42,7 @@ def test_cross_validation_holds_every_part_out_once_then_trains_on_all_for_the_c
     losses = {int(k): v for k, v in record["mean_val_loss"].items()}
     assert set(losses) == {0, 2, 4, 6, 8} and losses[record["best_step"]] == min(losses.values())
     assert record["steps"] == record["best_step"] and record["train_frames"] == 120
+    assert record["stopped"] == "chosen_steps"
     for name in ("head", "start", "probe", "good_only"):
         row = validation["scorers"][name]
         low, high = row["interval"]
