@@ -52,6 +52,15 @@ def test_cross_validation_holds_every_part_out_once_then_trains_on_all_for_the_c
     assert any(m.startswith("fold 3/3:") for m in seen) and any("cross-validation chose step" in m for m in seen)
 
 
+def test_cross_validation_by_auroc_chooses_the_step_the_folds_rank_best(tiny_clip, defect_recordings, workdir):
+    cfg = tiny_config(folds=3, max_steps=8, eval_every=2, frame_stride=2, select_by="auroc")
+    record = ft.finetune(cfg, tiny_clip, defect_recordings, workdir / "fewshot-cv-auroc", log=lambda m: None,
+                         cache_dir=workdir / "defect-cache")
+    aurocs = {int(k): v for k, v in record["mean_val_auroc"].items() if v is not None}
+    best = max(aurocs.values())
+    assert record["best_step"] == min(step for step, v in aurocs.items() if v == best)
+
+
 def test_few_parts_are_cross_validated_and_many_held_out(tiny_clip, defect_recordings, workdir):
     encoder = ft.load_encoder(tiny_clip)[0]
     pieces = td.cached_pieces(encoder, defect_recordings, [DEFECT], 2, workdir / "defect-cache", lambda m: None)
