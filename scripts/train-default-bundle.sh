@@ -120,7 +120,9 @@ train_head() {  # $1 variant: the shipped head (full) or an ablation
   if [ "$1" = full ]; then
     patchsight model finetune "${head_args[@]}" --out "$BUNDLE" --model-id patchsight-compact-v2 >"$log" 2>&1
   else
-    patchsight model finetune "${head_args[@]}" --variant "$1" --head-only --out "$RUNS/ablations/$1" >"$log" 2>&1
+    # an ablation is meant to be weaker: it is kept even when validation puts it below the probe (--keep-anyway)
+    patchsight model finetune "${head_args[@]}" --variant "$1" --head-only --keep-anyway --out "$RUNS/ablations/$1" \
+      >"$log" 2>&1
   fi || { echo "finetune $1 failed:" >&2; tail -20 "$log" >&2; return 1; }
   echo "$1: $(tail -2 "$log" | head -1)"
 }
@@ -186,7 +188,7 @@ if [ -n "$CONTINUE_SEEDS" ]; then
     ablate() {  # $1 steps, $2 folder, $3 variant, then the full head's finetune arguments
       local steps=$1 dir=$2 variant=$3
       shift 3
-      patchsight model finetune "$@" --variant "$variant" --head-only --max-steps "$steps" --threads 1 \
+      patchsight model finetune "$@" --variant "$variant" --head-only --keep-anyway --max-steps "$steps" --threads 1 \
         --time-limit-min 600 --out "$dir/$variant" >"$dir-$variant.log" 2>&1 \
         || { tail -20 "$dir-$variant.log" >&2; return 1; }
     }

@@ -153,9 +153,22 @@ def finetune_command(
     eval_every: int = typer.Option(40),
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
     val_frames: int = typer.Option(
-        320, min=1, help="validation frames scored at each evaluation; more: a steadier loss to keep the best step by"),
+        320, min=1, help="holdout: validation frames scored at each evaluation; more: a steadier loss to keep the best "
+        "step by (cross-validation scores every frame)"),
+    folds: int | None = typer.Option(
+        None, min=0, help="validation over parts: 0, a holdout of --val-fraction of them; 2 or more, cross-validation "
+        "over that many folds (the step count and the thresholds chosen on every part's held-out frames, then the head "
+        "trained on all of them); default: 5 folds when a holdout would hold fewer than 50 parts, else a holdout"),
+    val_fraction: float = typer.Option(0.15, min=0.01, max=0.9, help="the share of the parts a holdout validates on"),
+    partless_run: int = typer.Option(
+        20, min=1, help="frames without a part_id count as one part per this many, in recording order (video frames "
+        "of one stretch of belt); 1: each frame its own part, for a set of still images"),
+    keep_anyway: bool = typer.Option(
+        False, "--keep-anyway", help="write the head even when validation says it learned nothing or is not above its "
+        "starting point and the linear probe (otherwise finetune exits 1 and writes nothing)"),
     select_by: str = typer.Option(
-        "loss", help="loss | auroc: which validation number keeps the best step and counts as improvement"),
+        "loss", help="loss | auroc: which validation number keeps the best step and counts as improvement (under "
+        "cross-validation: chooses the step count, by its mean over the folds)"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
     train_pairs: int = typer.Option(
         0, min=0, help="also train on this many rendered twin pairs per question (synthetic-line questions only)"),
@@ -166,12 +179,12 @@ def finetune_command(
     cache: Path = typer.Option(None, "--cache", help="keep encoded frames here, a file per recording (several heads "
                                "share one encoding; added recordings are encoded alone)"),
     seed: int = typer.Option(0),
-    threads: int = typer.Option(2),
+    threads: int = typer.Option(2, min=1),
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the encoder and the head train"),
 ) -> None:
     """Train the MLLM head on labelled recordings with the encoder frozen; write a bundle."""
     from model.head import OLD_IMAGE_TOKENS
-    from training.finetune import VARIANTS, FinetuneConfig, finetune
+    from training.finetune import VARIANTS, FinetuneConfig, HeadRefused, finetune
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
@@ -183,27 +196,36 @@ def finetune_command(
         raise typer.BadParameter("choose frame or part", param_hint="--view")
     if select_by not in ("loss", "auroc"):
         raise typer.BadParameter("choose loss or auroc", param_hint="--select-by")
+    if folds == 1:
+        raise typer.BadParameter("one fold leaves nothing to train on: 0 (a holdout) or 2 or more", param_hint="--folds")
     _quiet_transformers()
     console = Console(stderr=True)
     questions = _config_line(config, line, console).questions if config is not None else None
     from model.head import HeadConfig, TinyDecoderConfig
 
-    decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
-                                intermediate_size=3 * decoder_width)
-    cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
-                         max_steps=max_steps, batch_frames=batch_frames, lr=lr, lr_decay=lr_decay,
-                         eval_every=eval_every, patience=patience, max_val_frames=val_frames,
-                         select_by=select_by, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
-                         threads=threads, device=device, max_false_positive_rate=max_fpr,
-                         train_pairs=train_pairs, train_pair_seed=train_pair_seed, view=view, margin=margin)
-    try:
+    try:  # a value out of range is named here, not in a traceback
+        decoder = TinyDecoderConfig(hidden_size=decoder_width, num_layers=decoder_layers, num_heads=4,
+                                    intermediate_size=3 * decoder_width)
+        cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
+                             max_steps=max_steps, batch_frames=batch_frames, lr=lr, lr_decay=lr_decay,
+                             eval_every=eval_every, patience=patience, max_val_frames=val_frames, folds=folds,
+                             select_by=select_by,
+                             val_fraction=val_fraction, partless_run=partless_run, keep_anyway=keep_anyway,
+                             frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
+                             threads=threads, device=device, max_false_positive_rate=max_fpr,
+                             train_pairs=train_pairs, train_pair_seed=train_pair_seed, view=view, margin=margin)
         record = finetune(cfg, encoder, _recordings(data), out, questions=questions, model_id=model_id,
                           log=console.print, init_head=init_head, head_only=head_only, cache_dir=cache,
                           init_head_from=init_head_from)
+    except HeadRefused as exc:
+        console.print(f"[red]finetune refused the head:[/] {exc}")
+        raise typer.Exit(1) from None
     except (ValueError, OSError) as exc:  # OSError: --out cannot be written
         console.print(f"[red]finetune failed:[/] {exc}")
         raise typer.Exit(1) from None
-    console.print(f"best step {record['best_step']} of {record['steps']} ({record['stopped']}), "
+    validation = record["validation"]
+    console.print(f"best step {record['best_step']} of {record['steps']} ({record['stopped']}; {validation['method']}"
+                  f"{'' if validation['folds'] == 1 else ', ' + str(validation['folds']) + ' folds'}), "
                   f"val loss {record['best_val_loss']}, val AUROC {record['best_val_auroc']}")
     typer.echo(str(out))
 
@@ -335,11 +357,16 @@ def eval_command(
     data: list[Path] = typer.Option(..., "--data", help="held-out labelled recordings (or folders); repeat"),
     out: Path = typer.Option(None, "--out", help="report folder (default runs/eval-<time>)"),
     ablations: Path = typer.Option(None, "--ablations", help="folder of ablation heads (finetune --head-only)"),
-    pairs: int = typer.Option(40, help="image pairs per question"),
+    pairs: int = typer.Option(
+        40, min=0, help="image pairs per question, rendered for the synthetic line's questions (a question of your "
+        "own has none: the report says so); 0: none"),
     pair_seed: int = typer.Option(9001, help="seed of the rendered pairs: never a training seed"),
-    threads: int = typer.Option(2),
+    threads: int = typer.Option(2, min=1),
 ) -> None:
-    """CLIP zero-shot vs linear probe vs MLLM head (and ablations): markdown, JSON and plots."""
+    """CLIP zero-shot vs linear probe vs MLLM head (and ablations): markdown, JSON and plots.
+
+    Nothing is written to --out unless the whole report is.
+    """
     import time as _time
 
     from training.evaluate import evaluate

@@ -37,6 +37,9 @@ from schemas.config import Question, QuestionCategory
 
 Log = Callable[[str], None]
 VIEWS = ("frame", "part")
+# Frames without a part_id (an empty belt, or a recording whose labels name no parts) are grouped
+# in runs of this many, in recording order: consecutive video frames show the same stretch of belt.
+PARTLESS_RUN = 20
 
 
 # Patch tokens are nearly all of a training set's memory (64 x 192 floats a frame at the compact
@@ -212,14 +215,16 @@ def encode_recordings(
         if not rec.meta.labelled:
             raise ValueError(f"{path} has no ground truth: record it with labels (e.g. `patchsight synth`)")
         name = f"{rec.meta.line_id}/{rec.meta.camera_id}@{Path(path).name}"
-        empty_run = 0
+        partless = 0
         for seq, truth, image in view_frames(rec, stride, view, margin, skipped):
-            if truth.part_id is None:
-                empty_run += 1
             pending.append(image)
             seqs.append(seq)
             labels.append([float(truth.answers[i]) if i in truth.answers else -1.0 for i in ids])
-            groups.append(f"{name}#part{truth.part_id}" if truth.part_id is not None else f"{name}#empty{empty_run // 20}")
+            if truth.part_id is not None:
+                groups.append(f"{name}#part{truth.part_id}")
+            else:
+                groups.append(f"{name}#empty{partless // PARTLESS_RUN}")
+                partless += 1
             if len(pending) >= batch:
                 flush()
                 log(f"encoded {len(groups)} frames ({len(groups) / (time.time() - t0):.0f}/s)")
@@ -381,6 +386,25 @@ def recording_pieces(
     return pieces
 
 
+def regroup_partless(pieces: Sequence[LabelledSet], run: int) -> None:
+    """Group each recording's frames without a part_id in runs of ``run`` (in place), in recording order.
+
+    ``encode_recordings`` (and the encoding cache) groups them by ``PARTLESS_RUN``; a set of still
+    images, each of its own part, wants 1.
+    """
+    for piece in pieces:
+        seen: dict[str, int] = {}
+        groups = []
+        for g in piece.groups:
+            name, partless, _ = g.partition("#empty")
+            if partless:
+                n = seen.get(name, 0)
+                seen[name] = n + 1
+                g = f"{name}#empty{n // run}"
+            groups.append(g)
+        piece.groups = groups
+
+
 def frame_part_keys(pieces: Sequence[LabelledSet]) -> list[str | None]:
     """Each frame's part: its recording and its truth's part id; None for a frame that shows no part.
 
@@ -437,12 +461,16 @@ def render_pairs(
     return pos, neg, pos_answers + neg_answers
 
 
+def renderable(question: Question) -> bool:
+    """Whether ``render_pairs`` can draw twin pairs for the question: the synthetic line's parts can show it."""
+    return question.id in {q.id for q in synth.SYNTH_QUESTIONS}
+
+
 def encode_pairs(
     encoder: FrameEncoder, questions: Sequence[Question], n: int, seed: int, batch: int = 64, log: Log = print
 ) -> LabelledSet:
     """``render_pairs`` encoded and labelled for training; the two images of a pair share a group."""
-    known = {q.id for q in synth.SYNTH_QUESTIONS}
-    unknown = [q.id for q in questions if q.id not in known]
+    unknown = [q.id for q in questions if not renderable(q)]
     if unknown:
         raise ValueError(f"twin pairs are rendered from the synthetic line's parts, which cannot show {unknown}")
     pos, neg, answers = render_pairs(questions, n, seed)
@@ -453,15 +481,27 @@ def encode_pairs(
     return LabelledSet(tokens, torch.tensor(labels), groups, list(questions), [f"pairs@{seed}"])
 
 
+def group_names(pieces: Sequence[LabelledSet]) -> list[str]:
+    return sorted({g for d in pieces for g in d.groups})
+
+
+def held_out_groups(names: Sequence[str], val_fraction: float, seed: int) -> set[str]:
+    """A random ``val_fraction`` of the groups (at least one): the validation parts of a holdout."""
+    names = list(names)
+    np.random.default_rng(seed).shuffle(names)
+    return set(names[: max(1, int(round(len(names) * val_fraction)))])
+
+
 def split_by_group(pieces: Sequence[LabelledSet], val_fraction: float, seed: int) -> tuple[LabelledSet, LabelledSet]:
     """Training and validation sets of the pieces, split by group, each filled straight from the pieces.
 
     The same split as splitting the pieces' join, without ever holding the join.
     """
-    rng = np.random.default_rng(seed)
-    names = sorted({g for d in pieces for g in d.groups})
-    rng.shuffle(names)
-    val_names = set(names[: max(1, int(round(len(names) * val_fraction)))])
+    return split_groups(pieces, held_out_groups(group_names(pieces), val_fraction, seed))
+
+
+def split_groups(pieces: Sequence[LabelledSet], val_names: set[str]) -> tuple[LabelledSet, LabelledSet]:
+    """(the frames of the other groups, the frames of ``val_names``), each filled straight from the pieces."""
     in_val = [np.array([g in val_names for g in d.groups], dtype=bool) for d in pieces]
     return (LabelledSet.join(pieces, [np.flatnonzero(~v) for v in in_val]),
             LabelledSet.join(pieces, [np.flatnonzero(v) for v in in_val]))

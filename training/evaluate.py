@@ -12,6 +12,10 @@ threshold each scorer uses, AUROC, and pair accuracy as Li, Koh & Du (2024) defi
 pair that differs only in the asked property counts as correct only if both images are
 answered correctly. Pairs are rendered by ``ingest.synth`` from the seed given (never a
 training seed), with a held-out camera look per pair, through JPEG like recorded frames.
+A question the synthetic line's parts cannot show (a plant's own, e.g. "Is there a defect?")
+has no pairs, nor has any question with ``pairs_per_question=0``: the report's ``pairs_missing``
+says which and why, their pair accuracy is not measured and their AUROC is the frames' alone.
+Nothing is written to ``out`` unless the whole report is (``training.output``).
 
 Ablation heads (trained by ``patchsight model finetune --variant ...``) reproduce the paper's
 decomposition: CLS token only, position embeddings removed, question not visible to the
@@ -52,9 +56,12 @@ import torch
 
 from model.encoder import EncoderOutput
 from schemas.config import Question, QuestionCategory
-from training.data import LabelledSet, encode_recordings, frame_part_keys, questions_of, recording_pieces, render_pairs
+from training.data import (
+    LabelledSet, encode_recordings, frame_part_keys, questions_of, recording_pieces, render_pairs, renderable,
+)
 from training.finetune import WITHOUT_ENCODER_POSITIONS
-from training.metrics import auroc, head_margins
+from training.metrics import auroc, head_margins, reportable
+from training.output import check_writable, filled_on_success
 from training.parts import group_parts, part_report
 from training.views import part_views
 
@@ -69,7 +76,7 @@ class Scored:
     """Scores of one scorer: frames (N, Q) and pairs (positive, negative) per question, with thresholds (Q,)."""
 
     frames: np.ndarray
-    pairs_pos: np.ndarray  # (P, Q): the image with the property (answer yes)
+    pairs_pos: np.ndarray  # (P, Q): the image with the property (answer yes); nan for a question without pairs
     pairs_neg: np.ndarray  # (P, Q): the same image without it (answer no)
     thresholds: np.ndarray
 
@@ -92,15 +99,17 @@ def question_metrics(s: Scored, labels: np.ndarray, j: int) -> dict[str, float]:
     t = float(s.thresholds[j])
     pred = score >= t
     pos, neg = y == 1, y == 0
-    pair_ok = (s.pairs_pos[:, j] >= t) & (s.pairs_neg[:, j] < t)
+    rendered = ~np.isnan(s.pairs_pos[:, j])  # none for a question the synthetic line cannot show
+    pair_pos, pair_neg = s.pairs_pos[rendered, j], s.pairs_neg[rendered, j]
+    pair_ok = (pair_pos >= t) & (pair_neg < t)
     return {
         "threshold": round(t, 4),
         "frames": int(len(y)),
         "positives": int(pos.sum()),
         "accuracy": float((pred == (y == 1)).mean()) if len(y) else float("nan"),
         "balanced_accuracy": float(0.5 * (pred[pos].mean() + (~pred[neg]).mean())) if pos.any() and neg.any() else float("nan"),
-        "auroc": auroc(np.concatenate([score, s.pairs_pos[:, j], s.pairs_neg[:, j]]),
-                       np.concatenate([y, np.ones(len(s.pairs_pos)), np.zeros(len(s.pairs_neg))])),
+        "auroc": auroc(np.concatenate([score, pair_pos, pair_neg]),
+                       np.concatenate([y, np.ones(len(pair_pos)), np.zeros(len(pair_neg))])),
         "auroc_frames": auroc(score, y),
         "pair_accuracy": float(pair_ok.mean()) if len(pair_ok) else float("nan"),
         "pairs": int(len(pair_ok)),
@@ -165,11 +174,12 @@ def evaluate(
     torch.set_num_threads(threads)
     t0 = time.time()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before the slow part; the folder itself is made only when the report is written
     bundle = load_bundle(bundle_path, device="cpu", dtype=torch.float32)
     ablation_heads = load_ablations(ablations, bundle.encoder)  # before the slow part: a bad folder fails now
     questions = questions_of(recordings, include_relations=True) or list(bundle.spec.questions)
     trained = {q.id for q in bundle.spec.questions}
+    missing = pairs_missing(questions, pairs_per_question)  # a bad --pairs fails here, before the slow part
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
     pieces = recording_pieces(bundle.encoder, recordings, questions, 1, None, log)  # one per recording: part keys
     part_keys = frame_part_keys(pieces)
@@ -178,25 +188,26 @@ def evaluate(
                        [g for p in pieces for g in p.groups], list(questions), [s for p in pieces for s in p.sources])
     del pieces
     labels = data.labels.numpy()
-    pos_frames, neg_frames, _ = render_pairs(questions, pairs_per_question, pair_seed)
-    log(f"rendered {len(pos_frames)} image pairs (seed {pair_seed})")
+    rendered = [j for j, q in enumerate(questions) if q.id not in missing]
+    pos_frames, neg_frames, _ = render_pairs([questions[j] for j in rendered], pairs_per_question, pair_seed)
+    log(f"rendered {len(pos_frames)} image pairs (seed {pair_seed})"
+        + (f"; none for {', '.join(missing)}" if missing else ""))
 
-    def encode(frames: list[np.ndarray]) -> EncoderOutput:
-        return EncoderOutput.cat([bundle.encoder.encode_frames(frames[i : i + 64]) for i in range(0, len(frames), 64)])
+    def encode(frames: list[np.ndarray]) -> EncoderOutput | None:
+        return encode_images(bundle.encoder, frames)
 
     enc_pos, enc_neg = encode(pos_frames), encode(neg_frames)
-    Q, n = len(questions), pairs_per_question
+    Q = len(questions)
 
-    def pair_view(scores_all: np.ndarray) -> np.ndarray:
-        """(Q*n, Q) scores of pair images -> (n, Q): question j's pairs scored on question j."""
-        return np.stack([scores_all[j * n : (j + 1) * n, j] for j in range(Q)], axis=1)
+    def pair_view(score: Callable[[EncoderOutput], np.ndarray], tokens: EncoderOutput | None) -> np.ndarray:
+        return pair_scores(score, tokens, rendered, pairs_per_question, Q)
 
     def head_scores(head, tokens: EncoderOutput) -> np.ndarray:  # type: ignore[no-untyped-def]
         return torch.sigmoid(head_margins(head, tokens, questions)).numpy()
 
     def run_head(head, frames_tok, pos_tok, neg_tok, thresholds) -> Scored:  # type: ignore[no-untyped-def]
-        return Scored(head_scores(head, frames_tok), pair_view(head_scores(head, pos_tok)),
-                      pair_view(head_scores(head, neg_tok)), thresholds)
+        score = lambda tok: head_scores(head, tok)  # noqa: E731
+        return Scored(score(frames_tok), pair_view(score, pos_tok), pair_view(score, neg_tok), thresholds)
 
     head_thr = np.array([bundle.spec.thresholds.get(q.id, bundle.spec.default_threshold) for q in questions])
     scorers: dict[str, Scored] = {}
@@ -204,7 +215,7 @@ def evaluate(
     scorers["mllm_head"] = run_head(bundle.head, data.tokens, enc_pos, enc_neg, head_thr)
     log("scoring: CLIP zero-shot")
     clip = lambda tok: bundle.clip.score(tok, questions).float().numpy()  # noqa: E731
-    scorers["clip_zero_shot"] = Scored(clip(data.tokens), pair_view(clip(enc_pos)), pair_view(clip(enc_neg)), np.full(Q, 0.5))
+    scorers["clip_zero_shot"] = Scored(clip(data.tokens), pair_view(clip, enc_pos), pair_view(clip, enc_neg), np.full(Q, 0.5))
     if bundle.probe is not None:
         log("scoring: CLIP linear probe")
         ids = [q.id for q in questions if q.id in bundle.probe.question_ids]
@@ -217,10 +228,11 @@ def evaluate(
                     full[:, j] = p[:, bundle.probe.question_ids.index(q.id)]
             return full
 
-        scorers["clip_linear_probe"] = Scored(probe(data.tokens), pair_view(probe(enc_pos)), pair_view(probe(enc_neg)), np.full(Q, 0.5))
+        scorers["clip_linear_probe"] = Scored(probe(data.tokens), pair_view(probe, enc_pos), pair_view(probe, enc_neg),
+                                              np.full(Q, 0.5))
 
     # frames, pair positives, pair negatives without position embeddings: encoded once, for every such ablation
-    no_position: tuple[EncoderOutput, EncoderOutput, EncoderOutput] | None = None
+    no_position: tuple[EncoderOutput, EncoderOutput | None, EncoderOutput | None] | None = None
     for variant, (head, head_thresholds) in ablation_heads.items():
         log(f"scoring: ablation {variant}")
         thr = np.array([float(head_thresholds.get(q.id, 0.5)) for q in questions])
@@ -242,6 +254,7 @@ def evaluate(
         "frames": int(len(labels)),
         "pair_seed": pair_seed,
         "pairs_per_question": pairs_per_question,
+        "pairs_missing": missing,
         "questions": [q.model_dump(mode="json", exclude_none=True) | {"trained": q.id in trained} for q in questions],
         "scorers": {},
         "views": {**read, "pairs": "whole frame (rendered pairs have no tracked box)"},
@@ -257,11 +270,42 @@ def evaluate(
     report["parts"], report["part_verdict"] = part_reports(bundle, questions, scorers["mllm_head"].frames, labels, part_keys)
     report["targets"] = check_targets(report)
     report["wall_s"] = round(time.time() - t0, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    plot(report, scorers, labels, questions, out)
-    (out / "report.md").write_text(markdown(report))
+    with filled_on_success(out) as staging:
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+        plot(report, scorers, labels, questions, staging)
+        (staging / "report.md").write_text(markdown(report))
     log(f"report -> {out}")
     return report
+
+
+def encode_images(encoder, frames: list[np.ndarray]) -> EncoderOutput | None:  # type: ignore[no-untyped-def]
+    """The frames encoded 64 at a time; None for no frames."""
+    if not frames:
+        return None
+    return EncoderOutput.cat([encoder.encode_frames(frames[i : i + 64]) for i in range(0, len(frames), 64)])
+
+
+def pair_scores(score: Callable[[EncoderOutput], np.ndarray], tokens: EncoderOutput | None, rendered: Sequence[int],
+                n: int, questions: int) -> np.ndarray:
+    """(n, Q): question j's pairs scored on question j; nan in the columns of questions without pairs.
+
+    ``tokens``: the pair images of the ``rendered`` questions (columns), ``n`` each, question-major.
+    """
+    view = np.full((n, questions), np.nan, dtype=np.float32)
+    if tokens is not None:
+        scores_all = score(tokens)
+        for r, j in enumerate(rendered):
+            view[:, j] = scores_all[r * n : (r + 1) * n, j]
+    return view
+
+
+def pairs_missing(questions: Sequence[Question], pairs_per_question: int) -> dict[str, str]:
+    """question id -> why it has no rendered pairs (its pair accuracy is not measured, its AUROC is the frames' alone)."""
+    if pairs_per_question < 0:
+        raise ValueError(f"--pairs {pairs_per_question}: give 0 or more image pairs per question")
+    if pairs_per_question == 0:
+        return {q.id: "no pairs asked for (--pairs 0)" for q in questions}
+    return {q.id: "the synthetic line's parts cannot show it" for q in questions if not renderable(q)}
 
 
 def tracked_views(bundle, pieces: Sequence[LabelledSet], recordings: Sequence[str | Path],  # type: ignore[no-untyped-def]
@@ -319,8 +363,8 @@ def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray
         frames = labels[in_part, cols[j]]
         per_question[qid] = {
             "threshold": thresholds[qid],
-            "part_auroc": _finite(auroc(table.scores[keep, j], table.labels[keep, j])),
-            "frame_auroc": _finite(auroc(frame_scores[in_part, cols[j]][frames >= 0], frames[frames >= 0])),
+            "part_auroc": reportable(auroc(table.scores[keep, j], table.labels[keep, j])),
+            "frame_auroc": reportable(auroc(frame_scores[in_part, cols[j]][frames >= 0], frames[frames >= 0])),
             "defective": int(own.sum()), "caught": int((own & flagged[:, j]).sum()),
             "good_flagged": int((good & flagged[:, j]).sum()),
         }
@@ -334,10 +378,6 @@ def part_reports(bundle, questions: Sequence[Question], frame_scores: np.ndarray
         "per_question": per_question,
     }
     return report, detail
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 4)
 
 
 def _part_targets(report: dict) -> dict:
@@ -365,6 +405,9 @@ def check_targets(report: dict) -> dict:
         "fine_detail_auroc": (head.get("fine_detail", {}).get("auroc", float("nan")), TARGETS["fine_detail_auroc"]),
     }
     out = {k: {"value": v, "target": t, "met": bool(v >= t)} for k, (v, t) in checks.items()}
+    for row in out.values():
+        if math.isnan(row["value"]):  # e.g. no rendered pairs, or no question of the category
+            row["note"] = "not measured"
     full = head.get("overall", {}).get("pair_accuracy", float("nan"))
     ablations = [name for name in report["scorers"] if name.startswith("ablation_")]
     for name in ablations:
@@ -408,6 +451,7 @@ def markdown(report: dict) -> str:
         "pair accuracy counts a pair correct only if both images are answered correctly. "
         "`overall` averages the fine-detail, spatial and counting questions; `relation` questions were never "
         "stated by a caption nor trained on.",
+        *pair_lines(report),
         *view_lines(report),
         "",
         "## Per category",
@@ -450,6 +494,18 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {fmt(t['value'])} | {required} | {met} |")
     lines += ["", "Plots: `roc.png` (ROC per category), `categories.png` (pair accuracy and AUROC per category).", ""]
     return "\n".join(lines)
+
+
+def pair_lines(report: dict) -> list[str]:
+    """Which questions have no rendered pairs, and why (nothing when every question has them)."""
+    missing = report.get("pairs_missing") or {}
+    if not missing:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for qid, reason in missing.items():
+        by_reason.setdefault(reason, []).append(f"`{qid}`")
+    said = "; ".join(f"{', '.join(ids)}: {reason}" for reason, ids in by_reason.items())
+    return ["", f"No rendered pairs for {said}. Their pair accuracy is n/a and their AUROC is the frames' alone."]
 
 
 def view_lines(report: dict) -> list[str]:
@@ -508,8 +564,10 @@ def plot(report: dict, scorers: dict[str, Scored], labels: np.ndarray, questions
                 if np.isnan(s.frames[:, j]).all():
                     continue
                 keep = labels[:, j] >= 0
-                sc += [s.frames[keep, j], s.pairs_pos[:, j], s.pairs_neg[:, j]]
-                ys += [labels[keep, j], np.ones(len(s.pairs_pos)), np.zeros(len(s.pairs_neg))]
+                pos, neg = s.pairs_pos[:, j], s.pairs_neg[:, j]
+                pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+                sc += [s.frames[keep, j], pos, neg]
+                ys += [labels[keep, j], np.ones(len(pos)), np.zeros(len(neg))]
             if not sc:
                 continue
             fpr, tpr = roc_curve(np.concatenate(sc), np.concatenate(ys))

@@ -2,10 +2,21 @@
 
 The head is trained on the encoded frames (``training.data``): each step asks every question of
 a batch of frames, sharing the image prefix, with defective frames oversampled and a
-per-question weighting that makes positives and negatives count equally. Validation is on parts
-held out from training; training stops when the validation loss has not improved for
-``patience`` evaluations and keeps the best weights. Each question's threshold then comes from
-the validation parts (``training.metrics.best_threshold``).
+per-question weighting that makes positives and negatives count equally. Validation is by part
+(``training.validation``), one of two ways:
+
+* a holdout (many parts): training stops when the validation loss on the held-out parts has not
+  improved for ``patience`` evaluations and keeps the best weights;
+* cross-validation (few parts, ``folds``): a head is trained so on each fold's complement, the
+  step count with the lowest mean validation loss over the folds is chosen, and the head written
+  is trained on every part for that many steps.
+
+Each question's threshold comes from the held-out frames' scores (``training.metrics.best_threshold``;
+under cross-validation, every frame's score from the fold that held its part out). Beside the
+head, the same held-out frames are scored by its untrained starting point, the linear probe and
+a good-only scorer, each AUROC with a bootstrap interval; a head that learned nothing, or is not
+above its start and the probe, is refused (``HeadRefused``: nothing is written) unless
+``keep_anyway``.
 
 The same code trains the ablation heads of the evaluation (``variant``): CLS token only,
 position embeddings removed (from the encoder; or from the encoder, with the image tokens shuffled),
@@ -26,13 +37,14 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from ingest.recording import Recording
 from model.encoder import FrameEncoder
@@ -40,11 +52,20 @@ from model.head import HeadConfig, MLLMHead, renamed_image_tokens
 from model.views import PART_MARGIN
 from schemas.config import Question
 from training.data import (
-    LabelledSet, Log, cached_pieces, encode_pairs, labelled_questions, questions_of, split_by_group,
+    PARTLESS_RUN, LabelledSet, Log, cached_pieces, encode_pairs, group_names, held_out_groups, labelled_questions,
+    questions_of, regroup_partless, split_groups,
 )
-from training.metrics import auroc, best_threshold, head_margins
+from training.metrics import auroc, best_threshold, head_margins, reportable
+from training.output import check_writable, filled_on_success
 from training.provenance import bundle_provenance, earlier_round
 from training.schedule import budget_progress, learning_rate
+from training.validation import SCORERS, HeldOut, part_folds, refusal, validation_report
+
+CV_FOLDS = 5  # folds of an automatic cross-validation (FinetuneConfig.folds None)
+
+
+class HeadRefused(ValueError):
+    """Validation says the head is not worth keeping (``training.validation.refusal``); nothing was written."""
 
 Variant = Literal["full", "cls_only", "no_position", "no_position_at_all", "question_blind"]
 VARIANTS: dict[str, str] = {
@@ -67,25 +88,38 @@ class FinetuneConfig(BaseModel):
         "(a new head takes head.image_tokens)")
     batch_frames: int = Field(24, ge=1, description="frames per step; every question is asked of each")
     defect_oversample: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from frames with a defect")
-    lr: float = 1e-3
+    lr: float = Field(1e-3, gt=0)
     lr_decay: Literal["none", "cosine"] = Field(
         "none", description="none: the rate stays at lr after warmup; cosine: it falls to zero by the end of the "
         "run's budget (max_steps or time_limit_s, whichever comes first), a decay phase for a head that has "
         "trained at a constant rate")
     weight_decay: float = 0.01
-    warmup_steps: int = 30
-    max_steps: int = 3000
-    eval_every: int = 40
-    patience: int = Field(6, description="evaluations without improvement before stopping")
+    warmup_steps: int = Field(30, ge=1)
+    max_steps: int = Field(3000, ge=0)
+    eval_every: int = Field(40, ge=1)
+    patience: int = Field(6, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = 1e-3
     select_by: Literal["loss", "auroc"] = Field(
         "loss", description="what keeps a step and counts as improvement: the validation loss, or the "
         "validation AUROC (mean over questions); a long run's loss can rise from overconfidence while its "
         "ranking of frames, which thresholds and part verdicts use, still improves")
-    val_fraction: float = 0.15
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of the parts a holdout validates on")
+    folds: int | None = Field(
+        None, ge=0, description="how the head is validated (training.validation): 0, a holdout of val_fraction of "
+        "the parts; 2 or more, cross-validation over that many folds of the parts, then the head trained on every "
+        "part for the step count they chose; None, cross-validation over CV_FOLDS folds when a holdout would hold "
+        "fewer than min_val_parts parts, else a holdout")
+    min_val_parts: int = Field(50, ge=1, description="fewer validation parts than this in a holdout: cross-validate (folds None)")
+    partless_run: int = Field(
+        PARTLESS_RUN, ge=1, description="frames without a part_id count as one part per this many, in recording "
+        "order (consecutive video frames show the same stretch of belt); 1: each frame its own part (still images)")
+    keep_anyway: bool = Field(
+        False, description="write the head even when validation says it learned nothing, or is not above its "
+        "starting point and the linear probe (training.validation.refusal)")
     max_val_frames: int = Field(
-        320, ge=1, description="validation frames scored at each evaluation (a random sample of the validation "
-        "parts' frames): more gives a steadier loss to pick the kept step by, at the cost of time")
+        320, ge=1, description="holdout: validation frames scored at each evaluation (a random sample of the "
+        "validation parts' frames): more gives a steadier loss to pick the kept step by, at the cost of time. "
+        "Cross-validation scores every frame of each fold")
     frame_stride: int = Field(1, ge=1, description="use every n-th labelled frame")
     view: Literal["frame", "part"] = Field(
         "frame", description="frame: train the whole-frame head; part: the part head, on the part view of the "
@@ -95,16 +129,23 @@ class FinetuneConfig(BaseModel):
         0, ge=0, description="rendered twin pairs per question added to the training frames (not to validation): "
         "one part with and without the asked property, the unit of pair accuracy")
     train_pair_seed: int = Field(4001, description="their seed; evaluation renders its pairs from 9001")
-    time_limit_s: float = 1800.0
+    time_limit_s: float = Field(1800.0, gt=0)
     max_false_positive_rate: float | None = Field(
         0.05, ge=0, le=1, description="thresholds flag at most this share of clean validation frames (None: no cap)")
     # A fresh head starts with its projected image tokens at the scale of its text embeddings:
     # at the LM's default init the image tokens are ~20x larger and swamp the question tokens,
     # which the head must read to answer the right question.
     balance_projector_init: bool = True
-    threads: int = 2
+    threads: int = Field(2, ge=1)
     device: str = Field("cpu", description="cpu | cuda | auto: where the frames are encoded and the head trains")
     seed: int = 0
+
+    @field_validator("folds")
+    @classmethod
+    def _not_one_fold(cls, folds: int | None) -> int | None:
+        if folds == 1:
+            raise ValueError("one fold leaves nothing to train on: give 0 (a holdout) or 2 or more folds")
+        return folds
 
     def head_config(self) -> HeadConfig:
         cfg = self.head if self.image_tokens is None else self.head.model_copy(update={"image_tokens": self.image_tokens})
@@ -140,36 +181,63 @@ def balanced_loss(margin: torch.Tensor, labels: torch.Tensor, w_pos: torch.Tenso
     return loss / (weight * keep).sum().clamp(min=1e-6)
 
 
-def evaluate_head(head: MLLMHead, data: LabelledSet, w_pos: torch.Tensor, w_neg: torch.Tensor) -> dict[str, float]:
+def evaluate_head(head: MLLMHead, data: LabelledSet, w_pos: torch.Tensor, w_neg: torch.Tensor) -> dict:
+    """The balanced loss, the mean AUROC over questions and the scores (N, Q) of ``data``."""
     head.eval()
     margin = head_margins(head, data.tokens, data.questions)
     loss = float(balanced_loss(margin, data.labels, w_pos, w_neg))
     scores = torch.sigmoid(margin).numpy()
     aucs = [auroc(scores[:, j], data.labels[:, j].numpy()) for j in range(len(data.questions))]
     aucs = [a for a in aucs if not math.isnan(a)]
-    return {"loss": loss, "auroc": float(np.mean(aucs)) if aucs else float("nan")}
+    return {"loss": loss, "auroc": float(np.mean(aucs)) if aucs else float("nan"), "scores": scores}
+
+
+def head_scores(head: MLLMHead, data: LabelledSet) -> np.ndarray:
+    """(N, Q) the head's yes-probabilities of every question of ``data``."""
+    head.eval()
+    return torch.sigmoid(head_margins(head, data.tokens, data.questions)).numpy()
+
+
+def new_head(cfg: FinetuneConfig, encoder: FrameEncoder, sample: LabelledSet) -> MLLMHead:
+    """A head of ``cfg.head_config()``, its projector scaled on up to 64 frames of ``sample`` (``balance_projector_init``)."""
+    torch.manual_seed(cfg.seed)
+    head = MLLMHead.create(cfg.head_config(), encoder=encoder, device=cfg.device, dtype=torch.float32)
+    if cfg.balance_projector_init:
+        with torch.no_grad():
+            tokens = head.image_tokens(sample.tokens.select(slice(0, 64))).float()
+            scale = head.body.embed_tokens.weight.std() / head.projector(tokens).std()
+            head.projector.linear_2.weight.mul_(scale)
+            head.projector.linear_2.bias.mul_(scale)
+    return head
+
+
+def validation_sample(val: LabelledSet, cfg: FinetuneConfig) -> LabelledSet:
+    """At most ``cfg.max_val_frames`` frames of a holdout, drawn at random: the frames each evaluation scores."""
+    if len(val) <= cfg.max_val_frames:
+        return val
+    rng = np.random.default_rng(cfg.seed)
+    return val.subset(np.sort(rng.choice(len(val), cfg.max_val_frames, replace=False)))
 
 
 def train_head(
     cfg: FinetuneConfig,
     encoder: FrameEncoder,
     train: LabelledSet,
-    val: LabelledSet,
+    val: LabelledSet | None,
     log: Log = print,
     init: MLLMHead | None = None,
+    steps: int | None = None,
+    trace: dict[int, np.ndarray] | None = None,
 ) -> tuple[MLLMHead, dict]:
-    """Train a head on cached tokens; returns the best head (by ``cfg.select_by``) and the run record."""
+    """Train a head on cached tokens; returns the best head (by ``cfg.select_by``) and the run record.
+
+    Without ``val`` (cross-validation's final run) it trains ``steps`` steps and keeps the last
+    weights; the schedule spans ``cfg.max_steps`` either way, so that the final run's rate
+    follows the folds'. ``trace``, when given, gets each evaluation's validation scores by step.
+    """
+    head = init if init is not None else new_head(cfg, encoder, train)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    head = init
-    if head is None:
-        head = MLLMHead.create(cfg.head_config(), encoder=encoder, device=cfg.device, dtype=torch.float32)
-        if cfg.balance_projector_init:
-            with torch.no_grad():
-                sample = head.projector(head.image_tokens(train.tokens.select(slice(0, 64))).float())
-                scale = head.body.embed_tokens.weight.std() / sample.std()
-                head.projector.linear_2.weight.mul_(scale)
-                head.projector.linear_2.bias.mul_(scale)
     head.train()
     params = head.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -177,18 +245,22 @@ def train_head(
     w_pos, w_neg = class_weights(train.labels, cfg.defect_oversample)
     defective = np.nonzero(((train.labels == 1).any(dim=1)).numpy())[0]
     everything = np.arange(len(train))
-    if len(val) > cfg.max_val_frames:
-        val = val.subset(np.sort(rng.choice(len(val), cfg.max_val_frames, replace=False)))
+    last = cfg.max_steps if steps is None else steps
 
-    best = evaluate_head(head, val, w_pos, w_neg)
+    best = {"loss": float("nan"), "auroc": float("nan")}
+    history: list[dict] = []
+    if val is not None:
+        best = evaluate_head(head, val, w_pos, w_neg)
+        history.append({"step": 0, "val_loss": best["loss"], "val_auroc": best["auroc"]})
+        if trace is not None:
+            trace[0] = best["scores"]
+        log(f"step     0 val loss {best['loss']:.4f} auroc {best['auroc']:.3f}")
     best_state, best_step, bad_evals = copy.deepcopy(head.state_dict()), 0, 0
-    history = [{"step": 0, "val_loss": best["loss"], "val_auroc": best["auroc"]}]
-    log(f"step     0 val loss {best['loss']:.4f} auroc {best['auroc']:.3f}")
     t0 = time.time()
     running = None
     step = 0
     stopped = "max_steps"
-    for step in range(1, cfg.max_steps + 1):
+    for step in range(1, last + 1):
         lr = learning_rate(step, peak=cfg.lr, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
                            progress=budget_progress(step, cfg.max_steps, time.time() - t0, cfg.time_limit_s))
         for g in opt.param_groups:
@@ -205,8 +277,10 @@ def train_head(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if step % cfg.eval_every == 0:
+        if val is not None and step % cfg.eval_every == 0:
             metrics = evaluate_head(head, val, w_pos, w_neg)
+            if trace is not None:
+                trace[step] = metrics["scores"]
             history.append({"step": step, "train_loss": round(running, 4), "val_loss": round(metrics["loss"], 4),
                             "val_auroc": round(metrics["auroc"], 4), "lr": float(f"{lr:.3g}"),
                             "elapsed_s": round(time.time() - t0, 1)})
@@ -225,7 +299,11 @@ def train_head(
         if time.time() - t0 > cfg.time_limit_s:
             stopped = "time_limit"
             break
-    head.load_state_dict(best_state)
+    if val is None:
+        best_step = step
+        history.append({"step": step, "train_loss": None if running is None else round(running, 4)})
+    else:
+        head.load_state_dict(best_state)
     head.eval()
     record = {
         "variant": cfg.variant,
@@ -233,21 +311,100 @@ def train_head(
         "steps": step,
         "best_step": best_step,
         "stopped": stopped,
-        "best_val_loss": round(best["loss"], 4),
-        "best_val_auroc": round(best["auroc"], 4),
+        "best_val_loss": reportable(best["loss"]),
+        "best_val_auroc": reportable(best["auroc"]),
         "wall_s": round(time.time() - t0, 1),
         "train_frames": len(train),
-        "val_frames": len(val),
+        "val_frames": 0 if val is None else len(val),
         "history": history,
     }
     return head, record
 
 
-def val_thresholds(head: MLLMHead, val: LabelledSet, max_fpr: float | None) -> dict[str, float]:
-    scores = torch.sigmoid(head_margins(head, val.tokens, val.questions)).numpy()
-    # not rounded: a rounded threshold may drop below a clean frame's score and break the cap
-    return {q.id: best_threshold(scores[:, j], val.labels[:, j].numpy(), max_fpr=max_fpr)
-            for j, q in enumerate(val.questions)}
+# --- Validation: a holdout, or cross-validation over parts (training.validation) ----------
+
+
+def validation_folds(cfg: FinetuneConfig, pieces: Sequence[LabelledSet], log: Log = print) -> list[set[str]]:
+    """The validation parts: one set (a holdout of ``val_fraction``) or one per fold (cross-validation)."""
+    names = group_names(pieces)
+    if len(names) < 2:
+        raise ValueError(f"the labelled frames are {len(names)} part: validation needs at least 2 (frames without a "
+                         "part_id count as one part per --partless-run)")
+    holdout = held_out_groups(names, cfg.val_fraction, cfg.seed)
+    folds = cfg.folds
+    if folds is None:
+        folds = CV_FOLDS if len(holdout) < cfg.min_val_parts else 0
+    if folds == 0:
+        log(f"validation: a holdout of {len(holdout)} of {len(names)} parts")
+        return [holdout]
+    groups = [g for p in pieces for g in p.groups]
+    dealt = part_folds(groups, torch.cat([p.labels for p in pieces]).numpy(), folds, cfg.seed)
+    log(f"validation: {len(dealt)}-fold cross-validation over {len(names)} parts")
+    return dealt
+
+
+def holdout(cfg: FinetuneConfig, encoder: FrameEncoder, pieces: Sequence[LabelledSet], val_names: set[str],
+            head: MLLMHead, pairs: LabelledSet | None, log: Log = print) -> tuple[MLLMHead, dict, HeldOut, LabelledSet]:
+    """Train on the parts outside ``val_names``, keep the step with the best validation loss.
+
+    Returns the head, its run record, the validation parts scored by every scorer, and the training set.
+    """
+    train, val = split_groups(pieces, val_names)
+    if pairs is not None:  # validation stays on the recordings: the line's own frames judge the head
+        train = train.concat(pairs)
+    log(f"{len(train)} training frames, {len(val)} validation frames (split by part)")
+    held = HeldOut.of(train, val, start=head_scores(head, val))
+    head, record = train_head(cfg, encoder, train, validation_sample(val, cfg), log, init=head)
+    held.scores["head"] = head_scores(head, val)
+    return head, record, held, train
+
+
+def cross_validate(cfg: FinetuneConfig, encoder: FrameEncoder, pieces: Sequence[LabelledSet], folds: list[set[str]],
+                   head: MLLMHead, pairs: LabelledSet | None, log: Log = print) -> tuple[MLLMHead, dict, HeldOut, LabelledSet]:
+    """Train from ``head`` on each fold's complement; then on every part for the step count with the best mean
+    validation loss (or AUROC, ``cfg.select_by``) over the folds, among the steps every fold reached.
+
+    Returns the final head, its run record, every part's frames scored by the fold that held it
+    out (the head at the chosen step), and the final training set.
+    """
+    start = copy.deepcopy(head.state_dict())
+    fold_held, traces, curves, runs = [], [], [], []
+    for k, names in enumerate(folds, start=1):
+        train, val = split_groups(pieces, names)
+        if pairs is not None:
+            train = train.concat(pairs)
+        log(f"fold {k}/{len(folds)}: {len(train)} training frames, {len(val)} validation frames")
+        head.load_state_dict(start)
+        fold_held.append(HeldOut.of(train, val, start=head_scores(head, val)))
+        trace: dict[int, np.ndarray] = {}
+        _, run = train_head(cfg, encoder, train, val, lambda m, k=k: log(f"fold {k} {m}"), init=head, trace=trace)
+        traces.append(trace)
+        curves.append({h["step"]: (h["val_loss"], h["val_auroc"]) for h in run["history"]})
+        runs.append({key: run[key] for key in ("steps", "best_step", "stopped", "train_frames", "val_frames")}
+                    | {"parts": len(names)})
+    reached = sorted(set.intersection(*(set(curve) for curve in curves)))
+    with warnings.catch_warnings():  # a step no fold can rank (no fold with both answers) has no mean AUROC
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {step: np.nanmean([curve[step] for curve in curves], axis=0) for step in reached}  # (loss, AUROC)
+    by_auroc = cfg.select_by == "auroc"
+    chosen = min(reached, key=lambda step: (-np.nan_to_num(mean[step][1], nan=-1.0) if by_auroc else mean[step][0],
+                                            step))
+    for held, trace in zip(fold_held, traces):
+        held.scores["head"] = trace[chosen]
+    log(f"cross-validation chose step {chosen} (mean validation loss {mean[chosen][0]:.4f}, AUROC "
+        f"{mean[chosen][1]:.3f}, by {cfg.select_by}); training on every part for {chosen} steps")
+    train = LabelledSet.join(pieces)
+    if pairs is not None:
+        train = train.concat(pairs)
+    head.load_state_dict(start)
+    head, record = train_head(cfg, encoder, train, None, log, init=head, steps=chosen)
+    record.update(best_step=chosen, best_val_loss=round(float(mean[chosen][0]), 4), folds=runs,
+                  mean_val_loss={str(step): round(float(m[0]), 4) for step, m in mean.items()},
+                  mean_val_auroc={str(step): reportable(float(m[1])) for step, m in mean.items()})
+    if record["stopped"] == "max_steps":  # it ran the steps it was given: the folds' choice
+        record["stopped"] = "chosen_steps"
+    return head, record, HeldOut.join(fold_held), train
+
 
 # --- The command --------------------------------------------------------------------------
 
@@ -313,13 +470,13 @@ def finetune(
 
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
+    check_writable(out)  # an output that cannot be written fails now, not after training
     encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
     questions = list(questions or questions_of(recordings)
                      or labelled_questions(recordings, base.spec.questions if base is not None else []))
     if not questions:
         raise ValueError("no questions: label the recordings (`patchsight label`), or pass a line config's")
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")
-    Path(out).mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails now, not after training
     # The starting head is resolved before the frames are encoded, so a bad choice fails in seconds.
     part_start = None
     if cfg.view == "part":
@@ -327,15 +484,36 @@ def finetune(
         init_bundle = None
     else:
         cfg, init, init_bundle = starting_head(cfg, encoder, base, init_head, init_head_from)
-    train, val, n_frames = training_sets(cfg, encoder, recordings, questions, cache_dir, log)
-    head, record = train_head(cfg, encoder, train, val, log, init=init)
+    # twin pairs first: a question the synthetic line cannot show fails before the recordings are encoded
+    pairs = encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log) if cfg.train_pairs else None
+    pieces = encoded_pieces(cfg, encoder, recordings, questions, cache_dir, log)
+    n_frames = sum(len(p) for p in pieces)
+    folds = validation_folds(cfg, pieces, log)
+    head = init if init is not None else new_head(cfg, encoder, pieces[0])
+    if len(folds) == 1:
+        head, record, held, train = holdout(cfg, encoder, pieces, folds[0], head, pairs, log)
+    else:
+        head, record, held, train = cross_validate(cfg, encoder, pieces, folds, head, pairs, log)
+    del pieces
+    # not rounded: a rounded threshold may drop below a clean frame's score and break the cap
+    thresholds = {q.id: best_threshold(held.scores["head"][:, j], held.labels[:, j], max_fpr=cfg.max_false_positive_rate)
+                  for j, q in enumerate(questions)}
+    report = validation_report(held, questions, cfg.seed)
+    record["validation"] = {"method": "holdout" if len(folds) == 1 else "cross-validation", "folds": len(folds),
+                            **report}
+    record["best_val_auroc"] = report["scorers"]["head"]["auroc"]
+    log_validation(report, log)
+    reason = refusal(report, record["best_step"])
+    if reason is not None:
+        if not cfg.keep_anyway:
+            raise HeadRefused(f"the head was not written: {reason}. Pass --keep-anyway (keep_anyway) to write it anyway")
+        log(f"keeping the head anyway (keep_anyway): {reason}")
+        record["kept_anyway"] = reason
     head_device = head.device
-    thresholds = val_thresholds(head, val, cfg.max_false_positive_rate)
     # bundles are written from the host, whatever trained them
     head, encoder = head.to("cpu"), encoder.to("cpu")
     if clip is not None:
         clip = clip.to("cpu")
-    out = Path(out)
     record.update({
         "command": " ".join(sys.argv),
         "config": cfg.model_dump(mode="json"),
@@ -348,24 +526,39 @@ def finetune(
         "threads": cfg.threads,
         "device": torch.cuda.get_device_name() if str(head_device).startswith("cuda") else str(head_device),
     })
+    with filled_on_success(out) as staging:
+        if head_only:
+            head.save_pretrained(staging, dtype=torch.float16)
+            (staging / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
+        elif cfg.view == "part":
+            write_part_bundle(base, head, record, part_start, staging, cfg.margin, model_id)
+        else:
+            probe = LinearProbe(train.tokens.image_embeds.shape[1], [q.id for q in questions])
+            probe.fit(train.tokens.image_embeds, train.labels)
+            provenance = bundle_provenance(record, encoder_source, base, init_bundle,
+                                           init_head_from if init is not None else None)
+            bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
+                                   thresholds=thresholds, provenance=provenance, probe=probe)
+            bundle.save(staging, dtype=torch.float16)
+        record["bundle_bytes"] = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     if head_only:
-        head.save_pretrained(out, dtype=torch.float16)
-        (out / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
         log(f"wrote head ({cfg.variant}) -> {out}")
-        return record
-    if cfg.view == "part":
-        return write_part_bundle(base, head, record, part_start, out, cfg.margin, model_id, log)
-    probe = LinearProbe(train.tokens.image_embeds.shape[1], [q.id for q in questions])
-    probe.fit(train.tokens.image_embeds, train.labels)
-    provenance = bundle_provenance(record, encoder_source, base, init_bundle,
-                                   init_head_from if init is not None else None)
-    bundle = Bundle.create(encoder, head, model_id, clip=clip, clip_tokenizer=tok, questions=questions,
-                           thresholds=thresholds, provenance=provenance, probe=probe)
-    bundle.save(out, dtype=torch.float16)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log(f"wrote bundle {model_id} ({size / 1e6:.1f} MB) -> {out}")
-    record["bundle_bytes"] = size
+    elif cfg.view == "part":
+        log(f"wrote bundle {model_id} with a part head ({record['bundle_bytes'] / 1e6:.1f} MB) -> {out}; "
+            "run `patchsight model calibrate` on it for its view weights and part thresholds")
+    else:
+        log(f"wrote bundle {model_id} ({record['bundle_bytes'] / 1e6:.1f} MB) -> {out}")
     return record
+
+
+def log_validation(report: dict, log: Log = print) -> None:
+    """One line per scorer: its AUROC on the validation parts with the bootstrap interval."""
+    log(f"validation: {report['frames']} frames of {report['parts']} parts, AUROC (mean over questions, 95% interval "
+        "by bootstrap over parts):")
+    for name, row in report["scorers"].items():
+        interval = "" if row["interval"] is None else f" [{row['interval'][0]:.3f}, {row['interval'][1]:.3f}]"
+        value = "n/a" if row["auroc"] is None else f"{row['auroc']:.3f}"
+        log(f"  {SCORERS[name]:22s} {value}{interval}")
 
 
 def starting_head(
@@ -440,7 +633,7 @@ def starting_part_head(
 
 
 def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, out: str | Path,  # type: ignore[no-untyped-def]
-                      margin: float, model_id: str, log: Log = print) -> dict:
+                      margin: float, model_id: str) -> None:
     """The ``--encoder`` bundle with ``head`` as its part head (``spec.part_view``), as ``model_id``, written to ``out``.
 
     Its view weights are left unset (0.5: both views alike) for ``model calibrate`` to choose;
@@ -463,36 +656,23 @@ def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, ou
         provenance["finetune"] = earlier_round({"finetune": provenance["finetune"]})["finetune"]
     base.spec = base.spec.model_copy(update={
         "model_id": model_id, "part_view": PartViewSpec(margin=margin), "provenance": provenance})
-    out = Path(out)
-    base.save(out, dtype=torch.float16)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log(f"wrote bundle {base.spec.model_id} with a part head ({size / 1e6:.1f} MB) -> {out}; "
-        f"run `patchsight model calibrate` on it for its view weights and part thresholds")
-    record["bundle_bytes"] = size
-    return record
+    base.save(Path(out), dtype=torch.float16)
 
 
-def training_sets(
+def encoded_pieces(
     cfg: FinetuneConfig,
     encoder: FrameEncoder,
     recordings: Sequence[str | Path],
     questions: Sequence[Question],
     cache_dir: str | Path | None,
     log: Log = print,
-) -> tuple[LabelledSet, LabelledSet, int]:
-    """(training set, validation set, labelled frames in the recordings): the recordings encoded and split by part."""
+) -> list[LabelledSet]:
+    """The recordings encoded (one piece per recording with a cache), their part-less frames grouped by ``cfg.partless_run``."""
     pieces = cached_pieces(encoder, recordings, questions, cfg.frame_stride, cache_dir, log, cfg.view, cfg.margin)
+    regroup_partless(pieces, cfg.partless_run)
     labels = torch.cat([d.labels for d in pieces])
     for j, q in enumerate(questions):
         log(f"  {q.id:16s} {int((labels[:, j] == 1).sum()):5d} yes {int((labels[:, j] == 0).sum()):5d} no")
-    # Split straight from the pieces (memory-mapped when cached), so that no joined copy of every
-    # frame is held beside the training and validation sets.
-    train, val = split_by_group(pieces, cfg.val_fraction, cfg.seed)
-    n_frames = len(labels)
-    del pieces, labels
-    if cfg.train_pairs:
-        # Validation stays on the recordings, so early stopping and thresholds judge the line's own frames.
-        train = train.concat(encode_pairs(encoder, questions, cfg.train_pairs, cfg.train_pair_seed, log=log))
-    view = "" if cfg.view == "frame" else " (part view)"
-    log(f"{len(train)} training frames, {len(val)} validation frames{view} (split by part)")
-    return train, val, n_frames
+    if cfg.view == "part":
+        log(f"{len(labels)} frames in the part view")
+    return pieces

@@ -7,6 +7,7 @@ and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -23,17 +24,18 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     pos, neg = scores[labels == 1], scores[labels == 0]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    values = np.concatenate([pos, neg])[order]
+    values = np.concatenate([pos, neg])
+    order = np.argsort(values, kind="mergesort")
+    # the average rank of each run of tied values (ranks from 1); vectorised: bootstraps call this thousands of times
+    _, first, count = np.unique(values[order], return_index=True, return_counts=True)
     ranks = np.empty(len(values))
-    i = 0
-    while i < len(values):  # average ranks over ties
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks[order] = np.repeat(first + (count + 1) / 2, count)
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def reportable(value: float) -> float | None:
+    """A metric as reports hold it: rounded to 4 places, None where it is undefined (nan)."""
+    return None if math.isnan(value) else round(float(value), 4)
 
 
 MIN_EACH = 5  # fewer yes (or no) frames than this, and a question keeps its default threshold

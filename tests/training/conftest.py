@@ -14,7 +14,7 @@ from ingest.recording import find_recordings
 from training import finetune as ft
 from training.calibrate import calibrate
 from training.pretrain import PretrainConfig, pretrain
-from training_helpers import tiny_config
+from training_helpers import relabelled, tiny_config
 
 SEEDS = (11, 12)
 
@@ -68,3 +68,9 @@ def calibrated(part_bundle, seed_dirs, workdir) -> tuple[Path, dict]:
     record = calibrate(out, recs, max_fpr=0.1, cache_dir=workdir / "parts-cache", log=lambda m: None,
                        max_false_alarm_rate=0.25, aggregate="mean", folds=folds)
     return out, record
+
+
+@pytest.fixture(scope="session")
+def defect_recordings(seed_dirs, workdir) -> list[Path]:
+    """The two seeds' four recordings (16 parts, 240 frames) relabelled to a plant's own question, ``defect``."""
+    return [relabelled(rec, workdir / "defect" / f"{rec.parents[1].name}-{rec.name}") for rec in find_recordings(seed_dirs)]

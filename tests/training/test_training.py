@@ -470,7 +470,8 @@ def test_a_cosine_run_records_its_falling_rate(tiny_clip, recordings):
 def test_the_validation_sample_has_the_size_asked_for(tiny_clip, recordings):
     encoder, _, _, _ = ft.load_encoder(tiny_clip)
     data = td.encode_recordings(encoder, recordings, td.questions_of(recordings), log=lambda m: None)
-    _, record = ft.train_head(tiny_config(max_steps=10, max_val_frames=7), encoder, data, data, log=lambda m: None)
+    cfg = tiny_config(max_steps=10, max_val_frames=7)
+    _, record = ft.train_head(cfg, encoder, data, ft.validation_sample(data, cfg), log=lambda m: None)
     assert record["val_frames"] == 7 and len(data) > 7
 
 
