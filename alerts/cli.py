@@ -73,10 +73,12 @@ def _print_event(event) -> None:  # type: ignore[no-untyped-def]
     from rich.markup import escape
 
     a = event.alert
-    colour = {"raised": "bold red", "updated": "red", "acknowledged": "yellow", "resolved": "green"}.get(
-        event.event, "white")
+    colour = {"raised": "bold red", "updated": "red", "acknowledged": "yellow", "resolved": "green",
+              "verdict": "cyan"}.get(event.event, "white")
     when = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
     who = f" by {event.by}" if event.by else ""
+    if event.verdict is not None:
+        who = f" {event.verdict.label}" + (f" ({event.verdict.defect_type})" if event.verdict.defect_type else "") + who
     part = f" part {a.part_id}" if a.part_id else ""
     console.print(
         f"{when} [{colour}]{event.event:<12}[/] {a.line_id}/{a.camera_id}{part} [bold]{escape(_findings(a))}[/] "
@@ -160,6 +162,42 @@ def ack(alert_id: str, config: ConfigOption = None, by: ByOption = "") -> None:
 def resolve(alert_id: str, config: ConfigOption = None, by: ByOption = "") -> None:
     """Resolve an open or acknowledged alert."""
     _transition(config, alert_id, "resolved", by or None)
+
+
+@app.command()
+def verdict(
+    alert_id: str,
+    config: ConfigOption = None,
+    confirmed: Annotated[bool, typer.Option("--confirmed", help="The alert was right: the part is defective.")] = False,
+    false_alarm: Annotated[bool, typer.Option("--false-alarm", help="The part is good: the alert was wrong.")] = False,
+    defect: Annotated[Optional[str], typer.Option(
+        "--defect", help="With --confirmed: the defect seen, when it is not the one alerted (may be a new one).")] = None,
+    by: ByOption = "",
+) -> None:
+    """Record whether an alert was right: --confirmed (optionally --defect TYPE) or --false-alarm."""
+    from pydantic import ValidationError
+
+    from alerts.store import AlertNotFound
+
+    if confirmed == false_alarm:
+        typer.secho("give exactly one of --confirmed and --false-alarm", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if defect is not None and false_alarm:
+        typer.secho("--defect goes with --confirmed: a false alarm names no defect", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _, store = _store(config)
+    who = by or getpass.getuser()
+    try:
+        given = store.record_verdict(alert_id, confirmed, who, defect)
+    except AlertNotFound as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        typer.secho(f"verdict refused: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(2) from None
+    defect_text = f" ({given.defect_type})" if given.defect_type else ""
+    console.print(f"{alert_id}: [bold]{given.label}[/]{defect_text} by {who}", highlight=False)
 
 
 @app.command("failed-webhooks")

@@ -33,8 +33,10 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from alerts.evidence import EvidenceCollector, FrameReader
 from alerts.parts import decide_part, decide_timeout
 from alerts.policy import DebounceState, decide
+from alerts.review import review_candidate, review_slot
 from alerts.store import PART_COUNTERS, PartStep, RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
 from runtime.health import HealthServer, Reply
@@ -81,6 +83,17 @@ class ServiceMetrics:
         self.part_verdicts = Counter("patchsight_alerts_part_verdicts",
                                      "Parts decided by a camera (one per part and camera), by verdict",
                                      ["line", "verdict"], registry=r)
+        self.evidence = Counter("patchsight_alerts_evidence_frames",
+                                "Evidence frames asked for, by outcome: kept, done (kept already), missing (no longer "
+                                "on Kafka), too-large (bigger than the line's whole bound)", ["line", "outcome"],
+                                registry=r)
+        self.evidence_evicted = Counter("patchsight_alerts_evidence_evicted",
+                                        "Alerts and review items whose evidence was evicted, oldest first, to stay "
+                                        "within alerts.evidence_max_bytes_per_line", ["line"], registry=r)
+        self.evidence_evicted_bytes = Counter("patchsight_alerts_evidence_evicted_bytes",
+                                              "Bytes of evidence evicted", ["line"], registry=r)
+        self.reviews = Counter("patchsight_alerts_reviews_sampled", "Passed parts kept for operators to review",
+                               ["line"], registry=r)
         self.latency = Histogram(
             "patchsight_alerts_process_seconds",
             "Decide + write time per result",
@@ -155,6 +168,7 @@ class AlertService:
         self._http: HealthServer | None = None
         self._webhook_stop = threading.Event()
         self._webhook_thread: threading.Thread | None = None
+        self._evidence_thread: threading.Thread | None = None
         self._warned_lines: set[str] = set()
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, stored, and not yet committed
         self._partitions: dict[str, int] = {}  # camera -> partition of the results it was seen on
@@ -186,14 +200,33 @@ class AlertService:
                 target=dispatcher.run, args=(self._webhook_stop,), name="webhooks", daemon=True
             )
             self._webhook_thread.start()
+        self._start_evidence_collector()
         log.info("alert service started", instance=self.instance_id, topic=kafka.topics.results,
                  group=self.settings.group_id, metrics_port=self.metrics_port)
         return self
+
+    def _start_evidence_collector(self) -> None:
+        kafka = self.config.kafka
+        reader = FrameReader(kafka, f"{kafka.client_id_prefix}-alerts-evidence-{self.instance_id}",
+                             self.config.ingest.max_message_bytes)
+        collector = EvidenceCollector(self.store, reader, self._count_evidence)
+        # stops with the webhooks: both are background work the results loop never waits for
+        self._evidence_thread = threading.Thread(target=collector.run, args=(self._webhook_stop,), name="evidence",
+                                                 daemon=True)
+        self._evidence_thread.start()
+
+    def _count_evidence(self, line: str, outcome: str, evicted: int, freed_bytes: int) -> None:
+        self.metrics.evidence.labels(line, outcome).inc()
+        if evicted:
+            self.metrics.evidence_evicted.labels(line).inc(evicted)
+            self.metrics.evidence_evicted_bytes.labels(line).inc(freed_bytes)
 
     def close(self) -> None:
         self._webhook_stop.set()
         if self._webhook_thread:
             self._webhook_thread.join(timeout=30)
+        if self._evidence_thread:
+            self._evidence_thread.join(timeout=30)
         if self._consumer:
             self._awake.set()
             self._consumer.close(autocommit=False)
@@ -346,6 +379,29 @@ class AlertService:
             return
         self.metrics.results.labels(result.status.value).inc()
         self._count_part_step(step)
+        self._offer_for_review(step, now_ns)
+
+    def _offer_for_review(self, step: PartStep, now_ns: int) -> None:
+        """A passed part may become the line's review sample of the current slot (alerts/review.py)."""
+        per_hour = self.settings.review_max_per_hour
+        ended = step.decision.ended if step.decision is not None else None
+        if not per_hour or ended is None or step.merge is None:
+            return
+        item = review_candidate(ended, step.merge.record.verdict, now_ns)
+        if item is not None:
+            self._count_review(ended.line_id, self.store.offer_review(item, ended.line_id, review_slot(now_ns, per_hour)))
+
+    def _close_review_slots(self, now_ns: int) -> None:
+        per_hour = self.settings.review_max_per_hour
+        if not per_hour:
+            return
+        for line_id in sorted(set(self.lines) | set(self.store.lines())):
+            self._count_review(line_id, self.store.offer_review(None, line_id, review_slot(now_ns, per_hour)))
+
+    def _count_review(self, line_id: str, offered: tuple[str, str | None]) -> None:
+        if offered[1] is not None:
+            self.metrics.reviews.labels(line_id).inc()
+            log.info("passed part kept for review", line=line_id, review_id=offered[1])
 
     def _sweep_part_timeouts(self) -> None:
         """Decide the parts whose camera has sent nothing for the line's ``part_timeout_s``.
@@ -371,6 +427,8 @@ class AlertService:
                         state, line, line_id, camera_id, now_ns),
                     now_ns)
                 self._count_part_step(step)
+                self._offer_for_review(step, now_ns)
+            self._close_review_slots(now_ns)
         except (redis.RedisError, StateConflict) as exc:
             log.warning("part timeouts not checked; trying again", error=str(exc))
 
