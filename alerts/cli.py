@@ -18,7 +18,7 @@ ByOption = Annotated[str, typer.Option("--by", help="Who does it (recorded on th
 LineOption = Annotated[Optional[list[str]], typer.Option("--line", "-l", help="Only this line (repeatable).")]
 
 
-def _store(config: ConfigOption):  # type: ignore[no-untyped-def]
+def store_or_exit(config: ConfigOption):  # type: ignore[no-untyped-def]
     """The config and the alert store, once Redis has answered; otherwise one line and exit 1."""
     from redis.exceptions import RedisError
 
@@ -94,7 +94,7 @@ def tail(
     history: Annotated[int, typer.Option(help="Show this many recent events per line first.")] = 10,
 ) -> None:
     """Follow alert events live in the terminal (Ctrl-C to stop)."""
-    cfg, store = _store(config)
+    cfg, store = store_or_exit(config)
     lines = line or sorted(set(store.lines()) | {entry.id for entry in cfg.lines})
     if not lines:
         console.print("[yellow]no lines known yet[/] (none configured, none seen in Redis); pass --line")
@@ -116,7 +116,7 @@ def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
     """Show the alerts not yet resolved."""
     from rich.table import Table
 
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     # In a narrow terminal the cells fold rather than end in "…": "part_f…" could be any of
     # several defects, and the id must stay whole to be acknowledged.
     table = Table()
@@ -143,7 +143,7 @@ def _transition(config: ConfigOption, alert_id: str, target: str, by: str | None
     from alerts.store import AlertNotFound, IllegalTransition
     from schemas.alert import AlertState
 
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     try:
         alert = store.transition(alert_id, AlertState(target), by or getpass.getuser())
     except (AlertNotFound, IllegalTransition) as exc:
@@ -185,7 +185,7 @@ def verdict(
     if defect is not None and false_alarm:
         typer.secho("--defect goes with --confirmed: a false alarm names no defect", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     who = by or getpass.getuser()
     try:
         given = store.record_verdict(alert_id, confirmed, who, defect)
@@ -203,7 +203,7 @@ def verdict(
 @app.command("failed-webhooks")
 def failed_webhooks(config: ConfigOption = None, count: int = 20) -> None:
     """Show webhook deliveries that failed for good."""
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     for entry in store.failed_deliveries(count):
         console.print(f"{entry['id']} {entry['url']} alert {entry['alert_id']} after {entry['attempts']} attempts: "
                       f"{entry['error']}", highlight=False, markup=False)

@@ -861,6 +861,11 @@ class RedisAlertStore:
     def verdict(self, subject: VerdictSubject, subject_id: str) -> OperatorVerdict | None:
         return self.verdicts(subject, [subject_id]).get(subject_id)
 
+    def judged(self, line_id: str) -> list[tuple[VerdictSubject, str]]:
+        """(subject, id) of every alert and review item of the line an operator gave a verdict on, oldest first."""
+        members = (_text(m).split(":", 1) for m in self.redis.zrange(self.line_verdicts_key(line_id), 0, -1))
+        return [(VerdictSubject(subject), subject_id) for subject, subject_id in members]
+
     # --- evidence: full-resolution frames of alerts and review items (alerts/evidence.py reads them back) ---
 
     def wanted_evidence(self, count: int = 50) -> list[WantedEvidence]:
