@@ -2,8 +2,8 @@
 
 Reads everything from Redis (the alert service's store); acknowledge/resolve go
 through the same state machine as the CLI, and verdicts (on alerts and on the review
-sample of passed parts) through the same store calls as ``patchsight alerts verdict``. When ``dashboard.token`` is set,
-every route but /healthz needs it: ``Authorization: Bearer <token>`` or
+sample of passed parts) through the same store calls as ``patchsight alerts verdict``.
+When ``dashboard.token`` is set, every route but /healthz needs it: ``Authorization: Bearer <token>`` or
 ``?token=<token>`` (the page passes it on to its API calls, the event stream
 and thumbnails, which cannot set headers).
 """
@@ -181,19 +181,23 @@ def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertS
 
 def _with_feedback(store: RedisAlertStore, alerts: list) -> list[dict]:
     """Each alert as JSON with its operator verdict (or null) and the names of its evidence frames."""
-    verdicts = store.verdicts(VerdictSubject.alert, [a.alert_id for a in alerts])
+    ids = [a.alert_id for a in alerts]
+    verdicts = store.verdicts(VerdictSubject.alert, ids)
+    evidence = store.evidence_frames_of(VerdictSubject.alert, ids)
     found = []
     for a in alerts:
         verdict = verdicts.get(a.alert_id)
         found.append(a.model_dump(mode="json") | {
             "verdict": _verdict_json(verdict) if verdict else None,
-            "evidence": store.evidence_frames(VerdictSubject.alert, a.alert_id),
+            "evidence": evidence[a.alert_id],
         })
     return found
 
 
-def _review_json(store: RedisAlertStore, item: ReviewItem) -> dict:
-    return item.model_dump(mode="json") | {"kept": store.evidence_frames(VerdictSubject.review, item.review_id)}
+def _reviews_json(store: RedisAlertStore, items: list[ReviewItem]) -> list[dict]:
+    """Each review item as JSON with the names of its kept evidence frames (``kept``)."""
+    kept = store.evidence_frames_of(VerdictSubject.review, [item.review_id for item in items])
+    return [item.model_dump(mode="json") | {"kept": kept[item.review_id]} for item in items]
 
 
 def _evidence_reply(store: RedisAlertStore, subject: VerdictSubject, owner_id: str, camera_id: str, seq: int) -> Response:
@@ -239,7 +243,7 @@ def _add_feedback_routes(app: FastAPI, store: RedisAlertStore, guarded: list) ->
 
     @app.get("/api/reviews", dependencies=guarded)
     def reviews(line: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
-        return [_review_json(store, item) for item in store.list_reviews(line, open_only=True, limit=limit)]
+        return _reviews_json(store, store.list_reviews(line, open_only=True, limit=limit))
 
     @app.post("/api/reviews/{review_id}/verdict", dependencies=guarded)
     def review_verdict(review_id: str, body: VerdictBody) -> dict:
@@ -272,7 +276,7 @@ async def _event_stream(
                                                    | {entry.id for entry in config.lines})
                 parts = await asyncio.to_thread(_parts_json, store, lines)
                 yield f"event: parts\ndata: {json.dumps(parts)}\n\n"
-                reviews = await asyncio.to_thread(lambda: [_review_json(store, i) for i in store.list_reviews(line)])
+                reviews = await asyncio.to_thread(lambda: _reviews_json(store, store.list_reviews(line, limit=50)))
                 yield f"event: reviews\ndata: {json.dumps(reviews)}\n\n"
                 next_cameras = time.monotonic() + CAMERA_REFRESH_S
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)

@@ -85,7 +85,8 @@ class ServiceMetrics:
                                      ["line", "verdict"], registry=r)
         self.evidence = Counter("patchsight_alerts_evidence_frames",
                                 "Evidence frames asked for, by outcome: kept, done (kept already), missing (no longer "
-                                "on Kafka), too-large (bigger than the line's whole bound)", ["line", "outcome"],
+                                "on Kafka), too-large (bigger than the line's whole bound), evicted (on arrival: its "
+                                "alert is older than all kept)", ["line", "outcome"],
                                 registry=r)
         self.evidence_evicted = Counter("patchsight_alerts_evidence_evicted",
                                         "Alerts and review items whose evidence was evicted, oldest first, to stay "

@@ -406,6 +406,10 @@ def _alert_from_hash(raw: dict) -> DefectAlert:
     return DefectAlert.model_validate(fields)
 
 
+def _review_from_hash(raw: dict) -> ReviewItem | None:
+    return ReviewItem.model_validate(_decoded_hash(raw, ("scores", "thresholds", "evidence"))) if raw else None
+
+
 def _decoded_hash(raw: dict, json_fields: tuple[str, ...]) -> dict[str, Any]:
     fields: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
     for name in json_fields:
@@ -896,7 +900,14 @@ class RedisAlertStore:
 
     def evidence_frames(self, subject: VerdictSubject, owner_id: str) -> list[str]:
         """Names (``{camera}:{seq}``) of the frames kept for an alert or review item."""
-        return sorted(_text(name) for name in self.redis.hkeys(self.evidence_key(subject, owner_id)))
+        return self.evidence_frames_of(subject, [owner_id])[owner_id]
+
+    def evidence_frames_of(self, subject: VerdictSubject, owner_ids: list[str]) -> dict[str, list[str]]:
+        """``evidence_frames`` of several alerts or review items, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for owner_id in owner_ids:
+            pipe.hkeys(self.evidence_key(subject, owner_id))
+        return {owner_id: sorted(_text(name) for name in names) for owner_id, names in zip(owner_ids, pipe.execute())}
 
     def evidence(self, subject: VerdictSubject, owner_id: str, name: str) -> bytes | None:
         return self.redis.hget(self.evidence_key(subject, owner_id), name)
@@ -928,18 +939,21 @@ class RedisAlertStore:
         return _text(outcome), _text(promoted) or None
 
     def get_review(self, review_id: str) -> ReviewItem | None:
-        raw = self.redis.hgetall(self.review_key(review_id))
-        return ReviewItem.model_validate(_decoded_hash(raw, ("scores", "thresholds", "evidence"))) if raw else None
+        return _review_from_hash(self.redis.hgetall(self.review_key(review_id)))
 
     def list_reviews(self, line_id: str | None = None, open_only: bool = True, limit: int = 200) -> list[ReviewItem]:
         """Newest first: the review items awaiting a verdict, or (``open_only=False``) all of one line."""
         if open_only:
-            ids = self.redis.zrevrange(self.open_reviews_key, 0, -1)
+            # one index across lines: a line's items are picked out of all of them below
+            ids = self.redis.zrevrange(self.open_reviews_key, 0, -1 if line_id else limit - 1)
         else:
             if line_id is None:
                 raise ValueError("all review items are listed per line")
             ids = self.redis.zrevrange(self.line_reviews_key(line_id), 0, limit - 1)
-        items = [item for item in (self.get_review(_text(i)) for i in ids) if item is not None]
+        pipe = self.redis.pipeline(transaction=False)
+        for review_id in ids:
+            pipe.hgetall(self.review_key(_text(review_id)))
+        items = [item for item in map(_review_from_hash, pipe.execute()) if item is not None]
         return [i for i in items if line_id is None or i.line_id == line_id][:limit]
 
     # --- reads ---
