@@ -35,6 +35,7 @@ log = get_logger("alerts.evidence")
 READ_TIMEOUT_S = 5.0
 GIVE_UP_AFTER = 3  # reads that found nothing at all (broker away, empty partition) before a frame is missing
 IDLE_WAIT_S = 0.5
+FETCH_BYTES = 1024
 
 
 class FrameGone(LookupError):
@@ -44,7 +45,7 @@ class FrameGone(LookupError):
 class FrameReader:
     """Reads single frame records back from Kafka by topic, partition and offset (no consumer group)."""
 
-    def __init__(self, kafka: KafkaSettings, client_id: str, max_frame_bytes: int) -> None:
+    def __init__(self, kafka: KafkaSettings, client_id: str) -> None:
         self.consumer = KafkaConsumer(
             **kafka.client_kwargs(),
             client_id=client_id,
@@ -53,7 +54,9 @@ class FrameReader:
             # an offset retention deleted resets to the oldest frame kept, whose offset then says it is gone
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=max_frame_bytes + 65536,
+            # A fetch returns at least the first record batch whatever this says (KIP-74, any broker since
+            # 0.10.1): so only the batch that holds the frame, not a megabyte of frames decoded to keep one.
+            max_partition_fetch_bytes=FETCH_BYTES,
         )
 
     def read(self, frame: EvidenceFrame, timeout_s: float = READ_TIMEOUT_S) -> FrameMessage | None:

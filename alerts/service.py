@@ -208,8 +208,7 @@ class AlertService:
 
     def _start_evidence_collector(self) -> None:
         kafka = self.config.kafka
-        reader = FrameReader(kafka, f"{kafka.client_id_prefix}-alerts-evidence-{self.instance_id}",
-                             self.config.ingest.max_message_bytes)
+        reader = FrameReader(kafka, f"{kafka.client_id_prefix}-alerts-evidence-{self.instance_id}")
         collector = EvidenceCollector(self.store, reader, self._count_evidence)
         # stops with the webhooks: both are background work the results loop never waits for
         self._evidence_thread = threading.Thread(target=collector.run, args=(self._webhook_stop,), name="evidence",

@@ -19,7 +19,7 @@ from schemas.feedback import VerdictSubject
 from schemas.frame import FrameMessage
 from schemas.result import FrameRef, InspectionResult
 
-FRAME_BYTES = 700
+FRAME_BYTES = 20_000  # larger than the reader's fetch size: a frame comes back whole anyway
 
 
 def publish_frames(cfg: PatchsightConfig, camera: str, seqs: range) -> tuple[dict[int, FrameRef], dict[int, bytes]]:
