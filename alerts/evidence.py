@@ -8,8 +8,8 @@ back from Kafka by offset, checks it is the frame asked for (camera and seq), an
 JPEG as it was published, within the line's ``alerts.evidence_max_bytes_per_line``: the
 line's oldest alerts' and reviews' evidence is evicted first (counted in
 ``patchsight_alerts_evidence_evicted``). A frame Kafka no longer has (retention) is counted as
-``missing``. Nothing of this runs while results are decided, and a crash leaves the wanted
-entries for the next instance.
+``missing``; a broker that does not answer leaves the entries for later. Nothing of this runs
+while results are decided, and a crash leaves the wanted entries for the next instance.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from schemas.frame import FrameMessage
 log = get_logger("alerts.evidence")
 
 READ_TIMEOUT_S = 5.0
-GIVE_UP_AFTER = 3  # reads that found nothing at all (broker away, empty partition) before a frame is missing
+GIVE_UP_AFTER = 3  # reads of a frame the broker says it holds that brought nothing, before it counts as missing
 IDLE_WAIT_S = 0.5
 FETCH_BYTES = 1024
 
@@ -51,7 +51,6 @@ class FrameReader:
             client_id=client_id,
             group_id=None,
             enable_auto_commit=False,
-            # an offset retention deleted resets to the oldest frame kept, whose offset then says it is gone
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
             # A fetch returns at least the first record batch whatever this says (KIP-74, any broker since
@@ -60,8 +59,21 @@ class FrameReader:
         )
 
     def read(self, frame: EvidenceFrame, timeout_s: float = READ_TIMEOUT_S) -> FrameMessage | None:
-        """The frame, or None when nothing came back in time. Raises FrameGone."""
+        """The frame, or None when it did not come back in time though Kafka holds it.
+
+        Raises FrameGone when Kafka no longer holds it, KafkaError (a timeout among them) when
+        the broker does not answer: then nobody knows yet, and the frame is asked for again later.
+        """
         tp = TopicPartition(frame.topic, frame.partition)
+        partitions = self.consumer.partitions_for_topic(frame.topic)
+        if partitions is not None and frame.partition not in partitions:
+            # asked before the offsets below, whose metadata request would create a missing topic
+            raise FrameGone(f"{frame.topic} has no partition {frame.partition} (deleted?)")
+        timeout_ms = int(timeout_s * 1000)
+        first = self.consumer.beginning_offsets([tp], timeout_ms=timeout_ms)[tp]
+        end = self.consumer.end_offsets([tp], timeout_ms=timeout_ms)[tp]
+        if not first <= frame.offset < end:
+            raise FrameGone(f"{frame.topic}/{frame.partition} holds offsets {first} to {end - 1}, not {frame.offset}")
         self.consumer.assign([tp])
         self.consumer.seek(tp, frame.offset)
         deadline = time.monotonic() + timeout_s
@@ -111,7 +123,9 @@ class EvidenceCollector:
             log.warning("evidence frame is gone", owner=wanted.owner, frame=wanted.frame.name, reason=str(exc))
             return self._give_up(wanted)
         except KafkaError as exc:
-            log.warning("evidence frame not read; trying again", owner=wanted.owner, error=str(exc))
+            # the broker is away: the frame is no less there, so it is not given up on
+            log.warning("evidence frame not read; trying again", owner=wanted.owner,
+                        error=f"{type(exc).__name__}: {exc}")
             return False
         if frame is None:
             misses = self._empty_reads[wanted.field] = self._empty_reads.get(wanted.field, 0) + 1

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from alert_helpers import CAMERA, FRAME_NS, LINE, T0, defect_run, drain, part_run, publish
 from fastapi.testclient import TestClient
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.structs import TopicPartition
 from test_notifications import wait_for
 
 from alerts.dashboard import create_app
+from alerts.evidence import FrameGone, FrameReader
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
 from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
-from schemas.feedback import VerdictSubject
+from schemas.feedback import EvidenceFrame, VerdictSubject
 from schemas.frame import FrameMessage
 from schemas.result import FrameRef, InspectionResult
 
@@ -127,3 +130,31 @@ def test_a_frame_kafka_no_longer_has_is_counted_missing_and_nothing_is_kept(aler
     for alert in store.list_alerts(LINE):
         assert store.evidence_frames(VerdictSubject.alert, alert.alert_id) == []
     assert store.evidence_bytes(LINE) == 0
+
+
+def test_the_reader_tells_a_frame_retention_deleted_from_one_it_holds(alert_config, unique):
+    cfg = alert_config()
+    refs, payloads = publish_frames(cfg, CAMERA, range(12))
+    reader = FrameReader(cfg.kafka, "evidence-test")
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:
+        frame = {seq: EvidenceFrame(camera_id=CAMERA, seq=seq, **ref.model_dump()) for seq, ref in refs.items()}
+        assert reader.read(frame[3]).payload == payloads[3]
+        # retention deletes the partition's oldest records: what it took is gone, the rest is read as before
+        partition = frame[3].partition
+        same = sorted(seq for seq, f in frame.items() if f.partition == partition)
+        tp = TopicPartition(cfg.kafka.topics.frames, partition)
+        admin.delete_records({tp: frame[same[-1]].offset})
+        with pytest.raises(FrameGone, match=f"holds offsets {frame[same[-1]].offset} to"):
+            reader.read(frame[same[0]])
+        assert reader.read(frame[same[-1]]).payload == payloads[same[-1]]
+        with pytest.raises(FrameGone, match="holds offsets"):
+            reader.read(frame[3].model_copy(update={"offset": frame[same[-1]].offset + 1000}))
+        # a topic that is no more: gone, and asking does not create it again
+        missing = unique("deleted-frames")
+        with pytest.raises(FrameGone, match="has no partition"):
+            reader.read(frame[3].model_copy(update={"topic": missing}))
+        assert missing not in admin.list_topics()
+    finally:
+        reader.close()
+        admin.close()
