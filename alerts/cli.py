@@ -193,8 +193,9 @@ def verdict(
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     except ValidationError as exc:
-        typer.secho(f"verdict refused: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", fg=typer.colors.RED,
-                    err=True)
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "verdict"
+        typer.secho(f"verdict refused: {where}: {first['msg']}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     defect_text = f" ({given.defect_type})" if given.defect_type else ""
     console.print(f"{alert_id}: [bold]{given.label}[/]{defect_text} by {who}", highlight=False)

@@ -130,6 +130,8 @@ def _add_page_routes(
             "cameras": [_camera_json(c, now) for c in store.cameras()],
             "counts": {line: store.counts(line) for line in known},
             "parts": _parts_json(store, known),
+            # what an operator can name as the defect seen, per configured line
+            "defect_types": {line.id: sorted({q.defect_type for q in line.questions}) for line in config.lines},
         }
 
 

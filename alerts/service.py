@@ -388,8 +388,13 @@ class AlertService:
         if not per_hour or ended is None or step.merge is None:
             return
         item = review_candidate(ended, step.merge.record.verdict, now_ns)
-        if item is not None:
+        if item is None:
+            return
+        try:
             self._count_review(ended.line_id, self.store.offer_review(item, ended.line_id, review_slot(now_ns, per_hour)))
+        except redis.RedisError as exc:
+            # the part itself is stored, so a retry of the result would find it done: the sample skips it
+            log.warning("passed part not offered for review", line=ended.line_id, part=ended.part_id, error=str(exc))
 
     def _close_review_slots(self, now_ns: int) -> None:
         per_hour = self.settings.review_max_per_hour

@@ -62,7 +62,7 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     cfg = alert_config(dashboard={"token": TOKEN}, alerts={"review_max_per_hour": 3600})
     store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
@@ -97,9 +97,13 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
                         and (v.label, v.by) == ("false_alarm", "grace"), 15)
         wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"),
                                                     "false alarm by grace"))
+        # corrected: confirmed, naming the defect seen from the line's defect types
+        Select(driver.find_element(By.CSS_SELECTOR, f"{row} select.defect")).select_by_value("missing_screw")
         driver.find_element(By.CSS_SELECTOR, f"{row} button.confirm").click()
         assert wait_for(lambda: store.verdict(VerdictSubject.alert, alert.alert_id).label == "confirmed", 15)
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"), "confirmed"))
+        assert store.verdict(VerdictSubject.alert, alert.alert_id).defect_type == "missing_screw"
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"),
+                                                    "confirmed (missing_screw) by grace"))
         assert [e.event for e in store.events(LINE)][-2:] == ["verdict", "verdict"]
 
         # the passed part to review: its peak frame, and the operator's verdict on it

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from alerts.service import AlertService
 from alerts.store import RedisAlertStore, connect
 from ingest.recording import Recording
-from patchsight.cli import app
+from patchsight.cli import feedback_app
 from patchsight.feedback import export_feedback
 from runtime.topics import ensure_topics
 from schemas.feedback import ReviewItem
@@ -166,15 +166,15 @@ def test_cli_export(judged, tmp_path):
     cfg, _, _ = judged
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    runner = CliRunner()
-    ok = runner.invoke(app, ["feedback", "export", "--line", LINE, "--out", str(tmp_path / "fb"), "-c", str(path)])
+    runner = CliRunner()  # the command itself: the top app's callback would log to CliRunner's closed stderr later
+    ok = runner.invoke(feedback_app, ["--line", LINE, "--out", str(tmp_path / "fb"), "-c", str(path)])
     assert ok.exit_code == 0, ok.output
     said = " ".join(ok.output.split())
     assert "2 good and 1 defective parts, 3 frames; left out: 1 naming a defect no question asks about" in said
     assert len(Recording(tmp_path / "fb" / CAMERA).entries) == 3
-    again = runner.invoke(app, ["feedback", "export", "--line", LINE, "--out", str(tmp_path / "fb"), "-c", str(path)])
+    again = runner.invoke(feedback_app, ["--line", LINE, "--out", str(tmp_path / "fb"), "-c", str(path)])
     assert again.exit_code == 1 and "already holds a recording" in again.output
     unknown = runner.invoke(
-        app, ["feedback", "export", "--line", "nope", "--out", str(tmp_path / "x"), "-c", str(path)]
+        feedback_app, ["--line", "nope", "--out", str(tmp_path / "x"), "-c", str(path)]
     )
     assert unknown.exit_code == 2 and "no line 'nope'" in unknown.output
