@@ -7,7 +7,10 @@ committed only after Redis has everything the batch caused, so a crash or a
 Redis outage loses nothing: the uncommitted results come again, and the
 debounce and part states and the alert ids (all in Redis) make the repeat harmless.
 After each batch (at most once a second) the parts of cameras that have gone quiet
-for their line's ``part_timeout_s`` are decided.
+for their line's ``part_timeout_s`` are decided, and the review sample's ended slots are
+closed (alerts/review.py). Beside the loop, two threads the loop never waits for: the
+webhook dispatcher and the evidence collector, which reads alerts' frames back from Kafka
+(alerts/evidence.py).
 
 Several instances may share the consumer group; results are keyed by camera, so
 a camera's frames stay in order on one partition and one instance.
