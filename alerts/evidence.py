@@ -124,8 +124,9 @@ class EvidenceCollector:
             return self._give_up(wanted)
         except KafkaError as exc:
             # the broker is away: the frame is no less there, so it is not given up on
-            log.warning("evidence frame not read; trying again", owner=wanted.owner,
-                        error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "evidence frame not read; trying again", owner=wanted.owner, error=f"{type(exc).__name__}: {exc}"
+            )
             return False
         if frame is None:
             misses = self._empty_reads[wanted.field] = self._empty_reads.get(wanted.field, 0) + 1

@@ -48,14 +48,30 @@ T0 = 1_700_000_000_000_000_000
 
 def config() -> PatchsightConfig:
     token = uuid.uuid4().hex[:8]
-    return validate_config({
-        "kafka": {"topics": {"frames": f"bench-frames-{token}", "results": f"bench-results-{token}",
-                             "dead_letter": f"bench-dlq-{token}", "partitions": 3}},
-        "alerts": {"group_id": f"bench-alerts-{token}", "key_prefix": f"bench-{token}", "metrics_port": 0},
-        "lines": [{"id": "line-a", "cameras": [{"id": c} for c in CAMERAS],
-                   "questions": [{"id": "scratch", "text": "Is there a scratch?", "defect_type": "scratch"},
-                                 {"id": "screw", "text": "Is a screw missing?", "defect_type": "missing_screw"}]}],
-    }, source="bench")
+    return validate_config(
+        {
+            "kafka": {
+                "topics": {
+                    "frames": f"bench-frames-{token}",
+                    "results": f"bench-results-{token}",
+                    "dead_letter": f"bench-dlq-{token}",
+                    "partitions": 3,
+                }
+            },
+            "alerts": {"group_id": f"bench-alerts-{token}", "key_prefix": f"bench-{token}", "metrics_port": 0},
+            "lines": [
+                {
+                    "id": "line-a",
+                    "cameras": [{"id": c} for c in CAMERAS],
+                    "questions": [
+                        {"id": "scratch", "text": "Is there a scratch?", "defect_type": "scratch"},
+                        {"id": "screw", "text": "Is a screw missing?", "defect_type": "missing_screw"},
+                    ],
+                }
+            ],
+        },
+        source="bench",
+    )
 
 
 def stream(parts: int, refs: dict[tuple[str, int], FrameRef] | None) -> list[InspectionResult]:
@@ -66,17 +82,47 @@ def stream(parts: int, refs: dict[tuple[str, int], FrameRef] | None) -> list[Ins
             flagged = part % 5 == 0
             for _ in range(FRAMES_PER_PART):
                 scratch = 0.9 if flagged else 0.2 + 0.01 * (seq % 7)
-                out.append(InspectionResult(
-                    line_id="line-a", camera_id=camera, seq=seq, capture_ns=T0 + seq * 100_000_000, model_id="m",
-                    worker_id="w", part=PartObservation(part_id=f"{camera}.{part}", source="tracker"),
-                    frame=refs[(camera, seq)] if refs is not None else None,
-                    scores=[QuestionScore(question_id="scratch", score=scratch, threshold=0.5, defect_type="scratch",
-                                          above_threshold=scratch >= 0.5),
-                            QuestionScore(question_id="screw", score=0.1, threshold=0.5, defect_type="missing_screw",
-                                          above_threshold=False)]))
+                out.append(
+                    InspectionResult(
+                        line_id="line-a",
+                        camera_id=camera,
+                        seq=seq,
+                        capture_ns=T0 + seq * 100_000_000,
+                        model_id="m",
+                        worker_id="w",
+                        part=PartObservation(part_id=f"{camera}.{part}", source="tracker"),
+                        frame=refs[(camera, seq)] if refs is not None else None,
+                        scores=[
+                            QuestionScore(
+                                question_id="scratch",
+                                score=scratch,
+                                threshold=0.5,
+                                defect_type="scratch",
+                                above_threshold=scratch >= 0.5,
+                            ),
+                            QuestionScore(
+                                question_id="screw",
+                                score=0.1,
+                                threshold=0.5,
+                                defect_type="missing_screw",
+                                above_threshold=False,
+                            ),
+                        ],
+                    )
+                )
                 seq += 1
-        out.append(out[-1].model_copy(update={"seq": seq, "capture_ns": T0 + seq * 100_000_000, "part": None,
-                                              "status": ResultStatus.skipped, "skip_reason": "no part in the zone", "scores": []}))
+        out.append(
+            out[-1].model_copy(
+                update={
+                    "seq": seq,
+                    "capture_ns": T0 + seq * 100_000_000,
+                    "part": None,
+                    "status": ResultStatus.skipped,
+                    "skip_reason": "no part in the zone",
+                    "scores": [],
+                }
+            )
+        )
     return out
 
 
@@ -85,8 +131,9 @@ def publish_frames(cfg: PatchsightConfig, producer: KafkaProducer, parts: int) -
     futures = {}
     for camera in CAMERAS:
         for seq in range(parts * FRAMES_PER_PART):
-            msg = FrameMessage(line_id="line-a", camera_id=camera, seq=seq, capture_ns=T0 + seq, width=8, height=8,
-                               payload=payload)
+            msg = FrameMessage(
+                line_id="line-a", camera_id=camera, seq=seq, capture_ns=T0 + seq, width=8, height=8, payload=payload
+            )
             key, value, headers = msg.to_record()
             futures[(camera, seq)] = producer.send(cfg.kafka.topics.frames, key=key, value=value, headers=headers)
     producer.flush(60)
@@ -127,10 +174,16 @@ def run(variant: str, parts: int) -> dict:
             alerts = store.list_alerts("line-a", limit=1000)
             evidence = store.evidence_frames_of(VerdictSubject.alert, [a.alert_id for a in alerts])
             kept = sum(bool(names) for names in evidence.values())
-        return {"results": handled, "wall_s": round(wall, 3), "results_per_s": round(handled / wall, 1),
-                "decide_and_store_ms_per_result": round(per_result_ms, 3),
-                "alerts": len(alerts), "alerts_with_evidence": kept, "evidence_bytes": store.evidence_bytes("line-a"),
-                "result_json_bytes": len(results[0].to_json())}
+        return {
+            "results": handled,
+            "wall_s": round(wall, 3),
+            "results_per_s": round(handled / wall, 1),
+            "decide_and_store_ms_per_result": round(per_result_ms, 3),
+            "alerts": len(alerts),
+            "alerts_with_evidence": kept,
+            "evidence_bytes": store.evidence_bytes("line-a"),
+            "result_json_bytes": len(results[0].to_json()),
+        }
     finally:
         client = redis.Redis.from_url(cfg.redis.url)
         keys = list(client.scan_iter(match=f"{cfg.alerts.key_prefix}:*", count=1000))
@@ -151,10 +204,18 @@ def main() -> None:
             runs[variant].append(run(variant, args.parts))
             print(variant, json.dumps(runs[variant][-1]), flush=True)
     ratios = [e["results_per_s"] / n["results_per_s"] for n, e in zip(runs["no_frame_refs"], runs["evidence"])]
-    report = {**runs, "evidence_over_no_refs": [round(r, 3) for r in ratios],
-              "conditions": {"cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
-                             "machine": platform.machine(), "parts_per_camera": args.parts,
-                             "cameras": len(CAMERAS), "frames_per_part": FRAMES_PER_PART}}
+    report = {
+        **runs,
+        "evidence_over_no_refs": [round(r, 3) for r in ratios],
+        "conditions": {
+            "cpu_count": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0],
+            "machine": platform.machine(),
+            "parts_per_camera": args.parts,
+            "cameras": len(CAMERAS),
+            "frames_per_part": FRAMES_PER_PART,
+        },
+    }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

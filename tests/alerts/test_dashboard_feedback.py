@@ -35,17 +35,26 @@ def page_in_chromium(cfg: PatchsightConfig) -> Iterator[tuple[object, int]]:
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("chromium + chromedriver are not installed (make system)")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_for(lambda: server.started, 10)
     profile = tempfile.mkdtemp(prefix="ps-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
@@ -93,17 +102,26 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         assert httpx.get(link.get_attribute("href")).content == payloads[0]  # the link carries the token
 
         driver.find_element(By.CSS_SELECTOR, f"{row} button.false-alarm").click()
-        assert wait_for(lambda: (v := store.verdict(VerdictSubject.alert, alert.alert_id)) is not None
-                        and (v.label, v.by) == ("false_alarm", "grace"), 15)
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"),
-                                                    "false alarm by grace"))
+        assert wait_for(
+            lambda: (
+                (v := store.verdict(VerdictSubject.alert, alert.alert_id)) is not None
+                and (v.label, v.by) == ("false_alarm", "grace")
+            ),
+            15,
+        )
+        wait.until(
+            ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"), "false alarm by grace")
+        )
         # corrected: confirmed, naming the defect seen from the line's defect types
         Select(driver.find_element(By.CSS_SELECTOR, f"{row} select.defect")).select_by_value("missing_screw")
         driver.find_element(By.CSS_SELECTOR, f"{row} button.confirm").click()
         assert wait_for(lambda: store.verdict(VerdictSubject.alert, alert.alert_id).label == "confirmed", 15)
         assert store.verdict(VerdictSubject.alert, alert.alert_id).defect_type == "missing_screw"
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"),
-                                                    "confirmed (missing_screw) by grace"))
+        wait.until(
+            ec.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, f"{row} td.verdict .given"), "confirmed (missing_screw) by grace"
+            )
+        )
         assert [e.event for e in store.events(LINE)][-2:] == ["verdict", "verdict"]
 
         # the passed part to review: its peak frame, and the operator's verdict on it
@@ -113,7 +131,12 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         assert httpx.get(img.get_attribute("src")).content == payloads[peak]
         assert driver.find_element(By.CSS_SELECTOR, f"{review_row} td.part").text == "p-2"
         driver.find_element(By.CSS_SELECTOR, f"{review_row} button.good").click()
-        assert wait_for(lambda: (v := store.verdict(VerdictSubject.review, review.review_id)) is not None
-                        and (v.label, v.by) == ("good", "grace"), 15)
+        assert wait_for(
+            lambda: (
+                (v := store.verdict(VerdictSubject.review, review.review_id)) is not None
+                and (v.label, v.by) == ("good", "grace")
+            ),
+            15,
+        )
         wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, review_row)))
         assert store.list_reviews(LINE) == []

@@ -174,7 +174,5 @@ def test_cli_export(judged, tmp_path):
     assert len(Recording(tmp_path / "fb" / CAMERA).entries) == 3
     again = runner.invoke(feedback_app, ["--line", LINE, "--out", str(tmp_path / "fb"), "-c", str(path)])
     assert again.exit_code == 1 and "already holds a recording" in again.output
-    unknown = runner.invoke(
-        feedback_app, ["--line", "nope", "--out", str(tmp_path / "x"), "-c", str(path)]
-    )
+    unknown = runner.invoke(feedback_app, ["--line", "nope", "--out", str(tmp_path / "x"), "-c", str(path)])
     assert unknown.exit_code == 2 and "no line 'nope'" in unknown.output
