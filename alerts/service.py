@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
@@ -107,21 +107,38 @@ class ServiceMetrics:
         self.redis_up.set(1)
 
     def count_parts_from(self, store: RedisAlertStore, lines: Any) -> None:
-        """patchsight_parts{line,verdict}: the lines' part counters, read from Redis at each scrape."""
-        self.registry.register(_PartCounts(store, lines))
+        """patchsight_parts{line,verdict}: the lines' part counters, read from Redis at each scrape.
+
+        The line totals live in Redis (a part passed by one camera can be flagged by the next, which
+        moves it from passed to flagged, so no process can count it alone).
+        """
+
+        def samples(line: str) -> list[tuple[list[str], float]]:
+            counts = store.part_counts(line)
+            return [([line, verdict], counts[verdict]) for verdict in PART_COUNTERS]
+
+        self.registry.register(_LineGauge("patchsight_parts", "Parts of the line by verdict (inspected = passed + "
+                                          "flagged)", ["line", "verdict"], samples, store, lines))
+
+    def count_evidence_from(self, store: RedisAlertStore, lines: Any) -> None:
+        """patchsight_alerts_evidence_bytes{line}: the evidence each line keeps, read from Redis at each scrape
+        (every instance keeps and evicts into the one bound per line)."""
+        self.registry.register(_LineGauge(
+            "patchsight_alerts_evidence_bytes",
+            "Bytes of evidence frames the line keeps (at most alerts.evidence_max_bytes_per_line)", ["line"],
+            lambda line: [([line], store.evidence_bytes(line))], store, lines))
 
 
-class _PartCounts:
-    """The line totals live in Redis (a part passed by one camera can be flagged by the next, which moves it
-    from passed to flagged, so no process can count it alone): every instance reports the same figures."""
+class _LineGauge:
+    """A gauge per line read from Redis at each scrape: every instance reports the same figures."""
 
-    def __init__(self, store: RedisAlertStore, lines: Any) -> None:
-        self.store, self.lines = store, lines
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 samples: Callable[[str], list[tuple[list[str], float]]], store: RedisAlertStore, lines: Any) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.samples, self.store, self.lines = samples, store, lines
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
-                                 labels=["line", "verdict"])
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
 
     def describe(self) -> list:
         return [self._family()]
@@ -130,9 +147,8 @@ class _PartCounts:
         family = self._family()
         try:
             for line in sorted(set(self.lines()) | set(self.store.lines())):
-                counts = self.store.part_counts(line)
-                for verdict in PART_COUNTERS:
-                    family.add_metric([line, verdict], counts[verdict])
+                for labels, value in self.samples(line):
+                    family.add_metric(labels, value)
         except redis.RedisError:
             pass  # patchsight_alerts_redis_up says why
         yield family
@@ -164,6 +180,7 @@ class AlertService:
         self.store = RedisAlertStore(self.redis, config.alerts)
         self.metrics = ServiceMetrics()
         self.metrics.count_parts_from(self.store, lambda: self.lines)
+        self.metrics.count_evidence_from(self.store, lambda: self.lines)
         self.redis_down_since: float | None = None
         self.metrics_port: int | None = None
         self._states: dict[tuple[str, str], DebounceState] = {}  # cache; Redis holds the truth

@@ -101,22 +101,22 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         link = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"{row} a.evidence")))
         assert httpx.get(link.get_attribute("href")).content == payloads[0]  # the link carries the token
 
+        def stored(subject: VerdictSubject, subject_id: str) -> tuple | None:
+            """The stored verdict's label, defect and who gave it."""
+            v = store.verdict(subject, subject_id)
+            return (v.label, v.defect_type, v.by) if v else None
+
         driver.find_element(By.CSS_SELECTOR, f"{row} button.false-alarm").click()
-        assert wait_for(
-            lambda: (
-                (v := store.verdict(VerdictSubject.alert, alert.alert_id)) is not None
-                and (v.label, v.by) == ("false_alarm", "grace")
-            ),
-            15,
-        )
+        assert wait_for(lambda: stored(VerdictSubject.alert, alert.alert_id) == ("false_alarm", None, "grace"), 15)
         wait.until(
             ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} td.verdict .given"), "false alarm by grace")
         )
         # corrected: confirmed, naming the defect seen from the line's defect types
         Select(driver.find_element(By.CSS_SELECTOR, f"{row} select.defect")).select_by_value("missing_screw")
         driver.find_element(By.CSS_SELECTOR, f"{row} button.confirm").click()
-        assert wait_for(lambda: store.verdict(VerdictSubject.alert, alert.alert_id).label == "confirmed", 15)
-        assert store.verdict(VerdictSubject.alert, alert.alert_id).defect_type == "missing_screw"
+        assert wait_for(
+            lambda: stored(VerdictSubject.alert, alert.alert_id) == ("confirmed", "missing_screw", "grace"), 15
+        )
         wait.until(
             ec.text_to_be_present_in_element(
                 (By.CSS_SELECTOR, f"{row} td.verdict .given"), "confirmed (missing_screw) by grace"
@@ -131,12 +131,6 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         assert httpx.get(img.get_attribute("src")).content == payloads[peak]
         assert driver.find_element(By.CSS_SELECTOR, f"{review_row} td.part").text == "p-2"
         driver.find_element(By.CSS_SELECTOR, f"{review_row} button.good").click()
-        assert wait_for(
-            lambda: (
-                (v := store.verdict(VerdictSubject.review, review.review_id)) is not None
-                and (v.label, v.by) == ("good", "grace")
-            ),
-            15,
-        )
+        assert wait_for(lambda: stored(VerdictSubject.review, review.review_id) == ("good", None, "grace"), 15)
         wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, review_row)))
         assert store.list_reviews(LINE) == []

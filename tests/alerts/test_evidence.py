@@ -106,6 +106,8 @@ def test_the_line_bound_evicts_the_oldest_alerts_evidence_and_counts_it(alert_co
         assert len(alerts) == 4
         assert service.metrics.evidence_evicted.labels(LINE)._value.get() == 2
         assert service.metrics.evidence_evicted_bytes.labels(LINE)._value.get() == 2 * FRAME_BYTES
+        scraped = service.metrics.registry.get_sample_value("patchsight_alerts_evidence_bytes", {"line": LINE})
+        assert scraped == 2 * FRAME_BYTES
     assert store.evidence_bytes(LINE) == 2 * FRAME_BYTES <= bound
     kept = {a.alert_id: store.evidence_frames(VerdictSubject.alert, a.alert_id) for a in alerts}
     # the two oldest alerts lost theirs; each newer one kept the frame that completed its k-of-n window
