@@ -1,10 +1,11 @@
-"""The operator dashboard: one HTML page, a JSON API and a live event stream (SSE).
+"""The operator dashboard: one HTML page, a JSON API and a live event stream (SSE);
+docs/dashboard-api.md documents the routes for other clients.
 
 Reads everything from Redis (the alert service's store); acknowledge/resolve go
 through the same state machine as the CLI, and verdicts (on alerts and on the review
 sample of passed parts) through the same store calls as ``patchsight alerts verdict``.
-When ``dashboard.token`` is set, every route but /healthz needs it: ``Authorization: Bearer <token>`` or
-``?token=<token>`` (the page passes it on to its API calls, the event stream
+When ``dashboard.token`` is set, every route but /healthz needs it: ``Authorization: Bearer
+<token>`` or ``?token=<token>`` (the page passes it on to its API calls, the event stream
 and thumbnails, which cannot set headers).
 """
 
@@ -33,6 +34,11 @@ CAMERA_REFRESH_S = 2.0
 
 
 class Operator(BaseModel):
+    """The body of acknowledge/resolve (docs/dashboard-api.md). Unknown fields are refused (422), not
+    ignored: ``{"operator": "alice"}`` recorded the action as the dashboard's, not alice's."""
+
+    model_config = ConfigDict(extra="forbid")
+
     by: str = Field("dashboard", min_length=1, max_length=64)
 
 

@@ -45,7 +45,7 @@ from alerts.webhooks import WebhookDispatcher, WebhookSender
 from runtime.health import HealthServer, Reply
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
-from runtime.topics import ensure_topics, subscribe_when_known
+from runtime.topics import dead_letter_max_bytes, ensure_topics, subscribe_when_known
 from schemas.alert import DefectAlert, Finding
 from schemas.config import AlertPolicy, PatchsightConfig
 from schemas.dead_letter import DeadLetter
@@ -81,6 +81,9 @@ class ServiceMetrics:
         self.webhooks = Counter("patchsight_alerts_webhook_deliveries", "Webhook attempts", ["outcome"], registry=r)
         self.commits_failed = Counter("patchsight_alerts_commits_failed", "Offset commits that failed or timed out",
                                       registry=r)
+        self.dead_letters_failed = Counter("patchsight_alerts_dead_letters_failed",
+                                           "Undecodable results whose dead letter the broker did not take (logged, "
+                                           "then passed over)", registry=r)
         self.polls_failed = Counter("patchsight_alerts_polls_failed", "Polls that failed (the broker unreachable)",
                                     registry=r)
         self.part_verdicts = Counter("patchsight_alerts_part_verdicts",
@@ -556,13 +559,17 @@ class AlertService:
                     partition=record.partition, offset=record.offset, error=str(exc))
         kafka = self.config.kafka
         if self._producer is None:
-            self._producer = KafkaProducer(**kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-alerts-dlq")
+            # Not idempotent: kafka-python 3.0.12 makes one record the broker refuses fatal for an
+            # idempotent producer, and every later dead letter would fail with it.
+            self._producer = KafkaProducer(**kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-alerts-dlq",
+                                           enable_idempotence=False)
         letter = DeadLetter.for_record(record, exc.reason, str(exc), service=f"alerts/{self.instance_id}")
-        key, value, headers = letter.to_record()
+        key, value, headers = letter.to_record(dead_letter_max_bytes(self._producer, self.config))
         try:
             self._producer.send(kafka.topics.dead_letter, key=key, value=value, headers=headers).get(timeout=30)
         except KafkaError as err:
             # Kafka itself is failing; the record is logged above, do not block the line's alerts on it.
+            self.metrics.dead_letters_failed.inc()
             log.error("dead-letter publish failed", error=str(err), offset=record.offset)
 
     # --- /metrics and /healthz ---
@@ -570,7 +577,7 @@ class AlertService:
     def _start_http(self) -> None:
         try:
             self._http = HealthServer(self.settings.metrics_port, self.metrics.registry, {"/healthz": self._health},
-                                      name="alerts-http")
+                                      host=self.settings.metrics_host, name="alerts-http")
         except OSError as exc:
             raise AlertServiceError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} "
                                     "(another alert service on this host? set alerts.metrics_port; 0 picks a free one)"

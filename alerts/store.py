@@ -40,6 +40,7 @@ from alerts.policy import DebounceState, Decision
 from schemas.alert import ALLOWED_TRANSITIONS, AlertState, DefectAlert
 from schemas.config import AlertSettings, RedisSettings
 from schemas.feedback import EvidenceFrame, OperatorVerdict, ReviewItem, VerdictSubject
+from schemas.redaction import redact
 from schemas.result import InspectionResult
 
 # The camera's health hash and the line/camera sets, written with every result (both paths).
@@ -1036,14 +1037,15 @@ class RedisAlertStore:
     # --- webhook failures ---
 
     def record_failed_delivery(self, url: str, event_id: str, alert_id: str, attempts: int, error: str, body: bytes) -> None:
+        """Keep a delivery that failed for good; secrets in the URL (and in an error quoting it) are masked."""
         self.redis.xadd(
             self.failed_deliveries_key,
             {
-                "url": url,
+                "url": redact(url),
                 "event_id": event_id,
                 "alert_id": alert_id,
                 "attempts": attempts,
-                "error": error[:1000],
+                "error": redact(error[:1000]),
                 "failed_ns": time.time_ns(),
                 "body": body,
             },

@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.frames_dead_lettered = Counter(
             p + "frames_dead_lettered", "Frames sent to the dead-letter topic, by reason.", ["reason"], registry=r
         )
+        self.dead_letters_failed = Counter(
+            p + "dead_letters_failed",
+            "Frames whose dead letter the broker did not take (logged, then passed over), by reason.",
+            ["reason"], registry=r,
+        )
         self.frames_dropped_on_revoke = Counter(
             p + "frames_dropped_on_revoke",
             "In-flight frames dropped because their partition was revoked; the new owner redoes them.",

@@ -66,7 +66,7 @@ from inference.runner import Decoded, ModelRunner, load_model
 from runtime.health import HealthServer, Reply
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
-from runtime.topics import ensure_topics, subscribe_when_known
+from runtime.topics import dead_letter_max_bytes, ensure_topics, subscribe_when_known
 from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
@@ -218,6 +218,7 @@ class Worker:
         self._loop_turned = time.monotonic()
         self._fatal: BaseException | None = None
         self._draining = threading.Event()  # no more frames will be put in the batcher
+        self._dead_letters: KafkaProducer | None = None  # run() opens it
 
     # --- health ------------------------------------------------------------------
 
@@ -244,7 +245,8 @@ class Worker:
         kafka, topics = self.config.kafka, self.config.kafka.topics
         try:  # first: a port in use fails before anything joins the group
             health = HealthServer(self.settings.metrics_port, self.metrics.registry,
-                                  {"/healthz": self._liveness, "/readyz": self._readiness})
+                                  {"/healthz": self._liveness, "/readyz": self._readiness},
+                                  host=self.settings.metrics_host)
         except OSError as exc:
             raise WorkerError(f"cannot serve /metrics on port {self.settings.metrics_port}: {exc.strerror} (another "
                               "worker on this host? set inference.metrics_port; 0 picks a free one)") from None
@@ -252,6 +254,13 @@ class Worker:
         producer = KafkaProducer(
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-results",
             acks="all", linger_ms=2,
+        )
+        # Dead letters have their own producer, without idempotence: kafka-python 3.0.12 makes a
+        # record the broker refuses (too large for the topic) fatal for an idempotent producer,
+        # failing every later send, results included. A retried dead letter may be written twice.
+        self._dead_letters = KafkaProducer(
+            **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-dlq",
+            acks="all", enable_idempotence=False,
         )
         consumer, awake = self._open_consumer()
         health.start()
@@ -287,6 +296,7 @@ class Worker:
             self.batcher.drain()
             model.join()
             producer.flush()
+            self._dead_letters.flush()
             consumer, awake = self._final_commit(consumer, awake)
             if self._fatal is not None:
                 raise WorkerError(str(self._fatal)) from self._fatal
@@ -298,6 +308,7 @@ class Worker:
             decoder.shutdown(wait=False, cancel_futures=True)
             consumer.close(autocommit=False)
             producer.close(timeout=5)
+            self._dead_letters.close(timeout=5)
             health.stop()
             self._assignment = set()
             self.metrics.ready.set(0)
@@ -366,14 +377,14 @@ class Worker:
         try:
             msg = FrameMessage.from_record(record.key, record.value, record.headers)
         except SchemaError as exc:
-            self._dead_letter(producer, record, epoch, exc.reason, str(exc))
+            self._dead_letter(record, epoch, exc.reason, str(exc))
             return
         line = self.lines.get(msg.line_id)
         if line is None:
-            self._dead_letter(producer, record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
+            self._dead_letter(record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
             return
         if all(camera.id != msg.camera_id for camera in line.cameras):
-            self._dead_letter(producer, record, epoch, "unknown-camera",
+            self._dead_letter(record, epoch, "unknown-camera",
                               f"camera {msg.camera_id!r} is not a camera of line {msg.line_id!r}")
             return
         age_s = (time.time_ns() - msg.capture_ns) / 1e9
@@ -506,7 +517,7 @@ class Worker:
                 continue  # revoked while queued: the new owner redoes it
             decoded = frame.decoded.result()
             if isinstance(decoded, str):
-                self._dead_letter(producer, frame.record, frame.epoch, "undecodable", decoded)
+                self._dead_letter(frame.record, frame.epoch, "undecodable", decoded)
                 continue
             part = None
             if self.runner.tracks_parts(frame.msg):
@@ -558,26 +569,36 @@ class Worker:
 
         self._send(producer, self.config.kafka.topics.results, key, value, headers, acknowledged)
 
-    def _dead_letter(self, producer: KafkaProducer, record: ConsumerRecord, epoch: int, reason: str, error: str) -> None:
+    def _dead_letter(self, record: ConsumerRecord, epoch: int, reason: str, error: str) -> None:
+        assert self._dead_letters is not None, "run() opens the dead-letter producer"
         tp = TopicPartition(record.topic, record.partition)
         self.log.warning("frame dead-lettered", reason=reason, error=error, partition=record.partition,
                          offset=record.offset)
         letter = DeadLetter.for_record(record, reason, error, service=f"inference/{self.worker_id}")
-        key, value, headers = letter.to_record()
+        key, value, headers = letter.to_record(dead_letter_max_bytes(self._dead_letters, self.config))
 
         def acknowledged(_: object) -> None:
             self.in_flight.done(tp, record.offset, epoch)
             self.metrics.frames_dead_lettered.labels(reason).inc()
 
-        self._send(producer, self.config.kafka.topics.dead_letter, key, value, headers, acknowledged)
-
-    def _send(self, producer: KafkaProducer, topic: str, key, value, headers, acknowledged) -> None:  # type: ignore[no-untyped-def]
         def failed(exc: BaseException) -> None:
+            # A record the worker cannot process and cannot park must not stop its partition (a
+            # poison record would stop every worker that takes it): it is logged and passed.
+            self.log.error("dead letter not written; the frame is passed over", reason=reason, error=str(exc),
+                           partition=record.partition, offset=record.offset)
+            self.metrics.dead_letters_failed.labels(reason).inc()
+            self.in_flight.done(tp, record.offset, epoch)
+
+        self._send(self._dead_letters, self.config.kafka.topics.dead_letter, key, value, headers, acknowledged, failed)
+
+    def _send(self, producer: KafkaProducer, topic: str, key, value, headers, acknowledged, failed=None) -> None:  # type: ignore[no-untyped-def]
+        def fatal(exc: BaseException) -> None:
             # The producer has exhausted its retries. The offset stays uncommitted, so
             # stopping lets a restart (or another worker) redo the frame.
             self._fatal = WorkerError(f"the broker did not acknowledge a record for {topic}: {exc}")
             self.log.error("publish failed", topic=topic, error=str(exc))
 
+        failed = failed or fatal
         try:
             producer.send(topic, value=value, key=key, headers=headers).add_callback(acknowledged).add_errback(failed)
         except KafkaError as exc:

@@ -218,7 +218,7 @@ def run_cameras(
             previous_handlers[sig] = signal.signal(sig, lambda *_: requested.set())
     stopped = _Stop(requested, stop)
     port = metrics_port if metrics_port is not None else settings.metrics_port
-    server = _serve_metrics(port, cameras, log) if port is not None else None
+    server = _serve_metrics(settings.metrics_host, port, cameras, log) if port is not None else None
     # a capture loop beats at least every reconnect_max_s (its longest backoff) plus a stream open
     stall_s = settings.reconnect_max_s + 30.0
     last_stats = time.monotonic()
@@ -249,13 +249,13 @@ def run_cameras(
     return status
 
 
-def _serve_metrics(port: int, cameras: list[_Camera], log: Any) -> HealthServer:
+def _serve_metrics(host: str, port: int, cameras: list[_Camera], log: Any) -> HealthServer:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
     registry.register(_CountersCollector(cameras))  # type: ignore[arg-type]
-    server = HealthServer(port, registry, name="ingest-http").start()
-    log.info("metrics served", port=server.port)
+    server = HealthServer(port, registry, host=host, name="ingest-http").start()
+    log.info("metrics served", host=host, port=server.port)
     return server
 
 

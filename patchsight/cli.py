@@ -22,9 +22,10 @@ from ingest import cli as ingest_cli
 from ingest import synth_cli
 from patchsight.infra import InfraError
 from runtime.cli_options import ConfigOption, config_or_exit
-from runtime.log import configure_logging, redact
+from runtime.log import configure_logging
 from schemas.config import PatchsightConfig
 from schemas.errors import ConfigError
+from schemas.redaction import redact
 from training import cli as training_cli
 
 app = typer.Typer(

@@ -28,8 +28,9 @@ from urllib.parse import unquote, urlparse
 from pydantic import SecretStr
 
 from patchsight.certs import CertificateError, LocalTLS, ensure_local_tls
-from runtime.log import get_logger, redact
+from runtime.log import get_logger
 from schemas.config import KafkaSettings, RedisSettings
+from schemas.redaction import redact
 
 log = get_logger("patchsight.infra")
 

@@ -34,7 +34,8 @@ class HealthServer:
     """``/metrics`` from ``registry`` and one ``Check`` per other path, on a daemon thread.
 
     Binding happens in the constructor, so a port in use raises ``OSError`` before the
-    service does anything else; port 0 picks a free one (``.port`` says which).
+    service does anything else; port 0 picks a free one (``.port`` says which). ``host`` is the
+    service's ``metrics_host`` setting (loopback unless Prometheus scrapes from elsewhere).
     """
 
     def __init__(
@@ -42,7 +43,8 @@ class HealthServer:
         port: int,
         registry: CollectorRegistry,
         checks: Mapping[str, Check] | None = None,
-        host: str = "0.0.0.0",
+        *,
+        host: str,
         name: str = "health-http",
     ) -> None:
         routes: dict[str, Check] = {"/metrics": lambda: Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)}

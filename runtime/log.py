@@ -15,25 +15,13 @@ from typing import Any, Literal
 
 import structlog
 
+from schemas.redaction import redact
+
 LogFormat = Literal["json", "console", "auto"]
 
-# Values of these keys are never written, whatever a caller passes in.
+# Values of these keys are never written, whatever a caller passes in; other strings go through
+# schemas.redaction.redact (URL passwords, secret query parameters, secret key=value text).
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|sasl_plain_password|authorization", re.I)
-# user:password@ in URLs (redis://user:pw@host, rtsp://user:pw@cam)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@", re.I)
-# key=value / 'key': 'value' with a secret-like key, as printed by dict reprs and config dumps
-# (kafka-python logs its whole configuration, sasl_plain_password included, at DEBUG)
-_SECRET_ASSIGNMENT = re.compile(
-    r"""(?P<key>[\w.-]*(?:passw(?:or)?d|pass|secret|token)['"]?\s*[:=]\s*)"""
-    r"""(?:'[^']*'|"[^"]*"|[^\s,;&'"})\]]+)""",
-    re.I,
-)
-
-
-def redact(text: str) -> str:
-    """Mask credentials embedded in URLs and the values of secret-like ``key=value`` pairs."""
-    text = _URL_CREDENTIALS.sub(r"\g<scheme>***:***@", text)
-    return _SECRET_ASSIGNMENT.sub(r"\g<key>'***'", text)
 
 
 def _redact_value(key: str, value: Any) -> Any:

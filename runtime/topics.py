@@ -2,7 +2,8 @@
 
 Every service calls ``ensure_topics`` at start, so a fresh cluster works
 without manual set-up; an existing topic is left exactly as it is. Consumers
-in a group subscribe through ``subscribe_when_known``.
+in a group subscribe through ``subscribe_when_known``. A service that writes dead letters
+bounds them with ``dead_letter_max_bytes``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from schemas.config import KafkaSettings
+from schemas.config import KafkaSettings, PatchsightConfig
 
 
 def ensure_topics(settings: KafkaSettings, names: list[str] | None = None, partitions: int | None = None) -> None:
@@ -35,6 +36,12 @@ def ensure_topics(settings: KafkaSettings, names: list[str] | None = None, parti
                 raise
     finally:
         admin.close()
+
+
+def dead_letter_max_bytes(producer: KafkaProducer, config: PatchsightConfig) -> int:
+    """The size ``DeadLetter.to_record`` must keep within for this producer: its ``max_request_size``
+    and the broker's limit as configured (``ingest.max_message_bytes``), whichever is less."""
+    return min(producer.config["max_request_size"], config.ingest.max_message_bytes)
 
 
 def subscribe_when_known(consumer: KafkaConsumer, topic: str, listener: Any = None, timeout_s: float = 60.0) -> None:

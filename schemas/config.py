@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator,
+)
 
 from schemas.errors import ConfigError
 from schemas.frame import Id
+from schemas.redaction import redact
 
 ENV_PREFIX = "PATCHSIGHT__"
+_HTTP_URL = TypeAdapter(AnyHttpUrl)
 
 
 class Section(BaseModel):
@@ -157,12 +161,9 @@ class CameraSource(Section):
         return self
 
     def describe(self) -> str:
-        """A log-safe description: credentials in URLs are masked."""
+        """A log-safe description: secrets in URLs are masked (``schemas.redaction``)."""
         if self.url is not None:
-            scheme, sep, rest = self.url.partition("://")
-            if "@" in rest:
-                rest = "***@" + rest.split("@", 1)[1]
-            return f"{scheme}{sep}{rest}"
+            return redact(self.url)
         if self.device is not None:
             return f"device:{self.device}"
         return str(self.video or self.images)
@@ -262,6 +263,9 @@ class IngestSettings(Section):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus port of `patchsight ingest`; 0 picks a free port, unset: off"
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics; 0.0.0.0 lets Prometheus elsewhere scrape it"
+    )
 
 
 class ModelSettings(Section):
@@ -282,18 +286,39 @@ class InferenceSettings(Section):
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Set cores / workers when several share a host"
     )
-    metrics_port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="/metrics, /healthz and /readyz; 0 picks a free port")
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics, /healthz and /readyz; 0.0.0.0 lets Prometheus elsewhere scrape it"
+    )
     thumbnail_px: int = Field(160, ge=32, description="longest side of the thumbnail sent with above-threshold results")
 
 
 class Webhook(Section):
     """An HTTP endpoint that receives every alert event, signed with HMAC-SHA256."""
 
-    url: str = Field(description="receiver URL")
-    secret: SecretStr = Field(description="HMAC-SHA256 key shared with the receiver")
+    url: str = Field(description="receiver URL: http:// or https:// with a host")
+    secret: SecretStr = Field(description="HMAC-SHA256 key shared with the receiver; not empty")
     timeout_s: float = Field(5.0, gt=0, description="per attempt")
     max_attempts: int = Field(5, ge=1, description="then the delivery is recorded as failed for good")
     retry_initial_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, capped at 60 s")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Checked with pydantic's AnyHttpUrl, but kept as written: normalising it would change what
+        # receivers and the failed-deliveries record see. The message never quotes the URL (it may hold a key).
+        try:
+            _HTTP_URL.validate_python(url)
+        except ValidationError as exc:
+            raise ValueError(f"not an http(s) URL with a host: {exc.errors()[0]['msg']}") from None
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, secret: SecretStr) -> SecretStr:
+        if not secret.get_secret_value():
+            raise ValueError("must not be empty: receivers could not tell a signed request from a forged one")
+        return secret
 
 
 class AlertSettings(Section):
@@ -310,6 +335,9 @@ class AlertSettings(Section):
         6, ge=0, le=3600, description="passed parts kept per line and clock hour for operators to review, "
         "the nearest a threshold of each 1/N hour; 0: none")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
+    metrics_host: str = Field(
+        "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 lets Prometheus elsewhere scrape it"
+    )
     webhooks: list[Webhook] = Field(default_factory=list)
 
 

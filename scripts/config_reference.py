@@ -66,6 +66,8 @@ def type_name(annotation: object) -> str:
 
 def default_text(field: object) -> str:
     default = getattr(field, "default", PydanticUndefined)
+    if default is PydanticUndefined and getattr(field, "default_factory", None) is not None:
+        default = field.default_factory()  # e.g. alerts.webhooks: an empty list, not required
     if default is PydanticUndefined:
         return "required"
     if isinstance(default, BaseModel):

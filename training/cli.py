@@ -154,6 +154,8 @@ def finetune_command(
     patience: int = typer.Option(6, help="evaluations without improvement before stopping"),
     val_frames: int = typer.Option(
         320, min=1, help="validation frames scored at each evaluation; more: a steadier loss to keep the best step by"),
+    select_by: str = typer.Option(
+        "loss", help="loss | auroc: which validation number keeps the best step and counts as improvement"),
     frame_stride: int = typer.Option(1, help="use every n-th labelled frame"),
     train_pairs: int = typer.Option(
         0, min=0, help="also train on this many rendered twin pairs per question (synthetic-line questions only)"),
@@ -179,6 +181,8 @@ def finetune_command(
         raise typer.BadParameter("choose none or cosine", param_hint="--lr-decay")
     if view not in ("frame", "part"):
         raise typer.BadParameter("choose frame or part", param_hint="--view")
+    if select_by not in ("loss", "auroc"):
+        raise typer.BadParameter("choose loss or auroc", param_hint="--select-by")
     _quiet_transformers()
     console = Console(stderr=True)
     questions = _config_line(config, line, console).questions if config is not None else None
@@ -189,7 +193,7 @@ def finetune_command(
     cfg = FinetuneConfig(head=HeadConfig.tiny(decoder=decoder), image_tokens=image_tokens, variant=variant,
                          max_steps=max_steps, batch_frames=batch_frames, lr=lr, lr_decay=lr_decay,
                          eval_every=eval_every, patience=patience, max_val_frames=val_frames,
-                         frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
+                         select_by=select_by, frame_stride=frame_stride, time_limit_s=time_limit_min * 60, seed=seed,
                          threads=threads, device=device, max_false_positive_rate=max_fpr,
                          train_pairs=train_pairs, train_pair_seed=train_pair_seed, view=view, margin=margin)
     try:

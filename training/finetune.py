@@ -78,6 +78,10 @@ class FinetuneConfig(BaseModel):
     eval_every: int = 40
     patience: int = Field(6, description="evaluations without improvement before stopping")
     min_delta: float = 1e-3
+    select_by: Literal["loss", "auroc"] = Field(
+        "loss", description="what keeps a step and counts as improvement: the validation loss, or the "
+        "validation AUROC (mean over questions); a long run's loss can rise from overconfidence while its "
+        "ranking of frames, which thresholds and part verdicts use, still improves")
     val_fraction: float = 0.15
     max_val_frames: int = Field(
         320, ge=1, description="validation frames scored at each evaluation (a random sample of the validation "
@@ -154,7 +158,7 @@ def train_head(
     log: Log = print,
     init: MLLMHead | None = None,
 ) -> tuple[MLLMHead, dict]:
-    """Train a head on cached tokens; returns the best head (by validation loss) and the run record."""
+    """Train a head on cached tokens; returns the best head (by ``cfg.select_by``) and the run record."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     head = init
@@ -206,7 +210,8 @@ def train_head(
             history.append({"step": step, "train_loss": round(running, 4), "val_loss": round(metrics["loss"], 4),
                             "val_auroc": round(metrics["auroc"], 4), "lr": float(f"{lr:.3g}"),
                             "elapsed_s": round(time.time() - t0, 1)})
-            improved = metrics["loss"] < best["loss"] - cfg.min_delta
+            improved = (metrics["auroc"] > best["auroc"] + cfg.min_delta if cfg.select_by == "auroc"
+                        else metrics["loss"] < best["loss"] - cfg.min_delta)
             log(f"step {step:5d} train loss {running:.4f} val loss {metrics['loss']:.4f} "
                 f"auroc {metrics['auroc']:.3f} {'*' if improved else ' '} {time.time() - t0:.0f}s")
             if improved:

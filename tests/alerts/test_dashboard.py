@@ -57,6 +57,11 @@ def test_api_lists_acknowledges_and_refuses_illegal_moves(with_alert):
     again = client.post(f"/api/alerts/{alert.alert_id}/acknowledge", json={"by": "frank"})
     assert again.status_code == 409 and "cannot become acknowledged" in again.json()["detail"]
     assert client.post("/api/alerts/nope/resolve").status_code == 404
+    # a misspelt or foreign body is refused, not read as the dashboard's own action (issue #35)
+    for body in ({"operator": "frank"}, {"by": "frank", "note": "seen"}):
+        refused = client.post(f"/api/alerts/{alert.alert_id}/resolve", json=body)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["msg"] == "Extra inputs are not permitted"
+    assert store.get_alert(alert.alert_id).state == AlertState.acknowledged
     assert store.get_alert(alert.alert_id).state == AlertState.acknowledged
 
 

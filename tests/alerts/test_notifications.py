@@ -199,3 +199,50 @@ def test_cli_without_redis_says_so_in_one_line_without_the_password(tmp_path):
         assert result.exit_code == 1, said
         assert "cannot reach Redis at redis://" in said and "127.0.0.1:1" in said
         assert "hunter2" not in said and "Traceback" not in said
+
+
+def test_secrets_in_a_webhook_url_are_masked_in_logs_in_redis_and_in_the_cli(
+    alert_config, receiver_factory, redis_client, tmp_path, monkeypatch
+):
+    """Issue #35: logs masked user:password but printed ?apikey= in clear; the Redis record and
+    `patchsight alerts failed-webhooks` held the password."""
+    import io
+    import sys
+
+    import structlog
+
+    from alerts.webhooks import WebhookSender
+    from runtime.log import configure_logging
+    from schemas.config import Webhook
+
+    refusing = receiver_factory(fail_first=10**6)
+    port = refusing.server.server_address[1]
+    url = f"http://ops:pw-Hq3-SECRET@127.0.0.1:{port}/hook?apikey=key-Zt8-SECRET&line=a&access_token=tok-Lp2-SECRET"
+    masked = f"http://***:***@127.0.0.1:{port}/hook?apikey=***&line=a&access_token=***"
+    secrets = ("pw-Hq3-SECRET", "key-Zt8-SECRET", "tok-Lp2-SECRET")
+    hook = {"url": url, "secret": SECRET, "max_attempts": 2, "retry_initial_s": 0.01}
+    cfg = alert_config(alerts={"webhooks": [hook]})
+    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+
+    logged = io.StringIO()
+    saved = structlog.get_config()
+    monkeypatch.setattr(sys, "stderr", logged)
+    try:
+        configure_logging("json", "INFO")
+        delivered = WebhookSender(store).deliver(Webhook(**hook), "1-0", "raised", "alert-1", b"{}")
+    finally:
+        structlog.configure(**saved)
+    assert not delivered and len(refusing.requests) == 2  # the receiver really was called, credentials and all
+    assert refusing.requests[0][0]["Authorization"].startswith("Basic ")
+    lines = [json.loads(line) for line in logged.getvalue().splitlines()]
+    assert [entry["url"] for entry in lines if entry["event"].startswith("webhook")] == [masked] * 3
+
+    stored = redis_client.xrange(store.failed_deliveries_key)
+    assert [fields[b"url"].decode() for _, fields in stored] == [masked]
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    shown = CliRunner().invoke(alerts_app, ["failed-webhooks", "--config", str(path)])
+    assert shown.exit_code == 0 and masked in " ".join(shown.output.split()), shown.output
+    for secret in secrets:
+        assert secret not in logged.getvalue() and secret not in shown.output
+        assert all(secret.encode() not in value for _, fields in stored for value in fields.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import threading
@@ -17,7 +18,7 @@ from kafka.structs import TopicPartition
 from alerts.service import AlertService, AlertServiceError
 from alerts.store import RedisAlertStore, connect
 from schemas.alert import AlertState, alert_id_for
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, record_size
 
 
 def store_for(cfg) -> RedisAlertStore:
@@ -148,6 +149,32 @@ def test_bad_results_are_dead_lettered_and_the_service_carries_on(alert_config):
     assert b"{not json" in [d.value for d in letters] and {d.service for d in letters} == {"alerts/t1"}
 
 
+def test_an_unparsable_result_just_under_the_broker_limit_is_dead_lettered_as_a_cut_copy(alert_config):
+    """The dead letter of a result the broker took at 1,048,250 bytes would not fit the producer (issue #35)."""
+    cfg = alert_config()
+    poison = b"{" + b"x" * (1_048_250 - 1)
+    good = defect_run(first=0, frames=4)
+    publish(cfg, [(CAMERA.encode(), poison)] + good)
+    with AlertService(cfg, "t1") as service:
+        drain(service, len(good) + 1)
+        assert service.metrics.results.labels("invalid")._value.get() == 1
+        assert service.metrics.dead_letters_failed._value.get() == 0
+    assert len(store_for(cfg).list_alerts(LINE)) == 1
+    consumer = KafkaConsumer(**cfg.kafka.client_kwargs(), auto_offset_reset="earliest")
+    topic = cfg.kafka.topics.dead_letter
+    consumer.assign([TopicPartition(topic, p) for p in range(cfg.kafka.topics.partitions)])
+    records, deadline = [], time.monotonic() + 20
+    while not records and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=300).values():
+            records += batch
+    consumer.close()
+    [record] = records
+    letter = DeadLetter.from_record(record.key, record.value, record.headers)
+    assert letter.reason == "malformed" and letter.truncated == ("value",) and poison.startswith(letter.value)
+    assert letter.original_size == len(poison) and letter.original_sha256 == hashlib.sha256(poison).hexdigest()
+    assert record_size(record.key, record.value, record.headers) <= cfg.ingest.max_message_bytes
+
+
 def test_metrics_and_healthz(alert_config):
     cfg = alert_config()
     publish(cfg, defect_run(first=0, frames=4))
@@ -160,6 +187,38 @@ def test_metrics_and_healthz(alert_config):
             text = r.read().decode()
         assert 'patchsight_alerts_raised_total{defect_type="scratch",line="line-a"} 1.0' in text
         assert "patchsight_alerts_redis_up 1.0" in text
+
+
+def _this_hosts_address() -> str | None:
+    """An IPv4 address of this host other than loopback (the one a route out would use), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))  # UDP: nothing is sent
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_metrics_listen_on_loopback_unless_metrics_host_says_otherwise(alert_config):
+    """Issue #35: /metrics listened on every interface while the dashboard defaulted to loopback."""
+    address = _this_hosts_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    cfg = alert_config()
+    assert cfg.alerts.metrics_host == "127.0.0.1"
+    with AlertService(cfg, "t1") as service:
+        assert _answers("127.0.0.1", service.metrics_port) and not _answers(address, service.metrics_port)
+    with AlertService(alert_config(alerts={"metrics_host": "0.0.0.0"}), "t2") as service:
+        assert _answers(address, service.metrics_port)
 
 
 def test_run_stops_on_event_and_commits(alert_config):

@@ -6,6 +6,7 @@ Each test has its own topics and consumer group. Workers run in a thread
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,9 @@ import pytest
 import torch
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import RebalanceInProgressError
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from transformers import CLIPModel
 
 from inference.worker import Worker
@@ -33,7 +36,7 @@ from model.encoder import EncoderConfig, FrameEncoder
 from model.head import HeadConfig, MLLMHead
 from runtime.topics import ensure_topics
 from schemas.config import PatchsightConfig
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, record_size
 from schemas.frame import FrameMessage, FrameMode
 from schemas.result import InspectionResult, ResultStatus
 from tests.model.conftest import TINY_DECODER, clip_tok, tiny_clip_config  # noqa: F401  (clip_tok: a fixture)
@@ -230,6 +233,85 @@ def test_bad_frames_are_dead_lettered_and_the_worker_goes_on(config, bundle: Bun
         assert letter.source_topic == cfg.kafka.topics.frames and letter.source_offset >= 0 and letter.error
         assert letter.value == bad[letter.reason][1]  # the original payload, untouched, for a re-publish
     assert committed_total(cfg) == 2 + len(bad)
+
+
+def topic_limit(cfg: PatchsightConfig, topic: str) -> int:
+    """The broker's max.message.bytes for the topic (its message.max.bytes unless the topic overrides it)."""
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})],
+                                       config_filter="all")
+    finally:
+        admin.close()
+    return int(found["topic"][topic]["max.message.bytes"]["value"])
+
+
+def publish_accepted(cfg: PatchsightConfig, records: list[tuple[bytes | None, bytes, list]]) -> None:
+    """Publish with no client-side size cap, so the broker alone decides; every record must be accepted."""
+    producer = KafkaProducer(**cfg.kafka.client_kwargs(), acks="all", max_request_size=16 * 1024 * 1024)
+    try:
+        for key, value, headers in records:
+            producer.send(cfg.kafka.topics.frames, key=key, value=value, headers=headers).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def test_a_poison_record_just_under_the_broker_limit_is_dead_lettered_cut_and_passed(config, bundle: Bundle) -> None:
+    """Issue #35: a 1,048,250-byte value (the broker takes up to 1,048,588) made a dead letter the worker's
+    producer refused; the worker exited without committing, and so did every worker after it."""
+    cfg = config()
+    limit = topic_limit(cfg, cfg.kafka.topics.frames)
+    poison_key, _, poison_headers = frame("cam-a1", "line-a", 0).to_record()
+    poison = b"\xff\xd8" + np.random.default_rng(35).bytes(limit - 338 - 2)  # the issue's 1,048,250 at the default
+    after = frame("cam-a1", "line-a", 1)  # same camera, so the same partition: behind the poison record
+    publish_accepted(cfg, [(poison_key, poison, poison_headers), after.to_record()])
+    worker = Worker(cfg, bundle, worker_id="w-poison")
+    with running(worker):
+        got = results(cfg, lambda rs: len(rs) >= 1)
+        letters = read_topic(cfg, cfg.kafka.topics.dead_letter, lambda rs: len(rs) >= 1)
+        wait_until_committed(cfg, 2, timeout=10)
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        assert worker.is_live()
+    assert [(r.camera_id, r.seq) for r in got] == [("cam-a1", 1)]
+    assert committed_total(cfg) == 2, "the worker commits past the poison record"
+    [record] = letters
+    letter = DeadLetter.from_record(record.key, record.value, record.headers)
+    dlq_headers = [(k, v) for k, v in record.headers if k in ("ps-dlq-reason", "ps-dlq-error", "ps-dlq-source",
+                                                              "ps-dlq-service")]
+    whole = DefaultRecordBatchBuilder.estimate_size_in_bytes(poison_key, poison, poison_headers + dlq_headers)
+    assert whole > KafkaProducer.DEFAULT_CONFIG["max_request_size"], "the whole copy would not have fitted"
+    assert letter.reason == "undecodable" and letter.truncated == ("value",)
+    assert letter.original_size == len(poison) and letter.original_sha256 == hashlib.sha256(poison).hexdigest()
+    assert poison.startswith(letter.value) and letter.headers == poison_headers
+    assert record_size(record.key, record.value, record.headers) <= cfg.ingest.max_message_bytes
+    assert 'patchsight_inference_frames_dead_lettered_total{reason="undecodable"} 1.0' in metrics
+
+
+def test_a_dead_letter_the_broker_refuses_is_counted_and_the_worker_goes_on(config, bundle: Bundle) -> None:
+    cfg = config()
+    admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
+    try:  # this test's own dead-letter topic takes only small records
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, cfg.kafka.topics.dead_letter,
+                                            {"max.message.bytes": "20000"})])
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 10
+    while topic_limit(cfg, cfg.kafka.topics.dead_letter) != 20_000 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the broker applies a topic config change a moment after acknowledging it
+    assert topic_limit(cfg, cfg.kafka.topics.dead_letter) == 20_000
+    key, _, headers = frame("cam-a1", "line-a", 0).to_record()
+    after = frame("cam-a1", "line-a", 1)
+    publish_accepted(cfg, [(key, b"\xff\xd8" + b"x" * 50_000, headers), after.to_record()])
+    worker = Worker(cfg, bundle, worker_id="w-refused")
+    with running(worker):
+        got = results(cfg, lambda rs: len(rs) >= 1)
+        wait_until_committed(cfg, 2, timeout=10)
+        metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        assert worker.is_live()
+    assert [(r.camera_id, r.seq) for r in got] == [("cam-a1", 1)]
+    assert committed_total(cfg) == 2
+    assert 'patchsight_inference_dead_letters_failed_total{reason="undecodable"} 1.0' in metrics
+    assert read_topic(cfg, cfg.kafka.topics.dead_letter, lambda rs: False, timeout=2) == []
 
 
 def test_stale_live_frames_get_a_skipped_result_and_replay_frames_never_do(config, bundle: Bundle) -> None:

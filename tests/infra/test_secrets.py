@@ -25,6 +25,8 @@ FILE_SECRETS = {
     "token": "dash-token-V4n6-SECRET",
     "webhook": "hook-key-B5x0-SECRET",
     "camera": "cam-pw-J2p7-SECRET",
+    "webhook_url": "hook-url-key-R6w3-SECRET",
+    "camera_url": "cam-url-token-D9s4-SECRET",
 }
 
 
@@ -51,10 +53,10 @@ def _config_with_secrets(path: Path) -> Path:
               password: {s['redis']}
             dashboard: {{token: {s['token']}}}
             alerts:
-              webhooks: [{{url: "https://hooks.example/x", secret: {s['webhook']}}}]
+              webhooks: [{{url: "https://hooks.example/x?apikey={s['webhook_url']}", secret: {s['webhook']}}}]
             lines:
               - id: l1
-                cameras: [{{id: c1, source: {{url: "rtsp://op:{s['camera']}@10.0.0.5/stream"}}}}]
+                cameras: [{{id: c1, source: {{url: "rtsp://op:{s['camera']}@10.0.0.5/stream?token={s['camera_url']}"}}}}]
                 questions: [{{id: q1, text: "is the seal torn?", defect_type: torn_seal}}]
             """
         )
@@ -73,7 +75,8 @@ def test_config_show_masks_every_secret(tmp_path: Path) -> None:
     out = cli("--log-level", "DEBUG", "config", "show", "--config", str(config), env=_env())
     assert out.returncode == 0, out.stderr
     assert_no_secret(out.stdout + out.stderr, *FILE_SECRETS.values())
-    assert "redis://***:***@127.0.0.1:1/0" in out.stdout and "rtsp://***:***@10.0.0.5/stream" in out.stdout
+    assert "redis://***:***@127.0.0.1:1/0" in out.stdout and "rtsp://***:***@10.0.0.5/stream?token=***" in out.stdout
+    assert "https://hooks.example/x?apikey=***" in out.stdout
 
 
 def test_config_check_errors_do_not_echo_secrets(tmp_path: Path) -> None:

@@ -78,6 +78,36 @@ def test_frame_round_trip_over_sasl_ssl(secured: Secured) -> None:
     assert FrameMessage.from_record(got.key, got.value, got.headers) == msg
 
 
+def _librdkafka_send(secured: Secured, topic: str, password: str) -> object:
+    """One frame from confluent-kafka (librdkafka) over SASL_SSL/SCRAM; the delivery error, or None."""
+    from confluent_kafka import Producer
+
+    sec = secured.kafka.security
+    producer = Producer({
+        "bootstrap.servers": secured.kafka.bootstrap, "security.protocol": "SASL_SSL",
+        "sasl.mechanism": sec.sasl_mechanism, "sasl.username": sec.sasl_username, "sasl.password": password,
+        "ssl.ca.location": str(sec.ssl_cafile), "partitioner": "murmur2_random", "message.timeout.ms": 8000,
+    })
+    outcome: list = []
+    key, value, headers = FrameMessage(line_id="l", camera_id="cam-1", seq=0, capture_ns=1, width=2, height=2,
+                                       payload=b"\xff\xd8tls").to_record()
+    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=lambda err, _: outcome.append(err))
+    producer.flush(20)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_a_librdkafka_client_logs_in_with_scram(secured: Secured) -> None:
+    """docs/security.md: librdkafka before 2.6.1 fails SCRAM against Kafka 4; the one confluent-kafka bundles works."""
+    from confluent_kafka import libversion
+
+    assert libversion()[1] >= 0x020601FF
+    topic = f"frames-{uuid.uuid4().hex[:8]}"
+    ensure_topics(secured.kafka, [topic], partitions=1)
+    assert _librdkafka_send(secured, topic, KAFKA_PASSWORD) is None
+    assert _librdkafka_send(secured, topic, "not-the-password") is not None
+
+
 def _broker_log_refusals(secured: Secured) -> int:
     text = (secured.home / "kafka" / "broker.log").read_text(errors="replace")
     return text.count("due to invalid credentials")

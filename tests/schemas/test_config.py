@@ -30,7 +30,7 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD), env={})
     assert cfg.kafka.bootstrap == "10.0.0.5:9092"
     assert cfg.line("line-a").questions[0].threshold == 0.6
-    assert cfg.line("line-a").cameras[0].source.describe() == "rtsp://***@10.0.0.9/stream"
+    assert cfg.line("line-a").cameras[0].source.describe() == "rtsp://***:***@10.0.0.9/stream"
     assert cfg.line("nope") is None
 
 
@@ -68,6 +68,29 @@ def test_bad_fields_are_named(tmp_path: Path, text: str, field: str) -> None:
         load_config(write(tmp_path, text), env={})
     assert caught.value.field == field
     assert field in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "webhook, field, says",
+    [
+        ("{url: 'not a url', secret: k}", "alerts.webhooks.0.url", "not an http(s) URL with a host"),
+        ("{url: 'ftp://files.example/in', secret: k}", "alerts.webhooks.0.url", "scheme should be 'http' or 'https'"),
+        ("{url: 'https://', secret: k}", "alerts.webhooks.0.url", "empty host"),
+        ("{url: 'https://mes.example/hook', secret: ''}", "alerts.webhooks.0.secret", "must not be empty"),
+    ],
+)
+def test_a_webhook_that_cannot_work_is_refused(tmp_path: Path, webhook: str, field: str, says: str) -> None:
+    """Issue #35: these validated (exit 0) and failed only at the first delivery."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, f"alerts: {{webhooks: [{webhook}]}}"), env={})
+    assert caught.value.field == field and says in str(caught.value)
+
+
+def test_a_webhook_url_is_kept_as_written_and_webhooks_are_optional(tmp_path: Path) -> None:
+    url = "https://user:pw@mes.example:8443/hooks/ps?apikey=k1&line=a"
+    cfg = load_config(write(tmp_path, f"alerts: {{webhooks: [{{url: '{url}', secret: k}}]}}"), env={})
+    assert cfg.alerts.webhooks[0].url == url
+    assert load_config(write(tmp_path, "alerts: {key_prefix: p}"), env={}).alerts.webhooks == []
 
 
 def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from schemas import (
     DeadLetter, DefectAlert, InspectionResult, MalformedMessage, QuestionScore, UnsupportedSchemaVersion,
     alert_id_for,
 )
+from schemas.dead_letter import record_size
 from schemas.result import FrameRef
 
 
@@ -75,7 +76,7 @@ def test_dead_letter_keeps_the_original_record() -> None:
     original = [("ps-schema", b"9"), ("ps-camera", b"cam-1")]
     dl = DeadLetter(reason="unsupported-version", error="v9", source_topic="frames", source_partition=2,
                     source_offset=17, service="inference/w1", key=b"cam-1", value=b"jpeg", headers=original)
-    key, value, headers = dl.to_record()
+    key, value, headers = dl.to_record(max_bytes=10_000)
     assert key == b"cam-1" and value == b"jpeg" and headers[:2] == original
     back = DeadLetter.from_record(key, value, headers)
     assert (back.reason, back.source_topic, back.source_partition, back.source_offset) == (
@@ -122,3 +123,50 @@ def test_a_dead_letter_for_a_consumed_record_keeps_its_key_value_and_non_null_he
     assert (dl.key, dl.value, dl.headers, dl.reason, dl.error) == (
         b"cam-1", b"jpeg", [("ps-line", b"line-a")], "undecodable", "not a JPEG")
     assert DeadLetter.for_record(SimpleNamespace(**{**vars(record), "headers": None}), "r", "e", "s").headers == []
+
+
+def _kafka_python_estimate(key: bytes | None, value: bytes, headers: list) -> int:
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+
+
+def test_record_size_is_never_below_what_kafka_python_counts() -> None:
+    for key, value, headers in [(None, b"", []), (b"k" * 300, b"v" * 70_000, [("h" * 200, b"x" * 20_000)] * 3),
+                                (b"cam-1", b"\xff" * 1_048_250, [(f"ps-{i}", b"1" * 129) for i in range(12)])]:
+        assert record_size(key, value, headers) >= _kafka_python_estimate(key, value, headers)
+
+
+def test_a_dead_letter_too_big_keeps_a_cut_value_with_the_original_size_and_digest() -> None:
+    import hashlib
+
+    value = bytes(range(256)) * 4096  # 1 MiB
+    original = [("ps-camera", b"cam-1"), ("ps-line", b"line-a")]
+    dl = DeadLetter(reason="undecodable", error="e" * 5000, source_topic="frames", source_partition=0,
+                    source_offset=7, service="inference/w1", key=b"cam-1", value=value, headers=original)
+    limit = 1_000_000
+    key, cut, headers = dl.to_record(max_bytes=limit)
+    assert record_size(key, cut, headers) <= limit and _kafka_python_estimate(key, cut, headers) <= limit
+    assert record_size(key, cut, headers) > limit - 64, "the cut keeps as much of the value as fits"
+    assert key == b"cam-1" and value.startswith(cut) and headers[:2] == original
+    back = DeadLetter.from_record(key, cut, headers)
+    assert back.truncated == ("value",) and back.original_size == len(value)
+    assert back.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert (back.reason, back.source_offset, back.headers) == ("undecodable", 7, original)
+    whole = DeadLetter.from_record(*dl.to_record(max_bytes=2 * limit))
+    assert whole.value == value and whole.truncated == () and whole.original_size is None
+
+
+def test_a_dead_letter_of_huge_headers_or_key_drops_them_until_it_fits() -> None:
+    huge_headers = [("ps-camera", b"cam-1"), *[(f"junk-{i}", b"j" * 100_000) for i in range(10)]]
+    dl = DeadLetter(reason="malformed", error="header too long", source_topic="frames", source_partition=0,
+                    source_offset=1, service="s", key=b"cam-1", value=b"jpeg", headers=huge_headers)
+    key, value, headers = dl.to_record(max_bytes=250_000)
+    assert record_size(key, value, headers) <= 250_000
+    back = DeadLetter.from_record(key, value, headers)
+    # as many of the original headers as fit, in order, then as much of the value as fits
+    assert back.truncated == ("headers",) and back.headers == huge_headers[:3] and value == b"jpeg"
+    huge_key = dl.model_copy(update={"key": b"k" * 300_000, "headers": [], "value": b"v" * 100})
+    key, value, headers = huge_key.to_record(max_bytes=250_000)
+    assert record_size(key, value, headers) <= 250_000 and b"k" * 200_000 in key
+    assert DeadLetter.from_record(key, value, headers).truncated == ("value", "key")

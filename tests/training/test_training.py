@@ -103,6 +103,17 @@ def test_finetune_lowers_the_loss_and_writes_a_loadable_bundle(tiny_clip, record
         assert scores.shape == (2, len(questions)) and ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_select_by_auroc_keeps_the_step_with_the_best_validation_auroc(tiny_clip, recordings):
+    encoder, _, _, _ = ft.load_encoder(tiny_clip)
+    questions = td.questions_of(recordings)
+    data = td.encode_recordings(encoder, recordings, questions, log=lambda m: None)
+    _, record = ft.train_head(tiny_config(select_by="auroc", min_delta=0.0), encoder, data, data, log=lambda m: None)
+    evals = record["history"]
+    best_auroc = max(e["val_auroc"] for e in evals)
+    assert record["best_val_auroc"] == best_auroc
+    assert record["best_step"] == next(e["step"] for e in evals if e["val_auroc"] == best_auroc)
+
+
 def test_a_recorded_camera_labelled_by_hand_adapts_a_bundle_with_its_wording(tiny_clip, recordings, workdir):
     """README's "Adapting the head to your line": record, label, finetune with no line config."""
     from model.bundle import load_bundle
