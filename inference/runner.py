@@ -33,7 +33,7 @@ from model.tracker import PartTracker
 from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
 from schemas.part import PartObservation
-from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+from schemas.result import FrameRef, InspectionResult, QuestionScore, ResultStatus, Timing
 
 if TYPE_CHECKING:
     from model.bundle import Bundle
@@ -155,7 +155,9 @@ class ModelRunner:
         timing: Timing | None = None,
         image: np.ndarray | None = None,
         part: PartObservation | None = None,
+        frame: FrameRef | None = None,
     ) -> InspectionResult:
+        """``frame``: where ``msg`` lies on the frames topic, so the alert service can read it back as evidence."""
         line = self.lines[msg.line_id]
         question_scores = []
         if scores is not None:
@@ -171,7 +173,7 @@ class ModelRunner:
             thumbnail = thumbnail_jpeg_b64(image, self.settings.thumbnail_px)
         return InspectionResult(
             line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
-            status=status, skip_reason=skip_reason, part=part, model_id=self.bundle.model_id,
+            status=status, skip_reason=skip_reason, part=part, frame=frame, model_id=self.bundle.model_id,
             worker_id=self.worker_id, scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
         )
 

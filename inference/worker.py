@@ -71,7 +71,7 @@ from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
 from schemas.frame import FrameMessage, FrameMode
-from schemas.result import InspectionResult, ResultStatus, Timing
+from schemas.result import FrameRef, InspectionResult, ResultStatus, Timing
 
 if TYPE_CHECKING:
     from model.bundle import Bundle
@@ -108,6 +108,11 @@ class Frame:
     msg: FrameMessage
     line: LineConfig
     decoded: "Future[Decoded | str]"  # (image, pixels, decode_s) or why it cannot be decoded
+
+    @property
+    def ref(self) -> FrameRef:
+        """Where this frame lies on the frames topic; its result carries it (evidence is read back by it)."""
+        return FrameRef(topic=self.tp.topic, partition=self.tp.partition, offset=self.offset)
 
 
 class InFlight:
@@ -386,7 +391,8 @@ class Worker:
         if msg.mode == FrameMode.live and age_s > self.settings.max_frame_age_s:
             # The part has left the camera: an answer is worthless, but the frame still gets its result.
             reason = f"stale: {age_s:.1f}s old, live limit {self.settings.max_frame_age_s:g}s"
-            result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason)
+            result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason,
+                                        frame=FrameRef(topic=tp.topic, partition=tp.partition, offset=record.offset))
             self.metrics.frames_skipped.labels("stale").inc()
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
@@ -518,7 +524,8 @@ class Worker:
                 # In stream order: the batch keeps each partition's (so each camera's) order.
                 part = self.runner.find_part(frame.msg, decoded[0])
                 if part is None:  # nothing to inspect: the model does not run, the alert service learns the part left
-                    result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART)
+                    result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART,
+                                                frame=frame.ref)
                     self.metrics.frames_skipped.labels("no_part").inc()
                     self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
                     continue
@@ -544,7 +551,7 @@ class Worker:
                             batch_size=len(frames),
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
             result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image,
-                                        part=parts[i])
+                                        part=parts[i], frame=frame.ref)
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
     # --- results and dead letters -------------------------------------------------------

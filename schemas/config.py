@@ -328,6 +328,12 @@ class AlertSettings(Section):
     key_prefix: str = Field("ps", description="prefix of every Redis key (docs/redis-keys.md)")
     stream_maxlen: int = Field(10_000, ge=10, description="approximate length cap of each per-line event stream")
     thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long alert thumbnails are kept")
+    evidence_max_bytes_per_line: int = Field(
+        256 * 1024 * 1024, ge=1024, description="full-resolution frames kept as evidence of alerts and review "
+        "items, per line; beyond it the oldest alert's or review's frames are evicted")
+    review_max_per_hour: int = Field(
+        6, ge=0, le=3600, description="passed parts kept per line and clock hour for operators to review, "
+        "the nearest a threshold of each 1/N hour; 0: none")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
     metrics_host: str = Field(
         "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 lets Prometheus elsewhere scrape it"

@@ -192,6 +192,12 @@ def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bu
         # line-a asks a question with threshold 0 (always above): a thumbnail; line-b never is above
         assert (r.thumbnail_jpeg_b64 is not None) == (r.line_id == "line-a")
         assert 1 <= r.timing.batch_size <= 4 and r.timing.model_ms > 0
+    # each result names its frame's record (the alert service reads evidence back by it)
+    frames_at = {(r.partition, r.offset): FrameMessage.from_record(r.key, r.value, r.headers)
+                 for r in read_topic(cfg, cfg.kafka.topics.frames, lambda rs: len(rs) >= len(frames))}
+    for r in got:
+        shown = frames_at[(r.frame.partition, r.frame.offset)]
+        assert r.frame.topic == cfg.kafka.topics.frames and (shown.camera_id, shown.seq) == (r.camera_id, r.seq)
     # results of a camera come out in capture order
     for camera in ("cam-a1", "cam-a2", "cam-b1"):
         seqs = [r.seq for r in got if r.camera_id == camera]
@@ -322,6 +328,7 @@ def test_stale_live_frames_get_a_skipped_result_and_replay_frames_never_do(confi
         metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
     stale = got[("cam-a1", 0)]
     assert stale.status == ResultStatus.skipped and "stale" in stale.skip_reason and stale.scores == []
+    assert stale.frame is not None and stale.frame.topic == cfg.kafka.topics.frames  # skipped ones name it too
     assert got[("cam-a1", 1)].status == ResultStatus.ok
     assert got[("cam-a2", 0)].status == ResultStatus.ok  # replay: age does not matter
     assert 'patchsight_inference_frames_skipped_total{reason="stale"} 1.0' in metrics
