@@ -181,12 +181,28 @@ class FramePreprocessor:
         path.write_text(json.dumps(self.to_processor_config(), indent=2))
 
     def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
-        out = np.empty((len(frames), self.image_size, self.image_size, 3), dtype=np.float32)
+        """BGR uint8 frames -> (N, 3, S, S) float32 normalised pixels: ``normalise(crop(...))``."""
+        crops = np.empty((len(frames), self.image_size, self.image_size, 3), dtype=np.uint8)
         for i, frame in enumerate(frames):
-            out[i] = self._one(frame)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            crops[i] = self.crop(frame)
+        return self.normalise(torch.from_numpy(crops))
 
-    def _one(self, frame: np.ndarray) -> np.ndarray:
+    def reduction_for(self, width: int, height: int) -> int:
+        """The largest JPEG decode reduction (1, 2, 4 or 8) that keeps the shortest edge at or above ``resize_to``.
+
+        A frame at least twice the encoder's size can be decoded at a fraction of its size
+        (libjpeg scales in the DCT, before any pixel exists) and resized from there.
+        """
+        factor = 1
+        while factor < 8 and min(width, height) // (2 * factor) >= self.resize_to:
+            factor *= 2
+        return factor
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """One BGR uint8 frame -> its (S, S, 3) RGB uint8 square: resized so the shortest edge is ``resize_to``, centre-cropped.
+
+        Kept uint8 until a whole batch is normalised at once (``normalise``), on the model's device.
+        """
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -199,8 +215,14 @@ class FramePreprocessor:
             interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
             frame = cv2.resize(frame, (nw, nh), interpolation=interp)
         top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
-        crop = frame[top : top + self.image_size, left : left + self.image_size, ::-1]  # BGR -> RGB
-        return (crop.astype(np.float32) - self.mean) * self.inv_std
+        return frame[top : top + self.image_size, left : left + self.image_size, ::-1]  # BGR -> RGB
+
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) RGB uint8 crops (on any device) -> (N, 3, S, S) float32 normalised pixels on that device."""
+        mean = torch.from_numpy(self.mean).to(crops.device).view(1, 3, 1, 1)
+        inv_std = torch.from_numpy(self.inv_std).to(crops.device).view(1, 3, 1, 1)
+        pixels = crops.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return (pixels - mean) * inv_std
 
 
 def compact_clip_config(

@@ -227,7 +227,6 @@ class PartTracker:
         # the grid works in belt coordinates: columns run along the belt, rows across it
         self._gw, self._gh = min(self.cells[0], length), min(self.cells[1], breadth)
         self._sx, self._sy = length / self._gw, breadth / self._gh  # frame pixels per cell
-        self._row_step = max(1, int(self._sy // 4))
         self._join = int(np.ceil(self.join_gap / self._sx))  # cells
         if self.zone_margin is None:
             mx, my = (self._sx, self._sy) if self.belt_axis == "x" else (self._sy, self._sx)
@@ -250,8 +249,10 @@ class PartTracker:
         if self.belt_axis == "y":
             image = np.ascontiguousarray(image.swapaxes(0, 1))
         # a cell averages every pixel along the belt but only every other row across it when its
-        # rows are many: reading half the frame halves the cost, and a part spans many rows
-        small = cv2.resize(image[:: self._row_step], (self._gw, self._gh), interpolation=cv2.INTER_AREA)
+        # rows are many: reading half the frame halves the cost, and a part spans many rows.
+        # Rows of the image, not of the frame: a reduced copy has fewer per cell.
+        row_step = max(1, int(image.shape[0] / self._gh // 4))
+        small = cv2.resize(image[::row_step], (self._gw, self._gh), interpolation=cv2.INTER_AREA)
         if small.ndim == 2:
             return small[None].astype(np.float32)
         return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32)
@@ -267,7 +268,9 @@ class PartTracker:
 
     # --- one frame ------------------------------------------------------------------------------
 
-    def update(self, image: np.ndarray, seq: int, header_part_id: str | None = None) -> TrackedFrame:
+    def update(
+        self, image: np.ndarray, seq: int, header_part_id: str | None = None, frame_size: tuple[int, int] | None = None
+    ) -> TrackedFrame:
         """Feed the camera's next frame (BGR or grey, as decoded) and say what it shows.
 
         ``seq``: the frame's ``ps-seq``. Ids derive from it, and a gap in it is belt travel
@@ -276,12 +279,16 @@ class PartTracker:
         ``header_part_id``: the frame's ``ps-part-id``, when the camera or a PLC names the part;
         it is the frame's part (source "header"), and the tracker still learns from the frame.
         A frame of another size than the last starts the tracker afresh.
+        ``frame_size``: (width, height) of the frame when ``image`` is a reduced copy of it (a JPEG
+        decoded at 1/2 or 1/4 scale, at least the grid's size): the grid is read from the copy,
+        and boxes, zone and every length stay in the frame's pixels. None: ``image`` is the frame.
         """
         if header_part_id is not None and not _ID_RE.match(header_part_id):
             raise ValueError(f"part id {header_part_id!r} is not an id ({ID_PATTERN})")
         height, width = image.shape[:2]
-        if self.frame_size != (width, height):
-            self._setup((width, height))
+        size = tuple(frame_size) if frame_size is not None else (width, height)
+        if self.frame_size != size:
+            self._setup(size)  # type: ignore[arg-type]
         last = self._last_seq
         if last is not None and not 0 < seq - last <= 10 * (self.max_missed + 1):
             speed = self._belt_speed
