@@ -4,18 +4,27 @@ Read top to bottom, a frame goes through::
 
     main thread     poll frames -> parse headers -> dead-letter / skip stale live frames
                     -> hand the JPEG to a decode thread -> commit what the broker acknowledged
-    decode threads  JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+                    (every ``commit_interval_ms``)
+    decode threads  JPEG -> BGR (OpenCV, reduced when the encoder reads less) -> uint8 square
     model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
-                    without a part in the zone gets a skipped result and no model -> encoder
-                    once per view (whole frame; the part view too when the bundle has one)
-                    -> every question of the frame's line -> one InspectionResult per frame,
-                    carrying its part -> producer.send
-    producer IO     broker acknowledgement -> the frame's offset becomes committable
+                    without a part in the zone gets a skipped result and no model -> squares
+                    normalised per batch -> encoder once per view (whole frame; the part view
+                    too when the bundle has one) -> every question of the frame's line -> one
+                    InspectionResult per frame, carrying its part -> producer.send
+    producer IO     broker acknowledgement -> the frame's offset becomes committable, and the
+                    main thread wakes if it waits for room
 
 Three threads of work overlap: Kafka I/O, decoding and the model never wait for
-each other. Decoding runs in a thread pool because OpenCV releases the GIL. This
-module decides what runs and when; what the decode and model threads run (decode,
-preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.
+each other. Decoding runs in a thread pool (one thread per core by default) because
+OpenCV releases the GIL. This module decides what runs and when; what the decode and
+model threads run (decode, preprocess, encoder, head, the result) is
+``inference.runner.ModelRunner``.
+
+The main thread never sleeps while work waits: frames are fetched ahead until what is
+in flight (polled, not yet acknowledged) holds ``max_in_flight_mb`` of memory; then every
+partition is paused, ``poll(0)`` keeps the group's protocol going, and the thread waits
+for an acknowledgement (which frees room) rather than a timer. ``fetch_max_wait_ms`` is
+low so a drained partition's empty fetch does not hold up a busy one's.
 
 At-least-once: an offset is committed only when the result (or dead letter)
 of that frame *and of every earlier frame of its partition* is acknowledged by
@@ -32,8 +41,9 @@ to another worker, this one drops its uncommitted work (queued, decoding, or
 awaiting acknowledgement) and never commits them again; the new owner resumes at
 the last commit and redoes that work (duplicates, never losses, never a stale
 commit over the new owner's). Partitions that come back keep their work.
-Acknowledged work is committed before every poll, so what is redone is at most
-the frames in flight. A rebalance that does not finish (commits refused for 30 s)
+Acknowledged work is committed every ``commit_interval_ms``, so what is redone is
+at most the frames in flight and those acknowledged within the last commit interval. A
+rebalance that does not finish (commits refused for 30 s)
 is left: the worker joins again with a new consumer (``_rejoin``).
 
 ``Worker(config, bundle).run(stop)`` is the whole service; ``patchsight infer``
@@ -77,6 +87,7 @@ if TYPE_CHECKING:
     from model.bundle import Bundle
 
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
+MAX_POLL_RECORDS = 500  # one poll's most; the memory cap sets fewer when it has less room
 LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0  # /healthz fails when the main loop has not turned for this long
 SESSION_TIMEOUT_MS = 15_000
@@ -107,7 +118,7 @@ class Frame:
     record: ConsumerRecord
     msg: FrameMessage
     line: LineConfig
-    decoded: "Future[Decoded | str]"  # (image, pixels, decode_s) or why it cannot be decoded
+    decoded: "Future[Decoded | str]"  # the decoded frame, or why it cannot be decoded
 
 
 class InFlight:
@@ -115,19 +126,24 @@ class InFlight:
 
     The commit point of a partition is its lowest unacknowledged offset (or one
     past the highest offset polled when everything is acknowledged): committing
-    it can never skip a frame whose result the broker does not have.
+    it can never skip a frame whose result the broker does not have. Each offset
+    also counts the memory its frame holds until acknowledged (``nbytes``), and
+    every acknowledgement sets ``acknowledged``: the main loop waits on it for room.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[TopicPartition, set[int]] = defaultdict(set)
+        self._pending: dict[TopicPartition, dict[int, int]] = defaultdict(dict)  # offset -> bytes held
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._epoch: dict[TopicPartition, int] = defaultdict(int)
+        self._bytes = 0
+        self.acknowledged = threading.Event()
 
-    def add(self, tp: TopicPartition, offset: int) -> int:
+    def add(self, tp: TopicPartition, offset: int, nbytes: int = 0) -> int:
         with self._lock:
-            self._pending[tp].add(offset)
+            self._bytes += nbytes - self._pending[tp].get(offset, 0)
+            self._pending[tp][offset] = nbytes
             self._next[tp] = max(self._next.get(tp, 0), offset + 1)
             return self._epoch[tp]
 
@@ -136,8 +152,15 @@ class InFlight:
         with self._lock:
             if self._epoch[tp] != epoch:
                 return False
-            self._pending[tp].discard(offset)
-            return True
+            self._bytes -= self._pending[tp].pop(offset, 0)
+        self.acknowledged.set()
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the frames in flight hold (as ``add`` counted it)."""
+        with self._lock:
+            return self._bytes
 
     def is_current(self, tp: TopicPartition, epoch: int) -> bool:
         with self._lock:
@@ -149,7 +172,9 @@ class InFlight:
             dropped = 0
             for tp in tps:
                 self._epoch[tp] += 1
-                dropped += len(self._pending.pop(tp, ()))
+                pending = self._pending.pop(tp, {})
+                dropped += len(pending)
+                self._bytes -= sum(pending.values())
                 self._next.pop(tp, None)
                 self._committed.pop(tp, None)
             return dropped
@@ -198,10 +223,12 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
         self.in_flight = InFlight()
-        # Enough frames polled ahead to have the next batch decoded while one runs and the
-        # last one is acknowledged; beyond that, polling pauses: a backlog waits in Kafka,
-        # not in memory, and a rebalance has little uncommitted work to redo.
-        self.max_in_flight = 3 * self.settings.max_batch + 2 * self.settings.decode_threads
+        self.decode_threads = self.settings.decode_threads or os.cpu_count() or 1
+        # Enough frames polled ahead to keep every decode thread and the model busy through
+        # fetch round trips; beyond that, polling pauses: a backlog waits in Kafka, not in
+        # memory, and a rebalance has a bounded amount of uncommitted work to redo.
+        self.max_in_flight_bytes = int(self.settings.max_in_flight_mb * 2**20)
+        self._frame_bytes = 2**20  # running mean of what a frame holds; sizes the next poll
         self.metrics_port: int | None = None
         self._assignment: set[TopicPartition] = set()
         self.metrics.assigned_partitions.set_function(lambda: len(self._assignment))
@@ -251,26 +278,23 @@ class Worker:
         consumer, awake = self._open_consumer()
         health.start()
         self.metrics_port = health.port
-        decoder = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
+        decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         model = threading.Thread(target=self._model_loop, args=(producer,), name="model", daemon=True)
         model.start()
         self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
+                      decode_threads=self.decode_threads, reduced_decode=self.settings.reduced_decode,
                       device=str(self.runner.device), metrics_port=self.metrics_port)
-        lag_at = 0.0
+        lag_at = commit_at = 0.0
         try:
             while not stop.is_set() and self._fatal is None:
-                self._loop_turned = time.monotonic()
-                self._commit(consumer)
+                now = self._loop_turned = time.monotonic()
+                if now >= commit_at:
+                    self._commit(consumer)
+                    commit_at = now + self.settings.commit_interval_ms / 1e3
                 if self._stuck_for() > STUCK_REBALANCE_S:
                     consumer, awake = self._rejoin(consumer, awake)
-                room = self.max_in_flight - len(self.in_flight)
-                if room <= 0:
-                    consumer.pause(*consumer.assignment())  # still poll: rebalances happen in poll()
-                elif consumer.paused():
-                    consumer.resume(*consumer.paused())
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max(room, 1))
-                for records in polled.values():
+                for records in self._poll(consumer, commit_at).values():
                     for record in records:
                         self._intake(record, decoder, producer)
                 if time.monotonic() - lag_at > LAG_REFRESH_S:
@@ -297,13 +321,31 @@ class Worker:
             self._assignment = set()
             self.metrics.ready.set(0)
 
+    def _poll(self, consumer: KafkaConsumer, commit_at: float) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Frames while there is room for them; else stay in the group and wait for an acknowledgement."""
+        self.in_flight.acknowledged.clear()  # before measuring the room: an ack from now on ends the wait
+        room = self.max_in_flight_bytes - self.in_flight.nbytes
+        if room > 0:
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+            wanted = min(max(room // self._frame_bytes, 1), MAX_POLL_RECORDS)
+            return consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=wanted)
+        # Full: fetch nothing, but poll() without waiting (rebalances and their callbacks happen
+        # in poll()); a partition assigned meanwhile is not paused yet, so what it returns is taken.
+        consumer.pause(*consumer.assignment())
+        polled = consumer.poll(timeout_ms=0)
+        wait_s = min(POLL_TIMEOUT_MS / 1e3, max(commit_at - time.monotonic(), 0.0))
+        self.in_flight.acknowledged.wait(wait_s)
+        return polled
+
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
         """A consumer subscribed to the frames topic, and the event that stops its IO-loop nudges."""
         kafka, topics = self.config.kafka, self.config.kafka.topics
         consumer = KafkaConsumer(
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-frames",
             group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            max_poll_records=MAX_POLL_RECORDS, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
             # short session moves a crashed worker's partitions to the others within seconds.
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
@@ -357,12 +399,15 @@ class Worker:
         """One polled record: dead-letter, skip, or send to a decode thread. Never raises on bad data."""
         self.metrics.frames_in.inc()
         tp = TopicPartition(record.topic, record.partition)
-        epoch = self.in_flight.add(tp, record.offset)
         try:
             msg = FrameMessage.from_record(record.key, record.value, record.headers)
         except SchemaError as exc:
+            epoch = self.in_flight.add(tp, record.offset, len(record.value or b""))
             self._dead_letter(producer, record, epoch, exc.reason, str(exc))
             return
+        nbytes = len(msg.payload) + self.runner.decoded_bytes(msg)
+        self._frame_bytes += (nbytes - self._frame_bytes) // 8
+        epoch = self.in_flight.add(tp, record.offset, nbytes)
         line = self.lines.get(msg.line_id)
         if line is None:
             self._dead_letter(producer, record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
@@ -505,7 +550,7 @@ class Worker:
             part = None
             if self.runner.tracks_parts(frame.msg):
                 # In stream order: the batch keeps each partition's (so each camera's) order.
-                part = self.runner.find_part(frame.msg, decoded[0])
+                part = self.runner.find_part(frame.msg, decoded)
                 if part is None:  # nothing to inspect: the model does not run, the alert service learns the part left
                     result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART)
                     self.metrics.frames_skipped.labels("no_part").inc()
@@ -521,19 +566,19 @@ class Worker:
         self.metrics.batches.labels(batch.closed_by).inc()
 
         start = time.perf_counter()
-        views = [self.runner.part_view(image, part) for (image, _, _), part in zip(ready, parts)]
-        scores = self.runner.score([frame.line.id for frame in frames], [pixels for _, pixels, _ in ready], views)
+        views = [self.runner.part_view(frame.msg, decoded, part) for frame, decoded, part in zip(frames, ready, parts)]
+        scores = self.runner.score([frame.line.id for frame in frames], [decoded.square for decoded in ready], views)
         model_s = time.perf_counter() - start
         self.metrics.model_time.observe(model_s)
 
-        for i, (frame, waited, (image, _, decode_s)) in enumerate(zip(frames, queue_s, ready)):
+        for i, (frame, waited, decoded) in enumerate(zip(frames, queue_s, ready)):
             self.metrics.queue_delay.observe(waited)
-            self.metrics.decode_time.observe(decode_s)
-            timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
-                            batch_size=len(frames),
+            self.metrics.decode_time.observe(decoded.decode_s)
+            timing = Timing(queue_ms=waited * 1e3, decode_ms=decoded.decode_s * 1e3,
+                            model_ms=model_s * 1e3 / len(frames), batch_size=len(frames),
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
-            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image,
-                                        part=parts[i])
+            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing,
+                                        image=decoded.image, part=parts[i])
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
     # --- results and dead letters -------------------------------------------------------

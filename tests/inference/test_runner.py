@@ -26,10 +26,10 @@ def test_runner_scores_the_part_view_like_the_bundle() -> None:
     tracker = PartTracker("cam-1", None, (640, 480))
     boxes = [tracker.update(image, seq).box for seq, image in enumerate(frames)]
     assert 0 < sum(box is not None for box in boxes) < len(frames)
-    pixels = [bundle.encoder.preprocess([image])[0] for image in frames]
+    squares = [bundle.encoder.preprocess.crop(image) for image in frames]
     views = [None if box is None else bundle.part_views([image], [box])[0] for image, box in zip(frames, boxes)]
     with torch.inference_mode():
-        served = np.stack(runner.score(["line-a"] * len(frames), pixels, views))
+        served = np.stack(runner.score(["line-a"] * len(frames), squares, views))
         offline = bundle.score_frames(frames, ALERT_QUESTIONS, boxes=boxes)
         whole = bundle.score_frames(frames, ALERT_QUESTIONS)
     np.testing.assert_allclose(served, offline, atol=1e-6)

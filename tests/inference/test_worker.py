@@ -276,8 +276,12 @@ def start_worker(config_path: Path, worker_id: str, log: Path) -> subprocess.Pop
     )
 
 
+# About ten of these frames in flight at once: a worker stopped or killed after 20 results is mid-stream.
+SMALL_IN_FLIGHT_MB = 0.25
+
+
 def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) -> None:
-    cfg = config(max_batch=2, max_delay_ms=5)
+    cfg = config(max_batch=2, max_delay_ms=5, max_in_flight_mb=SMALL_IN_FLIGHT_MB)
     frames = replay_frames(60)  # 180 frames
     publish(cfg, [f.to_record() for f in frames])
     path = write_config(cfg, tmp_path / "worker.yaml")
@@ -301,7 +305,7 @@ def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) 
 
 
 def test_sigterm_drains_publishes_and_commits_exactly_what_it_published(config, tmp_path: Path) -> None:
-    cfg = config(max_batch=2, max_delay_ms=5)
+    cfg = config(max_batch=2, max_delay_ms=5, max_in_flight_mb=SMALL_IN_FLIGHT_MB)
     frames = replay_frames(60)
     publish(cfg, [f.to_record() for f in frames])
     worker = start_worker(write_config(cfg, tmp_path / "worker.yaml"), "w-term", tmp_path / "worker.log")
