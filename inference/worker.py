@@ -7,18 +7,20 @@ Read top to bottom, a frame goes through::
                     (every ``commit_interval_ms``)
     decode threads  JPEG -> BGR (OpenCV, reduced when the encoder reads less) -> uint8 square
     model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
-                    without a part in the zone gets a skipped result and no model -> squares
-                    normalised per batch -> encoder once per view (whole frame; the part view
-                    too when the bundle has one) -> every question of the frame's line -> one
-                    InspectionResult per frame, carrying its part -> producer.send
+                    without a part in the zone is not scored -> squares normalised per batch
+                    -> encoder once per view (whole frame; the part view too when the bundle
+                    has one) -> every question of the frame's line -> the batch, finished
+    results thread  one InspectionResult per frame (a skipped one without a part; a dead
+                    letter if undecodable), carrying its part, in batch order -> producer.send
     producer IO     broker acknowledgement -> the frame's offset becomes committable, and the
                     main thread wakes if it waits for room
 
-Three threads of work overlap: Kafka I/O, decoding and the model never wait for
-each other. Decoding runs in a thread pool (one thread per core by default) because
-OpenCV releases the GIL. This module decides what runs and when; what the decode and
-model threads run (decode, preprocess, encoder, head, the result) is
-``inference.runner.ModelRunner``.
+Kafka I/O, decoding, the model and building results never wait for each other:
+decoding runs in a thread pool (one thread per core by default) because OpenCV
+releases the GIL, and results are built while the model runs the next batch (on a
+GPU the model thread mostly waits for the device, with the GIL released). This module
+decides what runs and when; what the decode and model threads run (decode,
+preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.
 
 The main thread never sleeps while work waits: frames are fetched ahead until what is
 in flight (polled, not yet acknowledged) holds ``max_in_flight_mb`` of memory; then every
@@ -30,7 +32,8 @@ At-least-once: an offset is committed only when the result (or dead letter)
 of that frame *and of every earlier frame of its partition* is acknowledged by
 the broker (``acks=all``). A crash anywhere repeats some results, never loses
 one. Results keep the order of their partition because frames enter the batcher
-in poll order, each with its decode future.
+in poll order, each with its decode future, and one thread publishes each batch in
+order.
 
 Rebalances: partitions are assigned by the eager round-robin assignor. (With
 kafka-python 3.0.12, a cooperative-sticky member that already held partitions did
@@ -61,7 +64,10 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -81,6 +87,7 @@ from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
 from schemas.frame import FrameMessage, FrameMode
+from schemas.part import PartObservation
 from schemas.result import InspectionResult, ResultStatus, Timing
 
 if TYPE_CHECKING:
@@ -119,6 +126,28 @@ class Frame:
     msg: FrameMessage
     line: LineConfig
     decoded: "Future[Decoded | str]"  # the decoded frame, or why it cannot be decoded
+
+
+@dataclass
+class Outcome:
+    """What became of one frame of a batch: scored, skipped (no part) or undecodable."""
+
+    frame: Frame
+    waited: float  # seconds in the batcher
+    decoded: Decoded | None = None
+    part: PartObservation | None = None
+    scores: np.ndarray | None = None
+    skip_reason: str | None = None
+    undecodable: str | None = None  # why; the frame is dead-lettered
+
+
+@dataclass
+class Finished:
+    """A batch the model is done with, for the results thread, in the batch's order."""
+
+    outcomes: list[Outcome]
+    scored: int  # how many went through the model
+    model_s: float
 
 
 class InFlight:
@@ -279,8 +308,11 @@ class Worker:
         health.start()
         self.metrics_port = health.port
         decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
-        model = threading.Thread(target=self._model_loop, args=(producer,), name="model", daemon=True)
+        finished: SimpleQueue[Finished | None] = SimpleQueue()  # bounded by the in-flight cap
+        model = threading.Thread(target=self._model_loop, args=(finished,), name="model", daemon=True)
+        results = threading.Thread(target=self._results_loop, args=(finished, producer), name="results", daemon=True)
         model.start()
+        results.start()
         self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
                       decode_threads=self.decode_threads, reduced_decode=self.settings.reduced_decode,
@@ -305,6 +337,7 @@ class Worker:
             self._draining.set()
             self.batcher.drain()
             model.join()
+            results.join()
             producer.flush()
             consumer, awake = self._final_commit(consumer, awake)
             if self._fatal is not None:
@@ -524,61 +557,84 @@ class Worker:
         self.log.info("partitions lost", partitions=sorted(tp.partition for tp in lost),
                       uncommitted_frames_dropped=dropped)
 
-    # --- the model thread: batches in, results out ------------------------------------
+    # --- the model thread: batches in, scores out; the results thread: scores in, results out ---
 
-    def _model_loop(self, producer: KafkaProducer) -> None:
+    def _model_loop(self, finished: "SimpleQueue[Finished | None]") -> None:
         try:
             while True:
                 batch = self.batcher.next_batch(timeout=0.1)
                 if batch is not None:
-                    self._run_batch(batch, producer)
+                    finished.put(self._run_batch(batch))
                 elif self._draining.is_set() and len(self.batcher) == 0:
                     return
         except BaseException as exc:  # a model failure must stop the worker, not hang it
             self._fatal = exc
             self.log.exception("model thread failed")
+        finally:
+            finished.put(None)
 
-    def _run_batch(self, batch: Batch[Frame], producer: KafkaProducer) -> None:
-        frames, queue_s, ready, parts = [], [], [], []
+    def _run_batch(self, batch: Batch[Frame]) -> "Finished":
+        """Decoded frames -> the tracker, in stream order -> the model, for frames with something to inspect."""
+        outcomes, scored = [], []
         for frame, waited in zip(batch.items, batch.queue_s):
             if not self.in_flight.is_current(frame.tp, frame.epoch):
                 continue  # revoked while queued: the new owner redoes it
             decoded = frame.decoded.result()
             if isinstance(decoded, str):
-                self._dead_letter(producer, frame.record, frame.epoch, "undecodable", decoded)
+                outcomes.append(Outcome(frame, waited, undecodable=decoded))
                 continue
             part = None
             if self.runner.tracks_parts(frame.msg):
                 # In stream order: the batch keeps each partition's (so each camera's) order.
                 part = self.runner.find_part(frame.msg, decoded)
                 if part is None:  # nothing to inspect: the model does not run, the alert service learns the part left
-                    result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART)
-                    self.metrics.frames_skipped.labels("no_part").inc()
-                    self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+                    outcomes.append(Outcome(frame, waited, skip_reason=NO_PART))
                     continue
-            frames.append(frame)
-            queue_s.append(waited)
-            ready.append(decoded)
-            parts.append(part)
-        if not frames:
-            return
-        self.metrics.batch_size.observe(len(frames))
+            outcomes.append(Outcome(frame, waited, decoded=decoded, part=part))
+            scored.append(outcomes[-1])
+        if not scored:
+            return Finished(outcomes, 0, 0.0)
+        self.metrics.batch_size.observe(len(scored))
         self.metrics.batches.labels(batch.closed_by).inc()
-
         start = time.perf_counter()
-        views = [self.runner.part_view(frame.msg, decoded, part) for frame, decoded, part in zip(frames, ready, parts)]
-        scores = self.runner.score([frame.line.id for frame in frames], [decoded.square for decoded in ready], views)
+        views = [self.runner.part_view(o.frame.msg, o.decoded, o.part) for o in scored]
+        rows = self.runner.score([o.frame.line.id for o in scored], [o.decoded.square for o in scored], views)
         model_s = time.perf_counter() - start
         self.metrics.model_time.observe(model_s)
+        for outcome, row in zip(scored, rows):
+            outcome.scores = row
+        return Finished(outcomes, len(scored), model_s)
 
-        for i, (frame, waited, decoded) in enumerate(zip(frames, queue_s, ready)):
-            self.metrics.queue_delay.observe(waited)
-            self.metrics.decode_time.observe(decoded.decode_s)
-            timing = Timing(queue_ms=waited * 1e3, decode_ms=decoded.decode_s * 1e3,
-                            model_ms=model_s * 1e3 / len(frames), batch_size=len(frames),
+    def _results_loop(self, finished: "SimpleQueue[Finished | None]", producer: KafkaProducer) -> None:
+        """Results built and sent while the model runs the next batch (on a GPU, the model thread mostly waits)."""
+        while (batch := finished.get()) is not None:
+            if self._fatal is not None:
+                continue  # stopping: what is not published is not committed, and is redone
+            try:
+                self._publish_batch(batch, producer)
+            except BaseException as exc:
+                self._fatal = exc
+                self.log.exception("results thread failed")
+
+    def _publish_batch(self, batch: "Finished", producer: KafkaProducer) -> None:
+        """Each frame's result (or dead letter) in the batch's order, so in each partition's order."""
+        for o in batch.outcomes:
+            frame = o.frame
+            if o.undecodable is not None:
+                self._dead_letter(producer, frame.record, frame.epoch, "undecodable", o.undecodable)
+                continue
+            if o.skip_reason is not None:
+                result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=o.skip_reason)
+                self.metrics.frames_skipped.labels("no_part").inc()
+                self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+                continue
+            self.metrics.queue_delay.observe(o.waited)
+            self.metrics.decode_time.observe(o.decoded.decode_s)
+            timing = Timing(queue_ms=o.waited * 1e3, decode_ms=o.decoded.decode_s * 1e3,
+                            model_ms=batch.model_s * 1e3 / batch.scored, batch_size=batch.scored,
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
-            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing,
-                                        image=decoded.image, part=parts[i])
+            result = self.runner.result(frame.msg, ResultStatus.ok, scores=o.scores, timing=timing,
+                                        image=o.decoded.image, part=o.part)
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
     # --- results and dead letters -------------------------------------------------------

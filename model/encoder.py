@@ -215,7 +215,8 @@ class FramePreprocessor:
             interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
             frame = cv2.resize(frame, (nw, nh), interpolation=interp)
         top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
-        return frame[top : top + self.image_size, left : left + self.image_size, ::-1]  # BGR -> RGB
+        # contiguous: a batch is then stacked with plain copies, where the model thread waits for it
+        return np.ascontiguousarray(frame[top : top + self.image_size, left : left + self.image_size, ::-1])  # BGR->RGB
 
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, S, S, 3) RGB uint8 crops (on any device) -> (N, 3, S, S) float32 normalised pixels on that device."""
