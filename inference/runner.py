@@ -138,15 +138,13 @@ class ModelRunner:
         """The part view of a frame, when the bundle reads one and the tracker boxed the part."""
         if self.bundle.part_head is None or part is None or part.box is None:
             return None
-        image, box = decoded.image, part.box
+        image, box, scale = decoded.image, part.box, 1.0
         if decoded.reduction > 1:
-            sx, sy = image.shape[1] / msg.width, image.shape[0] / msg.height
-            scaled = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
-            if max(scaled[2] - scaled[0], scaled[3] - scaled[1]) >= self.preprocess.image_size:
-                box = scaled
-            else:  # the reduced frame has fewer pixels across the part than the view reads: cut it from the full frame
-                image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
-        return self.bundle.part_views([image], [box])[0]
+            scale = image.shape[1] / msg.width
+            if max(box[2] - box[0], box[3] - box[1]) * scale < self.preprocess.image_size:
+                # the reduced frame has fewer pixels across the part than the view reads: cut it from the full frame
+                image, scale = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR), 1.0
+        return self.bundle.part_views([image], [box], scale)[0]
 
     def score(
         self, line_ids: list[str], squares: list[np.ndarray], part_views: list[np.ndarray | None] | None = None
