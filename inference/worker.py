@@ -80,6 +80,7 @@ from inference.batcher import Batch, DynamicBatcher
 from inference.metrics import WorkerMetrics
 from inference.runner import Decoded, ModelRunner, load_model
 from runtime.health import HealthServer, Reply
+from runtime.kafka_crc import warn_without_c_crc32c
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
 from runtime.topics import ensure_topics, subscribe_when_known
@@ -317,6 +318,7 @@ class Worker:
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
                       decode_threads=self.decode_threads, reduced_decode=self.settings.reduced_decode,
                       device=str(self.runner.device), metrics_port=self.metrics_port)
+        warn_without_c_crc32c(self.log)
         lag_at = commit_at = 0.0
         try:
             while not stop.is_set() and self._fatal is None:
