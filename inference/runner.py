@@ -8,7 +8,7 @@ its model runner)::
                                            reads no more) -> the encoder's uint8 square (resize, crop)
     model thread    ModelRunner.find_part  the camera's tracker (model/tracker.py), frame by frame in order:
                                            the part in the zone, or none (the frame is not scored)
-                    ModelRunner.part_view  the part cut out of the frame, when the bundle reads it
+                    ModelRunner.part_view  the part cut out of the frame (its square), when the bundle reads it
                     ModelRunner.score      the batch's squares normalised at once, on the model's device ->
                                            encoder once per view of each frame (the whole frame; the
                                            part view too when the bundle has one) -> every question of
@@ -114,7 +114,7 @@ class ModelRunner:
             image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), _IMREAD[reduction])
             if image is None:
                 return "the payload is not a decodable JPEG"
-            square = self.preprocess.crop(image)
+            square = self.preprocess.crop(image, reduction)
         except (cv2.error, ValueError) as exc:
             return f"decoding failed: {exc}"
         return Decoded(image, reduction, square, time.perf_counter() - start)
@@ -135,7 +135,7 @@ class ModelRunner:
         return seen.observation(self.bundle.part_aggregate)
 
     def part_view(self, msg: FrameMessage, decoded: Decoded, part: PartObservation | None) -> np.ndarray | None:
-        """The part view of a frame, when the bundle reads one and the tracker boxed the part."""
+        """The encoder's square of the frame's part view, when the bundle reads one and the tracker boxed the part."""
         if self.bundle.part_head is None or part is None or part.box is None:
             return None
         image, box, scale = decoded.image, part.box, 1.0
@@ -144,7 +144,7 @@ class ModelRunner:
             if max(box[2] - box[0], box[3] - box[1]) * scale < self.preprocess.image_size:
                 # the reduced frame has fewer pixels across the part than the view reads: cut it from the full frame
                 image, scale = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR), 1.0
-        return self.bundle.part_views([image], [box], scale)[0]
+        return self.preprocess.crop(self.bundle.part_views([image], [box], scale)[0], 1 / scale)
 
     def score(
         self, line_ids: list[str], squares: list[np.ndarray], part_views: list[np.ndarray | None] | None = None
@@ -152,8 +152,9 @@ class ModelRunner:
         """One batch: each frame through the encoder once, then every question of its line; a score row per frame.
 
         ``squares``: the frames' encoder inputs as ``decode`` made them (uint8, normalised here as one batch).
-        ``part_views``: the part cut out of each frame (None where no part is tracked); with a
-        bundle that reads the part view, those go through the encoder and its part head too.
+        ``part_views``: the squares of the part cut out of each frame, as ``part_view`` made them (None
+        where no part is tracked); with a bundle that reads the part view, those go through the
+        encoder and its part head too.
         """
         encoded = self.bundle.encoder(self._to_device(squares), pooled=False)
         by_line: dict[str, list[int]] = defaultdict(list)
@@ -166,8 +167,8 @@ class ModelRunner:
         rows = [i for i, view in enumerate(part_views or ()) if view is not None]
         if self.bundle.part_head is not None and rows:
             # not through the staging buffer: the frames' copy from it may still be in flight
-            view_squares = np.stack([self.preprocess.crop(part_views[i]) for i in rows])
-            pixels_of_views = self.preprocess.normalise(torch.from_numpy(view_squares).to(self.device))
+            view_squares = torch.from_numpy(np.stack([part_views[i] for i in rows]))
+            pixels_of_views = self.preprocess.normalise(view_squares.to(self.device))
             views = self.bundle.encoder(pixels_of_views, pooled=False)
             by_line = defaultdict(list)
             for at, i in enumerate(rows):

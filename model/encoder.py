@@ -198,10 +198,13 @@ class FramePreprocessor:
             factor *= 2
         return factor
 
-    def crop(self, frame: np.ndarray) -> np.ndarray:
+    def crop(self, frame: np.ndarray, reduction: float = 1.0) -> np.ndarray:
         """One BGR uint8 frame -> its (S, S, 3) RGB uint8 square: resized so the shortest edge is ``resize_to``, centre-cropped.
 
         Kept uint8 until a whole batch is normalised at once (``normalise``), on the model's device.
+        ``reduction``: how much smaller ``frame`` is than the picture it was decoded from (a JPEG
+        decoded at 1/2 size: 2); the interpolation is chosen by the scale from that picture, so a
+        reduced decode is resized as the full one would have been.
         """
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
@@ -212,7 +215,7 @@ class FramePreprocessor:
         nh, nw = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
         if (nh, nw) != (h, w):
             # INTER_AREA when shrinking a lot avoids the aliasing bicubic gives on big camera frames.
-            interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
+            interp = cv2.INTER_AREA if scale / reduction < 0.5 else cv2.INTER_CUBIC
             frame = cv2.resize(frame, (nw, nh), interpolation=interp)
         top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
         # contiguous: a batch is then stacked with plain copies, where the model thread waits for it
