@@ -45,9 +45,9 @@ awaiting acknowledgement) and never commits them again; the new owner resumes at
 the last commit and redoes that work (duplicates, never losses, never a stale
 commit over the new owner's). Partitions that come back keep their work.
 Acknowledged work is committed every ``commit_interval_ms``, so what is redone is
-at most the frames in flight and those acknowledged within the last commit interval. A
-rebalance that does not finish (commits refused for 30 s)
-is left: the worker joins again with a new consumer (``_rejoin``).
+at most the frames in flight and those acknowledged within the last commit interval.
+A rebalance that does not finish (commits refused for 30 s) is left: the worker joins
+again with a new consumer (``_rejoin``).
 
 ``Worker(config, bundle).run(stop)`` is the whole service; ``patchsight infer``
 runs it (``serve``) with SIGTERM/SIGINT wired to ``stop``: the worker stops polling,
@@ -68,7 +68,6 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -328,7 +327,7 @@ class Worker:
                     commit_at = now + self.settings.commit_interval_ms / 1e3
                 if self._stuck_for() > STUCK_REBALANCE_S:
                     consumer, awake = self._rejoin(consumer, awake)
-                for records in self._poll(consumer, commit_at).values():
+                for records in self._poll(consumer).values():
                     for record in records:
                         self._intake(record, decoder, producer)
                 if time.monotonic() - lag_at > LAG_REFRESH_S:
@@ -356,8 +355,11 @@ class Worker:
             self._assignment = set()
             self.metrics.ready.set(0)
 
-    def _poll(self, consumer: KafkaConsumer, commit_at: float) -> dict[TopicPartition, list[ConsumerRecord]]:
-        """Frames while there is room for them; else stay in the group and wait for an acknowledgement."""
+    def _poll(self, consumer: KafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Frames while there is room for them; else stay in the group and wait for an acknowledgement.
+
+        Only an acknowledgement makes room or moves a commit point, so while full nothing else is worth waking for.
+        """
         self.in_flight.acknowledged.clear()  # before measuring the room: an ack from now on ends the wait
         room = self.max_in_flight_bytes - self.in_flight.nbytes
         if room > 0:
@@ -369,8 +371,7 @@ class Worker:
         # in poll()); a partition assigned meanwhile is not paused yet, so what it returns is taken.
         consumer.pause(*consumer.assignment())
         polled = consumer.poll(timeout_ms=0)
-        wait_s = min(POLL_TIMEOUT_MS / 1e3, max(commit_at - time.monotonic(), 0.0))
-        self.in_flight.acknowledged.wait(wait_s)
+        self.in_flight.acknowledged.wait(POLL_TIMEOUT_MS / 1e3)
         return polled
 
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
