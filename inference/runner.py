@@ -22,10 +22,12 @@ Reduced decoding (``inference.reduced_decode``): libjpeg can decode a JPEG at 1/
 its size, scaling in the DCT before any pixel exists, which costs about half a full decode and
 leaves less to resize. The runner uses the largest reduction that keeps the frame's shortest edge
 at or above the encoder's input (``FramePreprocessor.reduction_for``: 640x480 -> 320x240 for the
-default 128 px encoder). Everything downstream keeps the frame's own coordinates: the tracker reads
-its grid from the reduced image and boxes in frame pixels, the part view scales the box to the
-reduced image, and cuts the part from a full decode instead when the reduced one would have fewer
-pixels across the part than the encoder reads.
+default 128 px encoder), and, for a camera that tracks parts, a pixel for every cell of the
+tracker's grid. Everything downstream keeps the frame's own coordinates: the tracker reads its
+grid from the reduced image and boxes in frame pixels; the part view's square is placed in frame
+pixels and scaled to the reduced image, or cut from a full decode when the reduced one would have
+fewer pixels across the part than the encoder reads; every square is resized as the full frame's
+would be (the interpolation follows the scale from the camera's frame).
 ``load_model`` loads the configured bundle, with one clear message when it cannot.
 """
 
@@ -42,7 +44,7 @@ import cv2
 import numpy as np
 import torch
 
-from model.tracker import PartTracker
+from model.tracker import PartTracker, largest_reduction
 from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
 from schemas.part import PartObservation
@@ -88,13 +90,20 @@ class ModelRunner:
 
     # --- decode threads ------------------------------------------------------------
 
-    def reduction(self, width: int, height: int) -> int:
-        """How much smaller than the frame its JPEG is decoded (1: full size)."""
-        return self.preprocess.reduction_for(width, height) if self.settings.reduced_decode else 1
+    def reduction(self, msg: FrameMessage) -> int:
+        """How much smaller than the frame its JPEG is decoded (1: full size): as much as the encoder, and
+        the part tracker of a camera that tracks parts, can read from."""
+        if not self.settings.reduced_decode:
+            return 1
+        reduction = self.preprocess.reduction_for(msg.width, msg.height)
+        camera = self.cameras.get(msg.camera_id)
+        if camera is not None and camera.track_parts:
+            reduction = min(reduction, largest_reduction((msg.width, msg.height)))
+        return reduction
 
     def decoded_bytes(self, msg: FrameMessage) -> int:
         """Memory a frame's decoded image and square hold until its result is built (for the in-flight cap)."""
-        reduction = self.reduction(msg.width, msg.height)
+        reduction = self.reduction(msg)
         side = self.preprocess.image_size
         return -(-msg.width // reduction) * -(-msg.height // reduction) * 3 + side * side * 3
 
@@ -109,7 +118,7 @@ class ModelRunner:
             return "the payload is not a JPEG (no frame header before the image data)"
         if declared != (msg.width, msg.height):
             return f"the JPEG is {declared[0]}x{declared[1]}, the headers say {msg.width}x{msg.height}"
-        reduction = self.reduction(msg.width, msg.height)
+        reduction = self.reduction(msg)
         try:
             image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), _IMREAD[reduction])
             if image is None:

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from schemas.config import CameraConfig, InspectionZone
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
+GRID_CELLS = (160, 60)  # the default working grid: cells along the belt, across it
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -158,7 +159,7 @@ class PartTracker:
         frame_size: tuple[int, int] | None = None,
         *,
         belt_axis: str = "x",
-        cells: tuple[int, int] = (160, 60),
+        cells: tuple[int, int] = GRID_CELLS,
         min_contrast: float = 0.05,
         noise_k: float = 3.5,
         learning_rate: float = 0.05,
@@ -547,6 +548,17 @@ def _edge_motion(t: _Blob, b: _Blob) -> float | None:
     if not (t.clip_hi or b.clip_hi):
         moves.append(b.hi - t.hi)
     return sum(moves) / len(moves) if moves else None
+
+
+def largest_reduction(frame_size: tuple[int, int], cells: tuple[int, int] = GRID_CELLS, belt_axis: str = "x") -> int:
+    """The largest JPEG decode reduction (1, 2, 4 or 8) whose image still has a pixel for every cell of the grid."""
+    width, height = frame_size
+    length, breadth = (width, height) if belt_axis == "x" else (height, width)
+    factor = 1
+    while factor < 8 and length // (2 * factor) >= min(cells[0], length) and breadth // (2 * factor) >= min(
+            cells[1], breadth):
+        factor *= 2
+    return factor
 
 
 def _part_id(camera_id: str, seq: int) -> str:

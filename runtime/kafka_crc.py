@@ -2,8 +2,8 @@
 
 kafka-python computes the CRC32C of every record batch it produces and fetches: with the
 ``crc32c`` package (a C extension, in requirements.txt) it costs next to nothing; without it,
-kafka-python falls back to pure Python and one ingest process published 80-130 frames/s of
-640x480 instead of 640-860 (issue #34). The package is optional to kafka-python, so an
+kafka-python falls back to pure Python and one ingest process published 120 frames/s of 640x480
+instead of 628 (BENCHMARKS.md, "Ingest"). The package is optional to kafka-python, so an
 install that missed it runs, only slowly: services say so when they start.
 """
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.tracker import PartTracker, TrackedFrame
+from model.tracker import PartTracker, TrackedFrame, largest_reduction
 from ingest import synth
 from schemas.config import CameraConfig, InspectionZone
 from schemas.part import PartObservation
@@ -160,6 +160,7 @@ def test_counts_the_parts_of_the_demo_lines_exactly(seed, line):
 @pytest.mark.parametrize("seed,line", [(0, "line-a"), (0, "line-b"), (0, "line-c"), (1, "line-a"), (1, "line-b")])
 def test_counts_the_parts_exactly_from_a_half_size_decode(seed, line):
     # the worker decodes a 640x480 JPEG at 320x240 for a 128 px encoder; boxes stay in frame pixels
+    assert largest_reduction(SIZE) >= 2 and largest_reduction((96, 64)) == 1  # the grid needs a pixel per cell
     full = run(lambda: camera(line, seed), 100, {"t": PartTracker(f"{line}-cam1")}, jpeg=85)
     half = run(lambda: camera(line, seed), 100, {"t": PartTracker(f"{line}-cam1")}, jpeg=85, reduced=2)
     parts, extra = check_counts(half, half.seen["t"], exact=True)
