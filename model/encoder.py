@@ -22,7 +22,9 @@ Public API
 ``encoder.set_position_embeddings(enabled: bool)`` / ``with encoder.without_position_embeddings(): ...``
 ``FramePreprocessor.from_pretrained(dir)`` / ``FramePreprocessor(image_size, mean, std)``
     cv2 resize (shortest edge, bicubic) + center crop + normalize, matching
-    ``CLIPImageProcessor``'s configuration, straight from BGR uint8 arrays.
+    ``CLIPImageProcessor``'s configuration, straight from BGR uint8 arrays. In two steps
+    for the worker: ``crop(frame)`` (uint8 square, per frame) and ``normalise(crops)`` (a batch,
+    on any device); ``reduction_for(width, height)``: how much smaller a JPEG may be decoded.
 ``compact_clip_config(...) -> CLIPConfig``  the small from-scratch CLIP used by the default bundle.
 ``resolve_device("auto") -> torch.device``, ``default_dtype(device) -> torch.dtype``.
 """
@@ -148,6 +150,7 @@ class FramePreprocessor:
         self.image_mean, self.image_std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, 1/std per device
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "FramePreprocessor":
@@ -223,8 +226,10 @@ class FramePreprocessor:
 
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, S, S, 3) RGB uint8 crops (on any device) -> (N, 3, S, S) float32 normalised pixels on that device."""
-        mean = torch.from_numpy(self.mean).to(crops.device).view(1, 3, 1, 1)
-        inv_std = torch.from_numpy(self.inv_std).to(crops.device).view(1, 3, 1, 1)
+        if crops.device not in self._constants:  # copied to a GPU once, not once per batch
+            self._constants[crops.device] = (torch.from_numpy(self.mean).to(crops.device).view(1, 3, 1, 1),
+                                             torch.from_numpy(self.inv_std).to(crops.device).view(1, 3, 1, 1))
+        mean, inv_std = self._constants[crops.device]
         pixels = crops.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         return (pixels - mean) * inv_std
 
