@@ -282,7 +282,25 @@ class InferenceSettings(Section):
     max_batch: int = Field(8, ge=1, description="a batch closes at this many frames ...")
     max_delay_ms: float = Field(20.0, ge=0, description="... or when its oldest frame has waited this long")
     max_frame_age_s: float = Field(5.0, gt=0, description="live frames older than this are skipped")
-    decode_threads: int = Field(2, ge=1, description="JPEG decoding threads, overlapping model work")
+    decode_threads: int = Field(
+        0, ge=0, description="JPEG decoding threads, overlapping model work; 0 = one per core (os.cpu_count())"
+    )
+    reduced_decode: bool = Field(
+        True, description="decode a JPEG at 1/2, 1/4 or 1/8 size when the encoder reads no more (640x480 -> 320x240 "
+        "for a 128 px encoder): about half the decoding cost"
+    )
+    max_in_flight_mb: float = Field(
+        64.0, gt=0, description="frames polled and not yet acknowledged may hold this much memory (JPEG and decoded "
+        "pixels); beyond it polling pauses and a backlog waits in Kafka"
+    )
+    fetch_max_wait_ms: int = Field(
+        10, ge=0, le=500, description="how long the broker may hold a fetch for more data; low: a drained partition "
+        "does not delay the others"
+    )
+    commit_interval_ms: int = Field(
+        100, ge=0, le=5_000, description="commit what the broker acknowledged this often (0: at every loop turn); "
+        "a crash redoes at most this much more"
+    )
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Set cores / workers when several share a host"
     )
