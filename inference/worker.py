@@ -127,6 +127,11 @@ class Frame:
     line: LineConfig
     decoded: "Future[Decoded | str]"  # the decoded frame, or why it cannot be decoded
 
+    @property
+    def ref(self) -> FrameRef:
+        """Where this frame lies on the frames topic; its result carries it (evidence is read back by it)."""
+        return FrameRef(topic=self.tp.topic, partition=self.tp.partition, offset=self.offset)
+
 
 @dataclass
 class Outcome:
@@ -148,11 +153,6 @@ class Finished:
     outcomes: list[Outcome]
     scored: int  # how many went through the model
     model_s: float
-
-    @property
-    def ref(self) -> FrameRef:
-        """Where this frame lies on the frames topic; its result carries it (evidence is read back by it)."""
-        return FrameRef(topic=self.tp.topic, partition=self.tp.partition, offset=self.offset)
 
 
 class InFlight:
