@@ -78,3 +78,19 @@ def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Ques
             logits = head.logits(tokens.select(slice(s, s + batch)), list(questions))
             out.append((logits[..., 0] - logits[..., 1]).float().cpu())
     return torch.cat(out)
+
+
+def served_scores(bundle, tokens: EncoderOutput, questions: Sequence[Question], head: MLLMHead | None = None,  # type: ignore[no-untyped-def]
+                  batch: int = 1024) -> np.ndarray:
+    """P(yes) (N, Q) as the worker serves it from the whole frame: ``head`` (default: the bundle's) answers
+    the yes/no questions, the bundle's anomaly memory the anomaly ones."""
+    memory_cols = [j for j, q in enumerate(questions) if q.kind == "anomaly"]
+    asked = [j for j in range(len(questions)) if j not in memory_cols]
+    scores = np.empty((len(tokens), len(questions)), dtype=np.float32)
+    if asked:
+        margins = head_margins(head or bundle.head, tokens, [questions[j] for j in asked])
+        scores[:, asked] = torch.sigmoid(margins).numpy()
+    if memory_cols:
+        for s in range(0, len(tokens), batch):
+            scores[s : s + batch, memory_cols] = bundle.anomaly_scores(tokens.select(slice(s, s + batch)))[:, None]
+    return scores
