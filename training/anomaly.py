@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from ingest.recording import Recording
 from model.anomaly import AnomalyMemory
@@ -97,7 +98,11 @@ def anomaly_question(existing: Sequence[Question], question_id: str, text: str |
                 raise ValueError(f"the bundle's question {question_id!r} is a yes/no question for the head; "
                                  "give the anomaly question another --question-id")
             return q if text is None else q.model_copy(update={"text": text})
-    return Question(id=question_id, text=text or DEFAULT_TEXT, defect_type="anomaly", kind="anomaly")
+    try:
+        return Question(id=question_id, text=text or DEFAULT_TEXT, defect_type="anomaly", kind="anomaly")
+    except ValidationError as exc:
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"not a question for the bundle: {wrong}") from None
 
 
 def fit_anomaly(
