@@ -136,7 +136,7 @@ def fit_anomaly(
     if len(names) < 2:
         raise ValueError(f"good frames of {len(names)} part: the memory needs two parts at least, "
                          "one to remember and one to set its scale")
-    held = held_out_groups(names, holdout, seed)
+    held = set(sorted(held_out_groups(names, holdout, seed))[: len(names) - 1])  # one part at least is remembered
     in_held = torch.tensor([p in held for p in parts])
     memory = AnomalyMemory.fit(tokens[~in_held], coreset, k, seed)
     held_tokens = tokens[in_held]
