@@ -125,3 +125,19 @@ def test_good_frames_of_a_single_part_are_refused(bundle, workdir):
     assert good and {t.part_id for t in good} == {None}  # the good frames are one stretch of empty belt
     result = fit(bundle, "--data", str(rec))
     assert result.exit_code == 1 and "needs two parts at least" in " ".join(result.output.split()), result.output
+
+
+def test_finetune_leaves_anomaly_questions_to_the_memory(tiny_clip, recordings, tmp_path):
+    from schemas.config import Question
+    from training import finetune as ft
+    from training.data import questions_of
+    from training_helpers import tiny_config
+
+    odd = Question(id="odd", text="Is this part odd?", defect_type="anomaly", kind="anomaly")
+    said: list[str] = []
+    record = ft.finetune(tiny_config(max_steps=2, eval_every=1), tiny_clip, recordings, tmp_path / "b",
+                         questions=[*questions_of(recordings), odd], log=said.append)
+    spec = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert "odd" not in {q["id"] for q in spec["questions"]} and "odd" not in spec["thresholds"]
+    assert any("not training the head on anomaly questions odd" in line for line in said)
+    assert record["steps"] >= 1
