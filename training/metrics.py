@@ -2,7 +2,8 @@
 
 A question's threshold is the one with the best balanced accuracy among those that flag at most
 ``max_fpr`` of the clean frames (``best_threshold``); finetune applies it to its validation parts
-and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores they are computed on.
+and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores they are computed on,
+``served_scores`` the bundle's as the worker serves them (anomaly questions from its anomaly memory).
 """
 
 from __future__ import annotations
@@ -80,15 +81,15 @@ def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Ques
     return torch.cat(out)
 
 
-def served_scores(bundle, tokens: EncoderOutput, questions: Sequence[Question], head: MLLMHead | None = None,  # type: ignore[no-untyped-def]
+def served_scores(bundle, tokens: EncoderOutput, questions: Sequence[Question],  # type: ignore[no-untyped-def]
                   batch: int = 1024) -> np.ndarray:
-    """P(yes) (N, Q) as the worker serves it from the whole frame: ``head`` (default: the bundle's) answers
-    the yes/no questions, the bundle's anomaly memory the anomaly ones."""
+    """P(yes) (N, Q) as the worker serves it from the whole frame: the bundle's head answers the yes/no
+    questions, its anomaly memory the anomaly ones (``batch`` frames at a time: the tokens may be memory-mapped)."""
     memory_cols = [j for j, q in enumerate(questions) if q.kind == "anomaly"]
     asked = [j for j in range(len(questions)) if j not in memory_cols]
     scores = np.empty((len(tokens), len(questions)), dtype=np.float32)
     if asked:
-        margins = head_margins(head or bundle.head, tokens, [questions[j] for j in asked])
+        margins = head_margins(bundle.head, tokens, [questions[j] for j in asked])
         scores[:, asked] = torch.sigmoid(margins).numpy()
     if memory_cols:
         for s in range(0, len(tokens), batch):
