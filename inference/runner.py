@@ -300,6 +300,10 @@ def load_model(config: PatchsightConfig) -> "Bundle":
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise ModelLoadError(f"cannot load model bundle {path} on device {config.model.device!r}: "
                              f"{type(exc).__name__}: {exc}") from exc
+    anomaly = [f"{line.id}/{q.id}" for line in config.lines for q in line.questions if q.kind == "anomaly"]
+    if anomaly and bundle.anomaly is None:
+        raise ModelLoadError(f"model bundle {path} has no anomaly memory for the anomaly questions {', '.join(anomaly)}: "
+                             "fit one with `patchsight model fit-anomaly`")
     bundle.encoder.eval()
     bundle.head.eval()
     return bundle

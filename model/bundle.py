@@ -9,6 +9,8 @@ Layout::
                           (LLaVA: llava/, or the hub id in head_config.json)
     probe.safetensors     optional LinearProbe on the pooled CLIP embedding
     part-head/            optional second head that reads the part view (model/views.py): spec.part_view
+    anomaly/              optional memory of good parts' patch tokens (model/anomaly.py): spec.anomaly;
+                          it scores every question of kind "anomaly"
 
 ``load_bundle`` never touches the network.
 
@@ -20,7 +22,8 @@ Public API
 ``bundle.save(directory, dtype=torch.float16)``
 ``bundle.encode(frames: list[np.ndarray BGR uint8]) -> EncoderOutput``
 ``bundle.score_frames(frames, questions, scorer="head") -> np.ndarray (B, Q) float32``
-    scorer: "head" (MLLM, VQAScore), "clip" (zero-shot CLIP), "probe" (linear probe).
+    scorer: "head" (MLLM, VQAScore), "clip" (zero-shot CLIP), "probe" (linear probe). Questions of
+    kind "anomaly" are scored by the anomaly memory whatever the scorer.
 ``bundle.score_frames(frames, questions, boxes=[box | None, ...])``: with a part view, each frame with
     a part box is scored from both views (the mean of the two heads' log-odds)
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
@@ -32,6 +35,7 @@ Public API
 ``bundle.part_thresholds_for(questions) -> np.ndarray (Q,)``  the same for part verdicts: Question.threshold,
     else the calibrated part threshold (``spec.parts``), else the frame threshold
 ``bundle.part_aggregate``  how a part's frame scores are combined ("mean" until calibrated otherwise)
+``bundle.is_anomaly(question) -> bool``  scored by the anomaly memory, not the head
 ``bundle.model_id``, ``bundle.encoder``, ``bundle.head``, ``bundle.clip`` (ClipBaseline | None),
 ``bundle.probe`` (LinearProbe | None), ``bundle.spec`` (BundleSpec), ``bundle.describe() -> dict``
 """
@@ -48,6 +52,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import CLIPModel, CLIPTokenizer
 
+from model.anomaly import AnomalyMemory
 from model.clip_baseline import ClipBaseline, LinearProbe
 from model.encoder import (
     EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, hub_kwargs, load_clip, resolve_device,
@@ -119,6 +124,7 @@ class BundleSpec(BaseModel):
     default_threshold: float = Field(0.5, ge=0.0, le=1.0)
     part_view: PartViewSpec | None = None  # None: the head reads the whole frame only
     parts: PartVerdictSpec | None = None  # None: not calibrated for part verdicts (frame thresholds are used)
+    anomaly: str | None = None  # folder of the memory of good parts (model/anomaly.py); None: none
     provenance: dict[str, Any] = {}
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -134,11 +140,14 @@ class Bundle:
         probe: LinearProbe | None = None,
         directory: Path | None = None,
         part_head: MLLMHead | None = None,
+        anomaly: AnomalyMemory | None = None,
     ) -> None:
         if head.encoder is not None and head.encoder is not encoder:
             raise ValueError("the head must read the bundle's encoder")
         if (part_head is None) != (spec.part_view is None):
             raise ValueError("a part view needs its head, and a part head its spec.part_view")
+        if (anomaly is None) != (spec.anomaly is None):
+            raise ValueError("an anomaly memory needs its spec.anomaly folder, and spec.anomaly its memory")
         if clip is not None and clip.encoder is not encoder:
             raise ValueError("the CLIP baseline must read the bundle's encoder")
         self.spec = spec
@@ -149,6 +158,7 @@ class Bundle:
         self.probe = probe
         self.directory = directory
         self.part_head = part_head
+        self.anomaly = anomaly
 
     @classmethod
     def create(
@@ -205,6 +215,8 @@ class Bundle:
             self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype, tokenizer=own)
         if self.probe is not None:
             self.probe.save(directory / "probe.safetensors")
+        if self.anomaly is not None:
+            self.anomaly.save(directory / self.spec.anomaly)
         spec = self.spec.model_copy(update={"encoder": EncoderSpec(source=src, config=self.encoder.config)})
         (directory / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
         self.directory = directory
@@ -220,7 +232,32 @@ class Bundle:
         """Each frame through the encoder once: the input to every scorer."""
         return self.encoder.encode_frames(list(frames), pooled=self.clip is not None or self.probe is not None)
 
+    def is_anomaly(self, question: Question | str) -> bool:
+        """Whether the question is of kind "anomaly" (a question id: as the bundle's questions list it)."""
+        if isinstance(question, str):
+            question = next((q for q in self.spec.questions if q.id == question), None)  # type: ignore[assignment]
+        return question is not None and question.kind == "anomaly"  # type: ignore[union-attr]
+
     def score_encoded(self, enc: EncoderOutput, questions: Sequence[Question | str], scorer: Scorer = "head") -> np.ndarray:
+        """P(yes) (B, Q): the ``scorer`` answers the yes/no questions, the anomaly memory the anomaly ones."""
+        memory_cols = [j for j, q in enumerate(questions) if self.is_anomaly(q)]
+        if not memory_cols:
+            return self._score_questions(enc, questions, scorer)
+        scores = np.empty((len(enc), len(questions)), dtype=np.float32)
+        scores[:, memory_cols] = self.anomaly_scores(enc)[:, None]
+        rest = [j for j in range(len(questions)) if j not in memory_cols]
+        if rest:
+            scores[:, rest] = self._score_questions(enc, [questions[j] for j in rest], scorer)
+        return scores
+
+    def anomaly_scores(self, enc: EncoderOutput) -> np.ndarray:
+        """How unlike the good parts each frame is, (B,) in [0, 1]; ValueError without an anomaly memory."""
+        if self.anomaly is None:
+            raise ValueError(f"bundle {self.model_id} has no anomaly memory for its anomaly questions: "
+                             "fit one with `patchsight model fit-anomaly`")
+        return self.anomaly.score(enc.feature_tokens).numpy()
+
+    def _score_questions(self, enc: EncoderOutput, questions: Sequence[Question | str], scorer: Scorer) -> np.ndarray:
         if scorer == "head":
             scores = self.head.score(enc, questions)
         elif scorer == "part_head":
@@ -257,15 +294,24 @@ class Bundle:
 
     def with_part_view(self, frame_scores: np.ndarray, part_views: EncoderOutput,
                        questions: Sequence[Question | str]) -> np.ndarray:
-        """The whole-frame scores of some frames mixed with their encoded part views' (the part head's), per question."""
-        part = self.score_encoded(part_views, questions, "part_head")
+        """The whole-frame scores of some frames mixed with their encoded part views' (the part head's), per question.
+
+        Anomaly questions keep their whole-frame scores (the memory holds whole frames' patches).
+        """
+        asked = [j for j, q in enumerate(questions) if not self.is_anomaly(q)]
+        part = frame_scores.copy()
+        if asked:
+            part[:, asked] = self._score_questions(part_views, [questions[j] for j in asked], "part_head")
         return combine_views(frame_scores, part, self.part_view_weights(questions))
 
     def part_view_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
-        """The part view's share of each question's log-odds (0: the whole frame alone, 1: the part view alone)."""
+        """The part view's share of each question's log-odds (0: the whole frame alone, 1: the part view alone).
+
+        An anomaly question reads the whole frame alone: the memory holds whole frames' patches.
+        """
         weights = self.spec.part_view.weights if self.spec.part_view is not None else {}
-        ids = [q if isinstance(q, str) else q.id for q in questions]
-        return np.asarray([weights.get(i, 0.5) for i in ids], dtype=np.float32)
+        return np.asarray([0.0 if self.is_anomaly(q) else weights.get(q if isinstance(q, str) else q.id, 0.5)
+                           for q in questions], dtype=np.float32)
 
     def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box], scale: float = 1.0) -> list[np.ndarray]:
         """The part view of each frame: its part cut out around the box (the encoder resizes it).
@@ -338,6 +384,8 @@ class Bundle:
             "thresholds": self.spec.thresholds,
             "default_threshold": self.spec.default_threshold,
             "part_view": self.spec.part_view.model_dump(mode="json") if self.spec.part_view else None,
+            "anomaly": None if self.anomaly is None else {
+                "patches": len(self.anomaly.patches), **self.anomaly.config.model_dump(mode="json", exclude={"provenance"})},
             "parts": self.spec.parts.model_dump(mode="json", exclude={"calibration"}) if self.spec.parts else None,
             "provenance": self.spec.provenance,
             "device": str(self.encoder.device),
@@ -389,7 +437,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: to
     if spec.part_view is not None:
         part_head = MLLMHead.from_pretrained(directory / spec.part_view.head, encoder=encoder, device=device,
                                              dtype=dtype, tokenizer_from=directory / spec.head / "lm")
-    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head)
+    anomaly = None
+    if spec.anomaly is not None:
+        try:
+            anomaly = AnomalyMemory.load(directory / spec.anomaly, device)
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
+    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head, anomaly)
 
 
 def bundle_from_llava(

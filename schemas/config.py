@@ -136,6 +136,9 @@ class Question(Section):
     id: Id
     text: str = Field(min_length=3)
     defect_type: str
+    kind: Literal["yes_no", "anomaly"] = Field(
+        "yes_no", description="yes_no: the head answers the question; anomaly: the bundle's memory of good parts "
+        "scores how unlike them the frame is (`patchsight model fit-anomaly`), for lines with good parts only")
     category: QuestionCategory = QuestionCategory.fine_detail
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the bundle's threshold")
     # CLIP baseline prompts; defaults are derived from the question when absent.

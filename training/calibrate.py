@@ -25,6 +25,10 @@ parts are made of those frames only. First each question's view weight is chosen
 ``training.views.WEIGHT_CHOICES`` for the best part AUROC (ties: nearest 0.5) and written to
 ``spec.part_view.weights``; then the part thresholds for the budget, on the combined scores.
 The frame thresholds stay the whole-frame head's, on every labelled frame.
+
+A question of kind ``anomaly`` is scored by the bundle's anomaly memory (``model.anomaly``) and
+labelled by the frames' defects where the labels do not answer it; its thresholds are chosen by
+the same rules. It reads the whole frame only, also in a bundle with a part view.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from model.bundle import combine_views
 from schemas.config import AlertPolicy, Question, QuestionCategory
 from schemas.part import PART_AGGREGATES
 from training.data import LabelledSet, Log, frame_part_keys, recording_pieces
-from training.metrics import MIN_EACH, auroc, best_threshold, head_margins
+from training.metrics import MIN_EACH, auroc, best_threshold, head_margins, served_scores
 from training.parts import budgeted_thresholds, cross_validate, group_parts
 from training.views import choose_view_weights, part_views
 
@@ -122,7 +126,9 @@ def _combined_views(bundle, views, questions: Sequence[Question], frame_scores: 
     (scores, labels, part keys, folds or None, what was chosen)."""
     qids = [q.id for q in questions]
     frame = frame_scores[views.rows]
-    part = torch.sigmoid(head_margins(bundle.part_head, views.data.tokens, questions)).numpy()
+    asked = [j for j, q in enumerate(questions) if q.kind != "anomaly"]
+    part = frame.copy()  # an anomaly question reads the whole frame alone: any weight leaves its score as it is
+    part[:, asked] = torch.sigmoid(head_margins(bundle.part_head, views.data.tokens, [questions[j] for j in asked])).numpy()
     labels = views.data.labels.numpy()
     weights, by_weight = choose_view_weights(frame, part, labels, views.keys, qids, aggregate)
     combined = combine_views(frame, part, np.array([weights[q] for q in qids], dtype=np.float32))
@@ -173,7 +179,7 @@ def calibrate(
         if bundle.part_head is not None else None
     data = LabelledSet.join(pieces)
     del pieces
-    scores = torch.sigmoid(head_margins(bundle.head, data.tokens, questions)).numpy()
+    scores = served_scores(bundle, data.tokens, questions)
     labels = data.labels.numpy()
     thresholds, per_question = _frame_thresholds(bundle, questions, scores, labels, max_fpr)
     view_record = None

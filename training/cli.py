@@ -351,6 +351,54 @@ def calibrate_command(
     typer.echo(str(bundle))
 
 
+@model_app.command("fit-anomaly")
+def fit_anomaly_command(
+    bundle: Path = typer.Argument(..., help="bundle directory; gains anomaly/ and an anomaly question"),
+    data: list[Path] = typer.Option([], "--data", help="labelled recordings (or folders): their good frames are "
+                                    "used, the others left out; repeat"),
+    good: list[Path] = typer.Option([], "--good", help="recordings (or folders) of good parts only, labelled or not: "
+                                    "every frame is used; repeat"),
+    question_id: str = typer.Option("anomaly", "--question-id", help="the anomaly question's id (made if the bundle "
+                                    "has none; a line asks it by this id with kind: anomaly)"),
+    question_text: str = typer.Option(None, "--question-text", help="its text (default: the bundle's, else "
+                                      "'Is this part unlike the good parts?')"),
+    coreset: int = typer.Option(2048, min=1, help="good patches kept in the memory (greedy k-center coreset)"),
+    k: int = typer.Option(1, min=1, help="nearest memory patches averaged per patch"),
+    holdout: float = typer.Option(0.25, min=0.01, max=0.9, help="share of the good parts kept out of the memory "
+                                  "to set the score's scale"),
+    z_at_half: float = typer.Option(3.0, "--z-at-half", help="a frame this many robust standard deviations above "
+                                    "the held-out good frames' median scores 0.5"),
+    frame_stride: int = typer.Option(1, min=1, help="use every n-th frame"),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(2, min=1),
+) -> None:
+    """Fit a memory of good parts' patch tokens (PatchCore) that scores the bundle's anomaly question.
+
+    For lines with good parts and few or no defects. The score is how unlike the good parts a
+    frame's patches are, mapped to [0, 1]; calibrate, eval and the worker treat the question like
+    any other. Nothing is written to the bundle unless all of it is.
+    """
+    import torch
+
+    from model.bundle import BundleError
+    from training.anomaly import fit_anomaly
+
+    _quiet_transformers()
+    torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    try:
+        recordings = _recordings(data) if data else []
+        good_only = _recordings(good) if good else []
+        record = fit_anomaly(bundle, recordings, good_only, question_id, question_text, coreset, k, holdout,
+                             z_at_half, frame_stride, seed, log=console.print)
+    except (BundleError, FileNotFoundError, ValueError, OSError) as exc:
+        console.print(f"[red]fit-anomaly failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"question {record['question_id']!r}: {record['patches_kept']} patches from {record['good_frames']} "
+                  f"good frames of {record['good_parts']} parts")
+    typer.echo(str(bundle))
+
+
 @model_app.command("eval")
 def eval_command(
     bundle: Path = typer.Argument(..., help="bundle directory"),

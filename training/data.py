@@ -132,6 +132,24 @@ def labelled_questions(recordings: Sequence[str | Path], worded_by: Sequence[Que
     return [known[qid] for qid in ids]
 
 
+def is_good(truth: FrameTruth) -> bool:
+    """A frame whose truth names no defect and answers no question "yes"."""
+    return not truth.defects and not any(truth.answers.values())
+
+
+def answer(truth: FrameTruth, question: Question) -> float:
+    """A frame's label for a question: 1 yes, 0 no, -1 not answered.
+
+    An anomaly question that the labels do not answer by its id is answered by the frame's
+    defects: "yes" on a frame with any defect (or any "yes" answer), "no" on a good one.
+    """
+    if question.id in truth.answers:
+        return float(truth.answers[question.id])
+    if question.kind == "anomaly":
+        return 0.0 if is_good(truth) else 1.0
+    return -1.0
+
+
 def decode(jpeg: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -196,7 +214,6 @@ def encode_recordings(
 ) -> LabelledSet:
     """Decode and encode every ``stride``-th labelled frame of the recordings (with the pooled embedding),
     as ``view`` reads it (``view_frames``: the whole frame, or the part view of the frames the tracker boxes)."""
-    ids = [q.id for q in questions]
     parts: list[EncoderOutput] = []
     labels: list[list[float]] = []
     groups: list[str] = []
@@ -219,7 +236,7 @@ def encode_recordings(
         for seq, truth, image in view_frames(rec, stride, view, margin, skipped):
             pending.append(image)
             seqs.append(seq)
-            labels.append([float(truth.answers[i]) if i in truth.answers else -1.0 for i in ids])
+            labels.append([answer(truth, q) for q in questions])
             if truth.part_id is not None:
                 groups.append(f"{name}#part{truth.part_id}")
             else:
@@ -309,7 +326,8 @@ def cached_pieces(
         return [encode_recordings(encoder, recordings, questions, stride, log=log, view=view, margin=margin)]
 
     common = {
-        "questions": [q.id for q in questions], "stride": stride,
+        # an anomaly question's labels come from the frames' defects: its kind is part of the key
+        "questions": [q.id if q.kind == "yes_no" else f"{q.id}:{q.kind}" for q in questions], "stride": stride,
         "positions": encoder._saved_positions is None,
         # the bytes, not a float sum: a sum's rounding changes with the thread count
         "weights": hashlib.sha256(

@@ -39,6 +39,12 @@ The linear probe and the ablation heads read the whole frame; rendered pairs are
 (they have no tracked box), so pair accuracy is the whole-frame head's for every scorer.
 ``views`` in the JSON report says what each scorer read.
 
+A question of kind ``anomaly`` (the bundle's, added to the recordings' questions) is scored by
+the bundle's anomaly memory alone (``model.anomaly``), reported as the scorer ``anomaly_memory``,
+and labelled by each frame's defects: "yes" on a frame with any defect. It has no rendered pairs,
+it reads the whole frame also in a bundle with a part view, and its scores go into the per-part
+report like the head's do for the other questions.
+
 Output: ``report.md``, ``report.json`` (the same numbers) and PNG plots in one folder.
 """
 
@@ -60,7 +66,7 @@ from training.data import (
     LabelledSet, encode_recordings, frame_part_keys, questions_of, recording_pieces, render_pairs, renderable,
 )
 from training.finetune import WITHOUT_ENCODER_POSITIONS
-from training.metrics import auroc, head_margins, reportable
+from training.metrics import auroc, head_margins, reportable, served_scores
 from training.output import check_writable, filled_on_success
 from training.parts import group_parts, part_report
 from training.views import part_views
@@ -178,6 +184,8 @@ def evaluate(
     bundle = load_bundle(bundle_path, device="cpu", dtype=torch.float32)
     ablation_heads = load_ablations(ablations, bundle.encoder)  # before the slow part: a bad folder fails now
     questions = questions_of(recordings, include_relations=True) or list(bundle.spec.questions)
+    asked = {q.id for q in questions}  # the bundle's anomaly questions are answered by any labelled frame's defects
+    questions += [q for q in bundle.spec.questions if q.kind == "anomaly" and q.id not in asked]
     trained = {q.id for q in bundle.spec.questions}
     missing = pairs_missing(questions, pairs_per_question)  # a bad --pairs fails here, before the slow part
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
@@ -203,7 +211,7 @@ def evaluate(
         return pair_scores(score, tokens, rendered, pairs_per_question, Q)
 
     def head_scores(head, tokens: EncoderOutput) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return torch.sigmoid(head_margins(head, tokens, questions)).numpy()
+        return without_memory_cols(lambda qs: torch.sigmoid(head_margins(head, tokens, qs)).numpy(), questions)
 
     def run_head(head, frames_tok, pos_tok, neg_tok, thresholds) -> Scored:  # type: ignore[no-untyped-def]
         score = lambda tok: head_scores(head, tok)  # noqa: E731
@@ -214,7 +222,7 @@ def evaluate(
     log("scoring: MLLM head")
     scorers["mllm_head"] = run_head(bundle.head, data.tokens, enc_pos, enc_neg, head_thr)
     log("scoring: CLIP zero-shot")
-    clip = lambda tok: bundle.clip.score(tok, questions).float().numpy()  # noqa: E731
+    clip = lambda tok: without_memory_cols(lambda qs: bundle.clip.score(tok, qs).float().numpy(), questions)  # noqa: E731
     scorers["clip_zero_shot"] = Scored(clip(data.tokens), pair_view(clip, enc_pos), pair_view(clip, enc_neg), np.full(Q, 0.5))
     if bundle.probe is not None:
         log("scoring: CLIP linear probe")
@@ -245,6 +253,7 @@ def evaluate(
         else:
             scorers[f"ablation_{variant}"] = run_head(head, data.tokens, enc_pos, enc_neg, thr)
 
+    scorers.update(memory_scorer(bundle, data.tokens, questions, head_thr, log))
     read, part_keys, view_info = score_part_views(bundle, views, questions, scorers, part_keys,
                                                   lambda tok: head_scores(bundle.part_head, tok), clip, log)
     report: dict = {
@@ -267,7 +276,8 @@ def evaluate(
                 continue  # a probe has no answer to a question it never had labels for
             per_q[q.id] = question_metrics(s, labels, j)
         report["scorers"][name] = {"per_question": per_q, "per_category": summarise(per_q, questions)}
-    report["parts"], report["part_verdict"] = part_reports(bundle, questions, scorers["mllm_head"].frames, labels, part_keys)
+    report["parts"], report["part_verdict"] = part_reports(bundle, questions, served_frames(scorers, questions),
+                                                           labels, part_keys)
     report["targets"] = check_targets(report)
     report["wall_s"] = round(time.time() - t0, 1)
     with filled_on_success(out) as staging:
@@ -283,6 +293,37 @@ def encode_images(encoder, frames: list[np.ndarray]) -> EncoderOutput | None:  #
     if not frames:
         return None
     return EncoderOutput.cat([encoder.encode_frames(frames[i : i + 64]) for i in range(0, len(frames), 64)])
+
+
+def memory_scorer(bundle, tokens: EncoderOutput, questions: Sequence[Question], thresholds: np.ndarray,  # type: ignore[no-untyped-def]
+                  log: Log = print) -> dict[str, Scored]:
+    """``{"anomaly_memory": its scores}``: the anomaly questions' columns, nan in the others; {} without anomaly questions."""
+    cols = [j for j, q in enumerate(questions) if q.kind == "anomaly"]
+    if not cols:
+        return {}
+    log("scoring: anomaly memory")
+    frames = np.full((len(tokens), len(questions)), np.nan, dtype=np.float32)
+    frames[:, cols] = served_scores(bundle, tokens, [questions[j] for j in cols])
+    no_pairs = np.full((0, len(questions)), np.nan, dtype=np.float32)
+    return {"anomaly_memory": Scored(frames, no_pairs, no_pairs, thresholds)}
+
+
+def served_frames(scorers: dict[str, Scored], questions: Sequence[Question]) -> np.ndarray:
+    """The frame scores the worker serves: the MLLM head's, the anomaly memory's for the anomaly questions."""
+    served = scorers["mllm_head"].frames.copy()
+    cols = [j for j, q in enumerate(questions) if q.kind == "anomaly"]
+    if cols:
+        served[:, cols] = scorers["anomaly_memory"].frames[:, cols]
+    return served
+
+
+def without_memory_cols(score: Callable[[list[Question]], np.ndarray], questions: Sequence[Question]) -> np.ndarray:
+    """``score`` of the yes/no questions, (N, Q) with nan in the anomaly questions' columns (the memory answers those)."""
+    asked = [j for j, q in enumerate(questions) if q.kind != "anomaly"]
+    part = score([questions[j] for j in asked])
+    full = np.full((part.shape[0], len(questions)), np.nan, dtype=np.float32)
+    full[:, asked] = part
+    return full
 
 
 def pair_scores(score: Callable[[EncoderOutput], np.ndarray], tokens: EncoderOutput | None, rendered: Sequence[int],
@@ -305,7 +346,8 @@ def pairs_missing(questions: Sequence[Question], pairs_per_question: int) -> dic
         raise ValueError(f"--pairs {pairs_per_question}: give 0 or more image pairs per question")
     if pairs_per_question == 0:
         return {q.id: "no pairs asked for (--pairs 0)" for q in questions}
-    return {q.id: "the synthetic line's parts cannot show it" for q in questions if not renderable(q)}
+    return {q.id: "an anomaly question: no property to render" if q.kind == "anomaly" else
+            "the synthetic line's parts cannot show it" for q in questions if q.kind == "anomaly" or not renderable(q)}
 
 
 def tracked_views(bundle, pieces: Sequence[LabelledSet], recordings: Sequence[str | Path],  # type: ignore[no-untyped-def]
@@ -426,6 +468,7 @@ LABELS = {
     "ablation_cls_only": "head: CLS only", "ablation_no_position": "head: no position emb.",
     "ablation_no_position_at_all": "head: no positions at all",
     "ablation_question_blind": "head: question-blind pooling",
+    "anomaly_memory": "anomaly memory (good parts only)",
 }
 
 
@@ -439,7 +482,7 @@ def _auc(v: float) -> str:
 
 def markdown(report: dict) -> str:
     sc = report["scorers"]
-    main = [k for k in ("clip_zero_shot", "clip_linear_probe", "mllm_head") if k in sc]
+    main = [k for k in ("clip_zero_shot", "clip_linear_probe", "mllm_head", "anomaly_memory") if k in sc]
     abl = [k for k in sc if k.startswith("ablation_")]
     cats = ["fine_detail", "spatial", "counting", "overall", "relation"]
     lines = [

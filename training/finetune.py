@@ -474,6 +474,10 @@ def finetune(
     encoder, clip, tok, base = load_encoder(encoder_source, cfg.variant, cfg.device)
     questions = list(questions or questions_of(recordings)
                      or labelled_questions(recordings, base.spec.questions if base is not None else []))
+    memory_only = [q.id for q in questions if q.kind == "anomaly"]
+    if memory_only:  # scored by the anomaly memory, which `model fit-anomaly` fits after finetune
+        log(f"not training the head on anomaly questions {', '.join(memory_only)}: fit them with `model fit-anomaly`")
+        questions = [q for q in questions if q.kind != "anomaly"]
     if not questions:
         raise ValueError("no questions: label the recordings (`patchsight label`), or pass a line config's")
     log(f"{len(questions)} questions, variant {cfg.variant}, encoder {encoder_source}")

@@ -2,7 +2,8 @@
 
 A question's threshold is the one with the best balanced accuracy among those that flag at most
 ``max_fpr`` of the clean frames (``best_threshold``); finetune applies it to its validation parts
-and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores they are computed on.
+and ``calibrate`` to a plant's own recordings. ``head_margins`` gives the scores they are computed on,
+``served_scores`` the bundle's as the worker serves them (anomaly questions from its anomaly memory).
 """
 
 from __future__ import annotations
@@ -78,3 +79,19 @@ def head_margins(head: MLLMHead, tokens: EncoderOutput, questions: Sequence[Ques
             logits = head.logits(tokens.select(slice(s, s + batch)), list(questions))
             out.append((logits[..., 0] - logits[..., 1]).float().cpu())
     return torch.cat(out)
+
+
+def served_scores(bundle, tokens: EncoderOutput, questions: Sequence[Question],  # type: ignore[no-untyped-def]
+                  batch: int = 1024) -> np.ndarray:
+    """P(yes) (N, Q) as the worker serves it from the whole frame: the bundle's head answers the yes/no
+    questions, its anomaly memory the anomaly ones (``batch`` frames at a time: the tokens may be memory-mapped)."""
+    memory_cols = [j for j, q in enumerate(questions) if q.kind == "anomaly"]
+    asked = [j for j in range(len(questions)) if j not in memory_cols]
+    scores = np.empty((len(tokens), len(questions)), dtype=np.float32)
+    if asked:
+        margins = head_margins(bundle.head, tokens, [questions[j] for j in asked])
+        scores[:, asked] = torch.sigmoid(margins).numpy()
+    if memory_cols:
+        for s in range(0, len(tokens), batch):
+            scores[s : s + batch, memory_cols] = bundle.anomaly_scores(tokens.select(slice(s, s + batch)))[:, None]
+    return scores

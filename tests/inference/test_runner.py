@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from inference.runner import ModelRunner
@@ -86,3 +87,43 @@ def test_a_half_size_decode_keeps_boxes_and_part_views_in_frame_pixels() -> None
     full_image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(runners[True].part_view(msg, half, tiny),
                                   bundle.encoder.preprocess.crop(part_crop(full_image, tiny.box)))
+
+
+def test_runner_serves_an_anomaly_question_from_the_memory_on_the_whole_frame() -> None:
+    from model.anomaly import AnomalyMemory
+    from schemas.config import Question
+
+    bundle = load_bundle(BUNDLE, "cpu")
+    odd = Question(id="odd", text="Is this part unlike the good parts?", defect_type="anomaly", kind="anomaly")
+    questions = [*ALERT_QUESTIONS, odd]
+    frames = [image for image, _ in SynthCamera("line-a", "cam-1", 5, ["bracket", "housing"]).frames(24)]
+    with torch.inference_mode():
+        tokens = bundle.encoder.encode_frames(frames[:12], pooled=False).feature_tokens
+    memory = AnomalyMemory.fit(tokens[:8], coreset=256)
+    bundle.anomaly = memory.normalised(memory.raw_scores(tokens[8:]))
+    bundle.spec = bundle.spec.model_copy(update={"anomaly": "anomaly", "questions": [*bundle.spec.questions, odd]})
+    cfg = validate_config({"lines": [{"id": "line-a", "cameras": [{"id": "cam-1"}],
+                                      "questions": [q.model_dump() for q in questions]}]})
+    runner = ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, "w-test")
+    tracker = PartTracker("cam-1", None, (640, 480))
+    boxes = [tracker.update(image, seq).box for seq, image in enumerate(frames)]
+    squares = [bundle.encoder.preprocess.crop(image) for image in frames]
+    views = [None if box is None else bundle.encoder.preprocess.crop(bundle.part_views([image], [box])[0])
+             for image, box in zip(frames, boxes)]
+    with torch.inference_mode():
+        served = np.stack(runner.score(["line-a"] * len(frames), squares, views))
+        offline = bundle.score_frames(frames, questions, boxes=boxes)
+        whole = bundle.score_frames(frames, [odd])[:, 0]
+    np.testing.assert_allclose(served, offline, atol=1e-6)
+    np.testing.assert_allclose(served[:, -1], whole, atol=1e-6)  # the part view leaves the anomaly score alone
+    assert served[:, -1].std() > 0  # frames of the 12 remembered or scaled and 12 new ones: not one constant
+
+
+def test_a_line_asking_an_anomaly_question_needs_a_bundle_with_a_memory() -> None:
+    from inference.runner import ModelLoadError, load_model
+
+    cfg = validate_config({"model": {"bundle": str(BUNDLE), "device": "cpu"},
+                           "lines": [{"id": "line-a", "cameras": [{"id": "cam-1"}], "questions": [
+                               {"id": "odd", "text": "Is this part odd?", "defect_type": "anomaly", "kind": "anomaly"}]}]})
+    with pytest.raises(ModelLoadError, match="no anomaly memory for the anomaly questions line-a/odd"):
+        load_model(cfg)
