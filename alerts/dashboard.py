@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from alerts.drift import DriftKeys, read_drift
 from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, connect
 from schemas.alert import AlertState
 from schemas.config import PatchsightConfig
@@ -70,6 +71,7 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
     app.exception_handler(RedisError)(_store_unavailable)
     _add_page_routes(app, config, store, page, guarded)
     _add_alert_routes(app, config, store, guarded)
+    _add_drift_routes(app, config, store, guarded)
     return app
 
 
@@ -117,6 +119,16 @@ def _add_page_routes(
             "counts": {line: store.counts(line) for line in known},
             "parts": _parts_json(store, known),
         }
+
+
+def _add_drift_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, guarded: list) -> None:
+    """Score drift (alerts/drift.py): per line, each camera's window measures, active conditions, recent events."""
+    keys = DriftKeys(config.alerts.key_prefix)
+
+    @app.get("/api/drift", dependencies=guarded)
+    def drift(line: str | None = None, recent: int = Query(20, ge=0, le=1000)) -> dict:
+        known = [line] if line else sorted(set(store.lines()) | {c.id for c in config.lines})
+        return {line_id: read_drift(store.redis, keys, line_id, recent) for line_id in known}
 
 
 def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, guarded: list) -> None:

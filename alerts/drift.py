@@ -58,6 +58,43 @@ return id
 
 
 @dataclass(frozen=True)
+class DriftKeys:
+    """The drift keys of one key prefix (docs/redis-keys.md)."""
+
+    prefix: str
+
+    def active(self, line_id: str) -> str:
+        return f"{self.prefix}:drift:active:{line_id}"
+
+    def status(self, line_id: str) -> str:
+        return f"{self.prefix}:drift:status:{line_id}"
+
+    def events(self, line_id: str) -> str:
+        return f"{self.prefix}:drift:events:{line_id}"
+
+    def channel(self, line_id: str) -> str:
+        return f"{self.prefix}:drift:live:{line_id}"
+
+
+def read_drift(client: redis.Redis, keys: DriftKeys, line_id: str, recent: int = 20) -> dict:
+    """What the dashboard shows of a line: each window's measures (``status``, by "camera/question"),
+    the conditions raised and not cleared (``active``), and the latest ``recent`` events, newest first."""
+    def decoded(raw: dict) -> dict:
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.status(line_id))
+    pipe.hgetall(keys.active(line_id))
+    if recent:  # XREVRANGE refuses COUNT 0
+        pipe.xrevrange(keys.events(line_id), count=recent)
+    status, active, *found = pipe.execute()
+    events = found[0] if found else []
+    return {"status": decoded(status), "active": decoded(active),
+            "events": [{"id": entry.decode() if isinstance(entry, bytes) else entry, **json.loads(fields[b"event"])}
+                       for entry, fields in events]}
+
+
+@dataclass(frozen=True)
 class ModelReference:
     """The configured bundle's model id and its calibration reference."""
 
@@ -144,7 +181,7 @@ class DriftMonitor:
                  key_prefix: str, stream_maxlen: int, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.redis = client
-        self.prefix = key_prefix
+        self.keys = DriftKeys(key_prefix)
         self.stream_maxlen = stream_maxlen
         self.metrics = DriftMetrics(registry)
         self.reference = reference if isinstance(reference, ModelReference) else None
@@ -164,20 +201,6 @@ class DriftMonitor:
     @property
     def watching(self) -> bool:
         return self.off_reason is None
-
-    # --- key layout (docs/redis-keys.md) ---
-
-    def active_key(self, line_id: str) -> str:
-        return f"{self.prefix}:drift:active:{line_id}"
-
-    def status_key(self, line_id: str) -> str:
-        return f"{self.prefix}:drift:status:{line_id}"
-
-    def events_key(self, line_id: str) -> str:
-        return f"{self.prefix}:drift:events:{line_id}"
-
-    def channel(self, line_id: str) -> str:
-        return f"{self.prefix}:drift:live:{line_id}"
 
     # --- the windows ---
 
@@ -246,9 +269,9 @@ class DriftMonitor:
         written = []
         while self._pending:
             event = self._pending[0]
-            entry = self._record(keys=[self.active_key(event.line_id), self.events_key(event.line_id)],
+            entry = self._record(keys=[self.keys.active(event.line_id), self.keys.events(event.line_id)],
                                  args=[f"{event.camera_id}/{event.question_id}", event.event, event.to_json(),
-                                       self.channel(event.line_id), self.stream_maxlen])
+                                       self.keys.channel(event.line_id), self.stream_maxlen])
             self._pending.pop(0)
             if entry is not None:
                 self.metrics.events.labels(event.line_id, event.question_id, event.event).inc()
@@ -280,5 +303,5 @@ class DriftMonitor:
                       "ts_ns": time.time_ns()}
             if window.full:
                 status |= {"psi": round(window.psi(), 4), "above_threshold_rate": round(window.above_threshold_rate(), 4)}
-            pipe.hset(self.status_key(line), f"{camera}/{question}", json.dumps(status, separators=(",", ":")))
+            pipe.hset(self.keys.status(line), f"{camera}/{question}", json.dumps(status, separators=(",", ":")))
         pipe.execute()

@@ -48,9 +48,9 @@ def replay(scratch: np.ndarray, screw: np.ndarray, first: int = 0, camera: str =
             for i, (a, b) in enumerate(zip(scratch, screw))]
 
 
-def drift_config(alert_config, bundle: Path, **drift: object):
-    return alert_config(model={"bundle": str(bundle)},
-                        alerts={"drift": {"window_frames": WINDOW, **drift}})
+def drift_config(alert_config, bundle: Path, sections: dict | None = None, **drift: object):
+    return alert_config(model={"bundle": str(bundle)}, alerts={"drift": {"window_frames": WINDOW, **drift}},
+                        **(sections or {}))
 
 
 def drift_events(redis_client, prefix: str, line: str = LINE) -> list[DriftEvent]:
@@ -191,3 +191,83 @@ def test_drift_monitoring_can_be_switched_off(alert_config, tmp_path):
         assert not service.drift.watching and "enabled is false" in service.drift.off_reason
     finally:
         service.redis.close()
+
+
+def drifted_line(alert_config, redis_client, tmp_path):
+    """A line whose scratch scores drifted, through the service: its config, with the condition active."""
+    cfg = drift_config(alert_config, write_bundle(tmp_path / "bundle"), {"dashboard": {"token": "t0k"}})
+    rng = np.random.default_rng(6)
+    results = replay(drifted_scores(rng, 2 * WINDOW), clean_scores(rng, 2 * WINDOW))
+    publish(cfg, results)
+    with AlertService(cfg, "t1") as service:
+        assert drain(service, len(results)) == len(results)
+    return cfg
+
+
+def test_the_dashboard_api_shows_each_windows_measures_and_the_active_drift(alert_config, redis_client, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from alerts.dashboard import create_app
+
+    cfg = drifted_line(alert_config, redis_client, tmp_path)
+    client = TestClient(create_app(cfg))
+    assert client.get("/api/drift").status_code == 401
+    body = client.get("/api/drift", headers={"Authorization": "Bearer t0k"}).json()
+    line = body[LINE]
+    assert set(line["status"]) == {f"{CAMERA}/scratch", f"{CAMERA}/missing-screw"}
+    assert line["status"][f"{CAMERA}/scratch"]["psi"] > cfg.alerts.drift.psi_bound
+    assert line["status"][f"{CAMERA}/missing-screw"]["psi"] < cfg.alerts.drift.psi_bound
+    assert list(line["active"]) == [f"{CAMERA}/scratch"] and line["active"][f"{CAMERA}/scratch"]["event"] == "raised"
+    assert [(e["event"], e["question_id"]) for e in line["events"]] == [("raised", "scratch")]
+    assert client.get("/api/drift?recent=0&token=t0k").json()[LINE]["events"] == []
+    assert client.get("/api/drift?line=nowhere&token=t0k").json() == {"nowhere": {"status": {}, "active": {}, "events": []}}
+
+
+def test_the_dashboard_page_marks_the_drifted_question(alert_config, redis_client, tmp_path):
+    import shutil
+    import socket
+    import tempfile
+    import threading
+
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from alerts.dashboard import create_app
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium + chromedriver are not installed (make system)")
+    cfg = drifted_line(alert_config, redis_client, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    profile = tempfile.mkdtemp(prefix="ps-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        driver.get(f"http://127.0.0.1:{port}/?token=t0k")
+        wait = WebDriverWait(driver, 30)
+        row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-drift="{CAMERA}/scratch"]')))
+        state = row.find_element(By.CSS_SELECTOR, "td.state")
+        assert state.text.startswith("drifted: PSI") and "bad" in state.get_attribute("class")
+        calm = driver.find_element(By.CSS_SELECTOR, f'tr[data-drift="{CAMERA}/missing-screw"] td.state')
+        assert calm.text == "ok"
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
+        shutil.rmtree(profile, ignore_errors=True)
