@@ -271,3 +271,22 @@ def test_the_dashboard_page_marks_the_drifted_question(alert_config, redis_clien
         server.should_exit = True
         thread.join(timeout=10)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_the_drift_command_lists_the_windows_and_exits_3_while_a_question_has_drifted(alert_config, redis_client,
+                                                                                      tmp_path):
+    from typer.testing import CliRunner
+
+    from alerts.cli import app as alerts_app
+
+    cfg = drifted_line(alert_config, redis_client, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    shown = CliRunner().invoke(alerts_app, ["drift", "--config", str(path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 3, shown.output
+    rows = {line.split("│")[2].strip(): line for line in shown.output.splitlines() if "line-a/cam-1" in line}
+    assert set(rows) == {"scratch", "missing-screw"}
+    assert "drifted: PSI" in rows["scratch"] and "ok" in rows["missing-screw"]
+
+    redis_client.delete(f"{cfg.alerts.key_prefix}:drift:active:{LINE}")  # as if the drift had cleared
+    assert CliRunner().invoke(alerts_app, ["drift", "--config", str(path)]).exit_code == 0
