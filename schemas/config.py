@@ -327,7 +327,9 @@ class DriftSettings(Section):
 
     enabled: bool = Field(True, description="off: no drift gauges or events (also off for a bundle without a reference)")
     window_frames: int = Field(500, ge=20, description="the sliding window: a camera's last scored frames")
-    psi_bound: float = Field(0.25, gt=0, description="population stability index above which the scores drifted")
+    # Not the textbook 0.25: a part stays 8-15 frames, so a window holds few parts and its PSI is noisy
+    # (docs/drift.md, "Measured": up to 0.27 on a clean replay of a calibrated camera).
+    psi_bound: float = Field(0.5, gt=0, description="population stability index above which the scores drifted")
     rate_bound: float = Field(
         0.15, gt=0, le=1.0, description="drift too when the window's above-threshold rate differs from the "
         "reference's by more than this")
