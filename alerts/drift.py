@@ -175,7 +175,8 @@ class DriftMetrics:
 
 
 class DriftMonitor:
-    """Feeds each result's scores into its windows; ``flush`` writes the drift events and the dashboard's status."""
+    """Feeds each result's scores into its windows; ``flush`` writes the drift events, ``publish_status`` the
+    windows' measures for the dashboard."""
 
     def __init__(self, settings: DriftSettings, reference: ModelReference | str, client: redis.Redis,
                  key_prefix: str, stream_maxlen: int, registry: CollectorRegistry) -> None:
