@@ -18,7 +18,7 @@ ByOption = Annotated[str, typer.Option("--by", help="Who does it (recorded on th
 LineOption = Annotated[Optional[list[str]], typer.Option("--line", "-l", help="Only this line (repeatable).")]
 
 
-def _store(config: ConfigOption):  # type: ignore[no-untyped-def]
+def store_or_exit(config: ConfigOption):  # type: ignore[no-untyped-def]
     """The config and the alert store, once Redis has answered; otherwise one line and exit 1."""
     from redis.exceptions import RedisError
 
@@ -73,10 +73,12 @@ def _print_event(event) -> None:  # type: ignore[no-untyped-def]
     from rich.markup import escape
 
     a = event.alert
-    colour = {"raised": "bold red", "updated": "red", "acknowledged": "yellow", "resolved": "green"}.get(
-        event.event, "white")
+    colour = {"raised": "bold red", "updated": "red", "acknowledged": "yellow", "resolved": "green",
+              "verdict": "cyan"}.get(event.event, "white")
     when = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
     who = f" by {event.by}" if event.by else ""
+    if event.verdict is not None:
+        who = f" {event.verdict.label}" + (f" ({event.verdict.defect_type})" if event.verdict.defect_type else "") + who
     part = f" part {a.part_id}" if a.part_id else ""
     console.print(
         f"{when} [{colour}]{event.event:<12}[/] {a.line_id}/{a.camera_id}{part} [bold]{escape(_findings(a))}[/] "
@@ -92,7 +94,7 @@ def tail(
     history: Annotated[int, typer.Option(help="Show this many recent events per line first.")] = 10,
 ) -> None:
     """Follow alert events live in the terminal (Ctrl-C to stop)."""
-    cfg, store = _store(config)
+    cfg, store = store_or_exit(config)
     lines = line or sorted(set(store.lines()) | {entry.id for entry in cfg.lines})
     if not lines:
         console.print("[yellow]no lines known yet[/] (none configured, none seen in Redis); pass --line")
@@ -114,7 +116,7 @@ def list_alerts(config: ConfigOption = None, line: LineOption = None) -> None:
     """Show the alerts not yet resolved."""
     from rich.table import Table
 
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     # In a narrow terminal the cells fold rather than end in "…": "part_f…" could be any of
     # several defects, and the id must stay whole to be acknowledged.
     table = Table()
@@ -141,7 +143,7 @@ def _transition(config: ConfigOption, alert_id: str, target: str, by: str | None
     from alerts.store import AlertNotFound, IllegalTransition
     from schemas.alert import AlertState
 
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     try:
         alert = store.transition(alert_id, AlertState(target), by or getpass.getuser())
     except (AlertNotFound, IllegalTransition) as exc:
@@ -162,12 +164,49 @@ def resolve(alert_id: str, config: ConfigOption = None, by: ByOption = "") -> No
     _transition(config, alert_id, "resolved", by or None)
 
 
+@app.command()
+def verdict(
+    alert_id: str,
+    config: ConfigOption = None,
+    confirmed: Annotated[bool, typer.Option("--confirmed", help="The alert was right: the part is defective.")] = False,
+    false_alarm: Annotated[bool, typer.Option("--false-alarm", help="The part is good: the alert was wrong.")] = False,
+    defect: Annotated[Optional[str], typer.Option(
+        "--defect", help="With --confirmed: the defect seen, when it is not the one alerted (may be a new one).")] = None,
+    by: ByOption = "",
+) -> None:
+    """Record whether an alert was right: --confirmed (optionally --defect TYPE) or --false-alarm."""
+    from pydantic import ValidationError
+
+    from alerts.store import AlertNotFound
+
+    if confirmed == false_alarm:
+        typer.secho("give exactly one of --confirmed and --false-alarm", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if defect is not None and false_alarm:
+        typer.secho("--defect goes with --confirmed: a false alarm names no defect", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _, store = store_or_exit(config)
+    who = by or getpass.getuser()
+    try:
+        given = store.record_verdict(alert_id, confirmed, who, defect)
+    except AlertNotFound as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "verdict"
+        typer.secho(f"verdict refused: {where}: {first['msg']}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    defect_text = f" ({given.defect_type})" if given.defect_type else ""
+    console.print(f"{alert_id}: [bold]{given.label}[/]{defect_text} by {who}", highlight=False)
+
+
 @app.command("failed-webhooks")
 def failed_webhooks(config: ConfigOption = None, count: int = 20) -> None:
     """Show webhook deliveries that failed for good (secrets in URLs masked)."""
     from schemas.redaction import redact
 
-    _, store = _store(config)
+    _, store = store_or_exit(config)
     for entry in store.failed_deliveries(count):
         # masked again here: records written before masking moved into the store may hold a secret
         console.print(redact(f"{entry['id']} {entry['url']} alert {entry['alert_id']} after {entry['attempts']} "
@@ -198,7 +237,7 @@ def drift(config: ConfigOption = None, line: LineOption = None) -> None:
 
     from alerts.drift import DriftKeys, read_drift
 
-    cfg, store = _store(config)
+    cfg, store = store_or_exit(config)
     keys = DriftKeys(cfg.alerts.key_prefix)
     table = Table()
     for name in ("line/camera", "question", "PSI", "above threshold", "reference", "window", "state"):

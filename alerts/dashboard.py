@@ -2,9 +2,10 @@
 docs/dashboard-api.md documents the routes for other clients.
 
 Reads everything from Redis (the alert service's store); acknowledge/resolve go
-through the same state machine as the CLI. When ``dashboard.token`` is set,
-every route but /healthz needs it: ``Authorization: Bearer <token>`` or
-``?token=<token>`` (the page passes it on to its API calls, the event stream
+through the same state machine as the CLI, and verdicts (on alerts and on the review
+sample of passed parts) through the same store calls as ``patchsight alerts verdict``.
+When ``dashboard.token`` is set, every route but /healthz needs it: ``Authorization: Bearer
+<token>`` or ``?token=<token>`` (the page passes it on to its API calls, the event stream
 and thumbnails, which cannot set headers).
 """
 
@@ -15,18 +16,20 @@ import hmac
 import json
 import time
 from importlib import resources
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Literal
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.exceptions import RedisError
 
 from alerts.drift import DriftKeys, read_drift
-from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, connect
+from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, ReviewNotFound, connect
 from schemas.alert import AlertState
 from schemas.config import PatchsightConfig
+from schemas.feedback import OperatorVerdict, ReviewItem, VerdictSubject
+from schemas.frame import Id
 
 CAMERA_REFRESH_S = 2.0
 
@@ -38,6 +41,22 @@ class Operator(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str = Field("dashboard", min_length=1, max_length=64)
+
+
+class VerdictBody(BaseModel):
+    """A verdict from the page or any API client: on an alert confirmed / false_alarm, on a review good / defective."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["confirmed", "false_alarm", "good", "defective"]
+    defect_type: Id | None = None
+    by: str = Field("dashboard", min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _defect_only_when_defective(self) -> "VerdictBody":
+        if self.defect_type is not None and self.verdict in ("false_alarm", "good"):
+            raise ValueError(f"a defect type goes only with a defective verdict, not with {self.verdict}")
+        return self
 
 
 def _camera_json(c: CameraHealth, now_ns: int) -> dict:
@@ -71,6 +90,7 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
     app.exception_handler(RedisError)(_store_unavailable)
     _add_page_routes(app, config, store, page, guarded)
     _add_alert_routes(app, config, store, guarded)
+    _add_feedback_routes(app, store, guarded)
     _add_drift_routes(app, config, store, guarded)
     return app
 
@@ -118,6 +138,8 @@ def _add_page_routes(
             "cameras": [_camera_json(c, now) for c in store.cameras()],
             "counts": {line: store.counts(line) for line in known},
             "parts": _parts_json(store, known),
+            # what an operator can name as the defect seen, per configured line
+            "defect_types": {line.id: sorted({q.defect_type for q in line.questions}) for line in config.lines},
         }
 
 
@@ -136,7 +158,7 @@ def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertS
 
     @app.get("/api/alerts", dependencies=guarded)
     def alerts(line: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
-        return [a.model_dump(mode="json") for a in store.list_alerts(line, unresolved_only=True, limit=limit)]
+        return _with_feedback(store, store.list_alerts(line, unresolved_only=True, limit=limit))
 
     @app.get("/api/alerts/{alert_id}", dependencies=guarded)
     def alert(alert_id: str) -> dict:
@@ -177,6 +199,84 @@ def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertS
         )
 
 
+def _with_feedback(store: RedisAlertStore, alerts: list) -> list[dict]:
+    """Each alert as JSON with its operator verdict (or null) and the names of its evidence frames."""
+    ids = [a.alert_id for a in alerts]
+    verdicts = store.verdicts(VerdictSubject.alert, ids)
+    evidence = store.evidence_frames_of(VerdictSubject.alert, ids)
+    found = []
+    for a in alerts:
+        verdict = verdicts.get(a.alert_id)
+        found.append(a.model_dump(mode="json") | {
+            "verdict": _verdict_json(verdict) if verdict else None,
+            "evidence": evidence[a.alert_id],
+        })
+    return found
+
+
+def _reviews_json(store: RedisAlertStore, items: list[ReviewItem]) -> list[dict]:
+    """Each review item as JSON with the names of its kept evidence frames (``kept``)."""
+    kept = store.evidence_frames_of(VerdictSubject.review, [item.review_id for item in items])
+    return [item.model_dump(mode="json") | {"kept": kept[item.review_id]} for item in items]
+
+
+def _evidence_reply(store: RedisAlertStore, subject: VerdictSubject, owner_id: str, camera_id: str, seq: int) -> Response:
+    jpeg = store.evidence(subject, owner_id, f"{camera_id}:{seq}")
+    if jpeg is None:
+        raise HTTPException(404, f"no evidence frame {camera_id}:{seq} of {subject.value} {owner_id!r} "
+                                 "(not read back yet, no longer on Kafka, or evicted)")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _verdict_reply(record: Callable[..., object], body: VerdictBody, defective: bool) -> dict:
+    try:
+        verdict = record(defective=defective, by=body.by, defect_type=body.defect_type)
+    except (AlertNotFound, ReviewNotFound) as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors()[0]["msg"]) from None
+    return _verdict_json(verdict)  # type: ignore[arg-type]
+
+
+def _verdict_json(verdict: OperatorVerdict) -> dict:
+    return verdict.model_dump(mode="json") | {"label": verdict.label}
+
+
+def _add_feedback_routes(app: FastAPI, store: RedisAlertStore, guarded: list) -> None:
+    """Operator feedback: verdicts on alerts, the review sample of passed parts, and the evidence frames."""
+
+    @app.post("/api/alerts/{alert_id}/verdict", dependencies=guarded)
+    def alert_verdict(alert_id: str, body: VerdictBody) -> dict:
+        if body.verdict not in ("confirmed", "false_alarm"):
+            raise HTTPException(422, f"an alert's verdict is confirmed or false_alarm, not {body.verdict}")
+        return _verdict_reply(lambda **kw: store.record_verdict(alert_id, **kw), body, body.verdict == "confirmed")
+
+    @app.get("/api/alerts/{alert_id}/evidence", dependencies=guarded)
+    def alert_evidence(alert_id: str) -> dict:
+        if store.get_alert(alert_id) is None:
+            raise HTTPException(404, f"no alert with id {alert_id!r}")
+        return {"alert_id": alert_id, "frames": store.evidence_frames(VerdictSubject.alert, alert_id)}
+
+    @app.get("/api/alerts/{alert_id}/evidence/{camera_id}/{seq}.jpg", dependencies=guarded)
+    def alert_evidence_frame(alert_id: str, camera_id: str, seq: int) -> Response:
+        return _evidence_reply(store, VerdictSubject.alert, alert_id, camera_id, seq)
+
+    @app.get("/api/reviews", dependencies=guarded)
+    def reviews(line: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
+        return _reviews_json(store, store.list_reviews(line, open_only=True, limit=limit))
+
+    @app.post("/api/reviews/{review_id}/verdict", dependencies=guarded)
+    def review_verdict(review_id: str, body: VerdictBody) -> dict:
+        if body.verdict not in ("good", "defective"):
+            raise HTTPException(422, f"a review's verdict is good or defective, not {body.verdict}")
+        return _verdict_reply(lambda **kw: store.record_review_verdict(review_id, **kw), body,
+                              body.verdict == "defective")
+
+    @app.get("/api/reviews/{review_id}/evidence/{camera_id}/{seq}.jpg", dependencies=guarded)
+    def review_evidence_frame(review_id: str, camera_id: str, seq: int) -> Response:
+        return _evidence_reply(store, VerdictSubject.review, review_id, camera_id, seq)
+
+
 async def _event_stream(
     request: Request, config: PatchsightConfig, store: RedisAlertStore, line: str | None
 ) -> AsyncIterator[str]:
@@ -196,6 +296,8 @@ async def _event_stream(
                                                    | {entry.id for entry in config.lines})
                 parts = await asyncio.to_thread(_parts_json, store, lines)
                 yield f"event: parts\ndata: {json.dumps(parts)}\n\n"
+                reviews = await asyncio.to_thread(lambda: _reviews_json(store, store.list_reviews(line, limit=50)))
+                yield f"event: reviews\ndata: {json.dumps(reviews)}\n\n"
                 next_cameras = time.monotonic() + CAMERA_REFRESH_S
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message and message["type"] == "pmessage":

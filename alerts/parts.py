@@ -41,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.alert import DefectAlert, Finding, part_alert_id
 from schemas.config import AlertPolicy, LineConfig
+from schemas.feedback import EvidenceFrame
 from schemas.part import PartAggregate, PartObservation, PartScores, PartSource
-from schemas.result import InspectionResult, ResultStatus
+from schemas.result import FrameRef, InspectionResult, ResultStatus
 
 Verdict = Literal["unscored", "passed", "flagged"]
 VERDICTS: tuple[Verdict, ...] = ("unscored", "passed", "flagged")  # in rising order
@@ -51,6 +52,16 @@ INSPECTED = ("passed", "flagged")  # the parts the line's yield is computed on
 # Skip reasons that say nothing about which part is in view (the worker skips a frame that
 # is too old to matter before looking at it): such a result neither ends nor extends a part.
 NO_OBSERVATION_SKIPS = ("stale",)
+
+
+class Peak(BaseModel):
+    """A question's highest-scoring frame of the part, and where it lies on the frames topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    score: float
+    frame: FrameRef
 
 
 class QuestionPart(BaseModel):
@@ -62,6 +73,7 @@ class QuestionPart(BaseModel):
     threshold: float  # the part threshold the worker sent with the latest frame
     defect_type: str
     best: tuple[int, float] | None = None  # (seq, score) of its highest frame that carries a thumbnail
+    peak: Peak | None = None  # its highest frame that the worker said where to find (the evidence)
 
 
 class OpenPart(BaseModel):
@@ -122,6 +134,11 @@ class PartVerdict:
     ended_by: str  # next-part, no-part, seq-restart, timeout
     thumbnail: str | None = None  # pending-thumbnail field of the best frame among the flagged questions
     thumbnail_score: float | None = None
+    # flagged: the peak frame of each flagged question, strongest first; passed: the peak frame of
+    # the question nearest its threshold. Kept as evidence (alerts/evidence.py).
+    evidence: tuple[EvidenceFrame, ...] = ()
+    closeness: float | None = None  # highest score/threshold ratio over the scored questions
+    thresholds: dict[str, float] = field(default_factory=dict)  # every scored question's part threshold
 
 
 @dataclass
@@ -154,6 +171,7 @@ def _close(part: OpenPart, epoch: int, line_id: str, camera_id: str, line: LineC
     configured = {q.id: q for q in line.questions} if line else {}
     findings: list[Finding] = []
     scores: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
     flagged_best: list[tuple[float, int]] = []
     for qid in sorted(part.questions):
         q = part.questions[qid]
@@ -161,7 +179,7 @@ def _close(part: OpenPart, epoch: int, line_id: str, camera_id: str, line: LineC
             continue
         value = min(1.0, max(0.0, q.scores.value(part.aggregate)))
         scores[qid] = value
-        threshold = _threshold(line, qid, q.threshold)
+        threshold = thresholds[qid] = _threshold(line, qid, q.threshold)
         if value < threshold:
             continue
         c = configured.get(qid)
@@ -181,8 +199,23 @@ def _close(part: OpenPart, epoch: int, line_id: str, camera_id: str, line: LineC
         last_capture_ns=part.last_capture_ns, model_id=part.model_id, verdict=verdict, findings=tuple(findings),
         scores=scores, frames=max((q.scores.frames for q in part.questions.values()), default=0),
         ended_by=ended_by, thumbnail=thumbnail_field(epoch, -best[1]) if best else None,
-        thumbnail_score=best[0] if best else None,
+        thumbnail_score=best[0] if best else None, thresholds=thresholds,
+        **_evidence(part, camera_id, scores, thresholds, {f.question_id for f in findings}),
     ), held
+
+
+def _evidence(part: OpenPart, camera_id: str, scores: dict[str, float], thresholds: dict[str, float],
+              flagged: set[str]) -> dict:
+    """The frames to keep of a decided part, and how near its threshold the part came."""
+    closeness = {qid: scores[qid] / thresholds[qid] if thresholds[qid] > 0 else float("inf") for qid in scores}
+    chosen = flagged or ({max(closeness, key=lambda qid: (closeness[qid], qid))} if closeness else set())
+    peaks = sorted((q.peak for qid, q in part.questions.items() if qid in chosen and q.peak is not None),
+                   key=lambda peak: (-peak.score, peak.seq))
+    frames: dict[int, EvidenceFrame] = {}
+    for peak in peaks:
+        frames.setdefault(peak.seq, EvidenceFrame(camera_id=camera_id, seq=peak.seq, **peak.frame.model_dump()))
+    return {"evidence": tuple(frames.values()),
+            "closeness": min(max(closeness.values()), 1e6) if closeness else None}
 
 
 def _finding_order(f: Finding) -> tuple[float, str, str]:
@@ -246,6 +279,8 @@ def decide_part(state: PartState, result: InspectionResult, line: LineConfig | N
                                                                   defect_type=scored.defect_type)
         q.scores.add(scored.score)
         q.threshold, q.defect_type = scored.threshold, scored.defect_type
+        if result.frame is not None and (q.peak is None or scored.score > q.peak.score):
+            q.peak = Peak(seq=result.seq, score=scored.score, frame=result.frame)
         if with_thumbnail and (q.best is None or scored.score > q.best[1]):
             old = q.best
             q.best = (result.seq, scored.score)
@@ -291,6 +326,7 @@ class PartMerge:
     event: str | None = None  # raised | updated
     new_defect_types: list[str] = field(default_factory=list)  # defect types the alert did not list before
     promote_thumbnail: str | None = None  # pending field whose thumbnail becomes the alert's
+    evidence: tuple[EvidenceFrame, ...] = ()  # frames of this camera to keep as the alert's evidence
 
 
 def merge_part(record: PartRecord, existing: DefectAlert | None, verdict: PartVerdict, now_ns: int) -> PartMerge:
@@ -341,6 +377,8 @@ def merge_part(record: PartRecord, existing: DefectAlert | None, verdict: PartVe
             merged.event = "updated"
             before = {f.defect_type for f in existing.findings}
             merged.new_defect_types = sorted({f.defect_type for f in ordered} - before)
+    if merged.alert is not None:
+        merged.evidence = verdict.evidence
     if verdict.thumbnail is not None and (record.thumbnail_score is None
                                           or verdict.thumbnail_score > record.thumbnail_score):
         merged.promote_thumbnail = verdict.thumbnail

@@ -7,7 +7,10 @@ committed only after Redis has everything the batch caused, so a crash or a
 Redis outage loses nothing: the uncommitted results come again, and the
 debounce and part states and the alert ids (all in Redis) make the repeat harmless.
 After each batch (at most once a second) the parts of cameras that have gone quiet
-for their line's ``part_timeout_s`` are decided.
+for their line's ``part_timeout_s`` are decided, and the review sample's ended slots are
+closed (alerts/review.py). Beside the loop, two threads the loop never waits for: the
+webhook dispatcher and the evidence collector, which reads alerts' frames back from Kafka
+(alerts/evidence.py).
 
 Several instances may share the consumer group; results are keyed by camera, so
 a camera's frames stay in order on one partition and one instance.
@@ -22,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
@@ -34,8 +37,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from alerts.drift import DriftMonitor, load_reference
+from alerts.evidence import EvidenceCollector, FrameReader
 from alerts.parts import decide_part, decide_timeout
 from alerts.policy import DebounceState, decide
+from alerts.review import review_candidate, review_slot
 from alerts.store import PART_COUNTERS, PartStep, RedisAlertStore, StateConflict, connect
 from alerts.webhooks import WebhookDispatcher, WebhookSender
 from runtime.health import HealthServer, Reply
@@ -85,6 +90,18 @@ class ServiceMetrics:
         self.part_verdicts = Counter("patchsight_alerts_part_verdicts",
                                      "Parts decided by a camera (one per part and camera), by verdict",
                                      ["line", "verdict"], registry=r)
+        self.evidence = Counter("patchsight_alerts_evidence_frames",
+                                "Evidence frames asked for, by outcome: kept, done (kept already), missing (no longer "
+                                "on Kafka), too-large (bigger than the line's whole bound), evicted (on arrival: its "
+                                "alert is older than all kept)", ["line", "outcome"],
+                                registry=r)
+        self.evidence_evicted = Counter("patchsight_alerts_evidence_evicted",
+                                        "Alerts and review items whose evidence was evicted, oldest first, to stay "
+                                        "within alerts.evidence_max_bytes_per_line", ["line"], registry=r)
+        self.evidence_evicted_bytes = Counter("patchsight_alerts_evidence_evicted_bytes",
+                                              "Bytes of evidence evicted", ["line"], registry=r)
+        self.reviews = Counter("patchsight_alerts_reviews_sampled", "Passed parts kept for operators to review",
+                               ["line"], registry=r)
         self.latency = Histogram(
             "patchsight_alerts_process_seconds",
             "Decide + write time per result",
@@ -94,21 +111,38 @@ class ServiceMetrics:
         self.redis_up.set(1)
 
     def count_parts_from(self, store: RedisAlertStore, lines: Any) -> None:
-        """patchsight_parts{line,verdict}: the lines' part counters, read from Redis at each scrape."""
-        self.registry.register(_PartCounts(store, lines))
+        """patchsight_parts{line,verdict}: the lines' part counters, read from Redis at each scrape.
+
+        The line totals live in Redis (a part passed by one camera can be flagged by the next, which
+        moves it from passed to flagged, so no process can count it alone).
+        """
+
+        def samples(line: str) -> list[tuple[list[str], float]]:
+            counts = store.part_counts(line)
+            return [([line, verdict], counts[verdict]) for verdict in PART_COUNTERS]
+
+        self.registry.register(_LineGauge("patchsight_parts", "Parts of the line by verdict (inspected = passed + "
+                                          "flagged)", ["line", "verdict"], samples, store, lines))
+
+    def count_evidence_from(self, store: RedisAlertStore, lines: Any) -> None:
+        """patchsight_alerts_evidence_bytes{line}: the evidence each line keeps, read from Redis at each scrape
+        (every instance keeps and evicts into the one bound per line)."""
+        self.registry.register(_LineGauge(
+            "patchsight_alerts_evidence_bytes",
+            "Bytes of evidence frames the line keeps (at most alerts.evidence_max_bytes_per_line)", ["line"],
+            lambda line: [([line], store.evidence_bytes(line))], store, lines))
 
 
-class _PartCounts:
-    """The line totals live in Redis (a part passed by one camera can be flagged by the next, which moves it
-    from passed to flagged, so no process can count it alone): every instance reports the same figures."""
+class _LineGauge:
+    """A gauge per line read from Redis at each scrape: every instance reports the same figures."""
 
-    def __init__(self, store: RedisAlertStore, lines: Any) -> None:
-        self.store, self.lines = store, lines
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 samples: Callable[[str], list[tuple[list[str], float]]], store: RedisAlertStore, lines: Any) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.samples, self.store, self.lines = samples, store, lines
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("patchsight_parts", "Parts of the line by verdict (inspected = passed + flagged)",
-                                 labels=["line", "verdict"])
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
 
     def describe(self) -> list:
         return [self._family()]
@@ -117,9 +151,8 @@ class _PartCounts:
         family = self._family()
         try:
             for line in sorted(set(self.lines()) | set(self.store.lines())):
-                counts = self.store.part_counts(line)
-                for verdict in PART_COUNTERS:
-                    family.add_metric([line, verdict], counts[verdict])
+                for labels, value in self.samples(line):
+                    family.add_metric(labels, value)
         except redis.RedisError:
             pass  # patchsight_alerts_redis_up says why
         yield family
@@ -154,6 +187,7 @@ class AlertService:
         self.metrics.count_parts_from(self.store, lambda: self.lines)
         self.drift = DriftMonitor(config.alerts.drift, load_reference(config.model.bundle), self.redis,
                                   config.alerts.key_prefix, config.alerts.stream_maxlen, self.metrics.registry)
+        self.metrics.count_evidence_from(self.store, lambda: self.lines)
         self.redis_down_since: float | None = None
         self.metrics_port: int | None = None
         self._states: dict[tuple[str, str], DebounceState] = {}  # cache; Redis holds the truth
@@ -162,6 +196,7 @@ class AlertService:
         self._http: HealthServer | None = None
         self._webhook_stop = threading.Event()
         self._webhook_thread: threading.Thread | None = None
+        self._evidence_thread: threading.Thread | None = None
         self._warned_lines: set[str] = set()
         self._uncommitted: dict[TopicPartition, int] = {}  # handled, stored, and not yet committed
         self._partitions: dict[str, int] = {}  # camera -> partition of the results it was seen on
@@ -193,15 +228,33 @@ class AlertService:
                 target=dispatcher.run, args=(self._webhook_stop,), name="webhooks", daemon=True
             )
             self._webhook_thread.start()
+        self._start_evidence_collector()
         log.info("alert service started", instance=self.instance_id, topic=kafka.topics.results,
                  group=self.settings.group_id, metrics_port=self.metrics_port,
                  drift=self.drift.off_reason or f"watching {self.config.model.bundle}")
         return self
 
+    def _start_evidence_collector(self) -> None:
+        kafka = self.config.kafka
+        reader = FrameReader(kafka, f"{kafka.client_id_prefix}-alerts-evidence-{self.instance_id}")
+        collector = EvidenceCollector(self.store, reader, self._count_evidence)
+        # stops with the webhooks: both are background work the results loop never waits for
+        self._evidence_thread = threading.Thread(target=collector.run, args=(self._webhook_stop,), name="evidence",
+                                                 daemon=True)
+        self._evidence_thread.start()
+
+    def _count_evidence(self, line: str, outcome: str, evicted: int, freed_bytes: int) -> None:
+        self.metrics.evidence.labels(line, outcome).inc()
+        if evicted:
+            self.metrics.evidence_evicted.labels(line).inc(evicted)
+            self.metrics.evidence_evicted_bytes.labels(line).inc(freed_bytes)
+
     def close(self) -> None:
         self._webhook_stop.set()
         if self._webhook_thread:
             self._webhook_thread.join(timeout=30)
+        if self._evidence_thread:
+            self._evidence_thread.join(timeout=30)
         if self._consumer:
             self._awake.set()
             self._consumer.close(autocommit=False)
@@ -358,6 +411,34 @@ class AlertService:
             return
         self.metrics.results.labels(result.status.value).inc()
         self._count_part_step(step)
+        self._offer_for_review(step, now_ns)
+
+    def _offer_for_review(self, step: PartStep, now_ns: int) -> None:
+        """A passed part may become the line's review sample of the current slot (alerts/review.py)."""
+        per_hour = self.settings.review_max_per_hour
+        ended = step.decision.ended if step.decision is not None else None
+        if not per_hour or ended is None or step.merge is None:
+            return
+        item = review_candidate(ended, step.merge.record.verdict, now_ns)
+        if item is None:
+            return
+        try:
+            self._count_review(ended.line_id, self.store.offer_review(item, ended.line_id, review_slot(now_ns, per_hour)))
+        except redis.RedisError as exc:
+            # the part itself is stored, so a retry of the result would find it done: the sample skips it
+            log.warning("passed part not offered for review", line=ended.line_id, part=ended.part_id, error=str(exc))
+
+    def _close_review_slots(self, now_ns: int) -> None:
+        per_hour = self.settings.review_max_per_hour
+        if not per_hour:
+            return
+        for line_id in sorted(set(self.lines) | set(self.store.lines())):
+            self._count_review(line_id, self.store.offer_review(None, line_id, review_slot(now_ns, per_hour)))
+
+    def _count_review(self, line_id: str, offered: tuple[str, str | None]) -> None:
+        if offered[1] is not None:
+            self.metrics.reviews.labels(line_id).inc()
+            log.info("passed part kept for review", line=line_id, review_id=offered[1])
 
     def _sweep_part_timeouts(self) -> None:
         """Decide the parts whose camera has sent nothing for the line's ``part_timeout_s``.
@@ -383,6 +464,8 @@ class AlertService:
                         state, line, line_id, camera_id, now_ns),
                     now_ns)
                 self._count_part_step(step)
+                self._offer_for_review(step, now_ns)
+            self._close_review_slots(now_ns)
         except (redis.RedisError, StateConflict) as exc:
             log.warning("part timeouts not checked; trying again", error=str(exc))
 

@@ -16,6 +16,13 @@ Every write is one Lua script, so Redis applies it whole or not at all:
   alert's state: ``step_part`` decides again from fresh state when one moved on.
 * ``transition`` moves an alert open -> acknowledged -> resolved, refusing an
   illegal move, and appends/publishes the event in the same step.
+* ``verdict`` stores an operator's verdict next to its alert (or reviewed part), and for an
+  alert appends/publishes the ``verdict`` event in the same step.
+* ``store_evidence`` keeps one frame an alert or review asked for (``apply_result``,
+  ``apply_part`` and ``offer_review`` ask, in the step that raised it), evicting the line's
+  oldest evidence to stay within ``alerts.evidence_max_bytes_per_line``.
+* ``offer_review`` keeps the passed part nearest a threshold of the line's current review
+  slot, and turns the previous slot's candidate into a review item.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import redis
+from pydantic import BaseModel
 
 from alerts.parts import PartDecision, PartMerge, PartRecord, PartState, merge_part
 from alerts.policy import DebounceState, Decision
 from schemas.alert import ALLOWED_TRANSITIONS, AlertState, DefectAlert
 from schemas.config import AlertSettings, RedisSettings
+from schemas.feedback import EvidenceFrame, OperatorVerdict, ReviewItem, VerdictSubject
 from schemas.redaction import redact
 from schemas.result import InspectionResult
 
@@ -77,6 +86,7 @@ for _, op in ipairs(cjson.decode(ARGV[15])) do
       if op.thumb > 0 then
         redis.call('SET', ARGV[11] .. ':thumb:' .. op.id, ARGV[op.thumb], 'EX', ARGV[14])
       end
+      for _, w in ipairs(op.evidence or {}) do redis.call('HSET', ARGV[11] .. ':evidence:wanted', w[1], w[2]) end
       local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[13], '*',
         'event', 'raised', 'alert_id', op.id, 'data', op.event)
       redis.call('PUBLISH', ARGV[12], '{"id":"' .. sid .. '",' .. string.sub(op.event, 2))
@@ -120,7 +130,8 @@ return {'ok', sid}
 
 _APPLY_PART = _CAMERA_HEALTH + r"""
 -- KEYS: 1 part state  2 camera  3 events stream  4 counts  5 lines  6 unresolved  7 line alerts  8 line cameras
---       9 part counts  10 pending thumbnails  11 open parts  [12 part record  13 alert  14 alert thumbnail]
+--       9 part counts  10 pending thumbnails  11 open parts  [12 part record  13 alert  14 alert thumbnail
+--       15 wanted evidence]
 -- ARGV: 1 expected rev  2 new rev  3 seq  4 capture_ns  5 state json  6 seen_ns  7 seen_ms  8 model_id
 --       9 worker_id  10 status  11 line  12 camera  13 channel  14 stream maxlen  15 thumbnail ttl
 --       16 open-parts member  17 '1' when a part is open after this  18 ops json  19 this result's thumbnail
@@ -146,6 +157,7 @@ if m then
       redis.call('ZADD', KEYS[7], a.raised_ms, a.id)
     end
     for _, defect in ipairs(a.defect_types) do redis.call('HINCRBY', KEYS[4], defect, 1) end
+    for _, w in ipairs(a.evidence or {}) do redis.call('HSET', KEYS[15], w[1], w[2]) end
     local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[14], '*',
       'event', a.event, 'alert_id', a.id, 'data', a.data)
     redis.call('PUBLISH', ARGV[13], '{"id":"' .. sid .. '",' .. string.sub(a.data, 2))
@@ -174,6 +186,91 @@ end
 return {'ok', event}
 """
 
+_VERDICT = r"""
+-- KEYS: 1 subject (alert or review record)  2 verdict  3 line verdicts  4 events stream  5 open reviews
+-- ARGV: 1 expected alert state  2 expected alert findings  3 verdict fields json (flat list)  4 line member
+--       5 ts ms  6 event json ('' for a review: no event)  7 channel  8 maxlen  9 subject id  10 review id or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+if ARGV[6] ~= '' then
+  -- the event carries the alert as read: it must still be so
+  local now = redis.call('HMGET', KEYS[1], 'state', 'findings')
+  if (now[1] or '') ~= ARGV[1] or (now[2] or '') ~= ARGV[2] then return {'changed', ''} end
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[3])))
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+if ARGV[10] ~= '' then redis.call('ZREM', KEYS[5], ARGV[10]) end
+local sid = ''
+if ARGV[6] ~= '' then
+  sid = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'verdict', 'alert_id', ARGV[9], 'data', ARGV[6])
+  redis.call('PUBLISH', ARGV[7], '{"id":"' .. sid .. '",' .. string.sub(ARGV[6], 2))
+end
+return {'ok', sid}
+"""
+
+_STORE_EVIDENCE = r"""
+-- KEYS: 1 wanted evidence  2 the owner's evidence  3 line evidence index  4 line evidence sizes  5 line evidence total
+-- ARGV: 1 wanted field  2 frame name  3 jpeg  4 bound (bytes)  5 owner member  6 owner ms  7 key prefix
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'done', 0, 0} end  -- another instance kept it
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'done', 0, 0} end
+local size = string.len(ARGV[3])
+if size > tonumber(ARGV[4]) then return {'too-large', 0, 0} end
+local total = tonumber(redis.call('GET', KEYS[5]) or '0')
+local evicted, freed = 0, 0
+while total + size > tonumber(ARGV[4]) do
+  -- the oldest owner goes whole: its frames, its size and its place in the index
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local oldest = first[1]
+  if not oldest then break end
+  if oldest ~= ARGV[5] and tonumber(first[2]) > tonumber(ARGV[6]) then
+    -- the frame's own alert/review is older than all that is kept: it is the one to go
+    return {'evicted', evicted + 1, freed + size}
+  end
+  local bytes = tonumber(redis.call('HGET', KEYS[4], oldest) or '0')
+  redis.call('DEL', ARGV[7] .. ':evidence:' .. oldest)
+  redis.call('ZREM', KEYS[3], oldest)
+  redis.call('HDEL', KEYS[4], oldest)
+  total = total - bytes
+  evicted = evicted + 1
+  freed = freed + bytes
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[5])
+redis.call('HINCRBY', KEYS[4], ARGV[5], size)
+redis.call('SET', KEYS[5], total + size)
+return {'kept', evicted, freed}
+"""
+
+_OFFER_REVIEW = r"""
+-- KEYS: 1 the line's review candidate  2 open reviews  3 line reviews  4 wanted evidence
+-- ARGV: 1 slot  2 closeness  3 candidate json ({id, fields, evidence, ms}; '' only closes ended slots)  4 key prefix
+-- A slot keeps one candidate, the nearest a threshold so far; once its slot has ended, it becomes a review item.
+local function promote(text)
+  local c = cjson.decode(text)
+  redis.call('HSET', ARGV[4] .. ':review:' .. c.id, unpack(c.fields))
+  redis.call('ZADD', KEYS[2], c.ms, c.id)
+  redis.call('ZADD', KEYS[3], c.ms, c.id)
+  for _, w in ipairs(c.evidence) do redis.call('HSET', KEYS[4], w[1], w[2]) end
+  return c.id
+end
+local cur = redis.call('HMGET', KEYS[1], 'slot', 'closeness', 'candidate')
+local promoted = ''
+if cur[1] then
+  local held, slot = tonumber(cur[1]), tonumber(ARGV[1])
+  if slot < held then return {'late', ''} end  -- another instance's clock is ahead: its slot stands
+  if slot > held then
+    promoted = promote(cur[3])
+    redis.call('DEL', KEYS[1])
+  elseif ARGV[3] == '' or tonumber(ARGV[2]) <= tonumber(cur[2]) then
+    return {'kept', ''}
+  end
+end
+if ARGV[3] == '' then return {'closed', promoted} end
+redis.call('HSET', KEYS[1], 'slot', ARGV[1], 'closeness', ARGV[2], 'candidate', ARGV[3])
+return {'candidate', promoted}
+"""
+
 # A part's line record is needed while its cameras can still report it; a week covers any line.
 PART_RECORD_TTL_S = 7 * 24 * 3600
 PART_COUNTERS = ("inspected", "passed", "flagged", "unscored")
@@ -197,6 +294,46 @@ class AlertNotFound(LookupError):
     def __init__(self, alert_id: str) -> None:
         self.alert_id = alert_id
         super().__init__(f"no alert with id {alert_id!r}")
+
+
+class ReviewNotFound(LookupError):
+    def __init__(self, review_id: str) -> None:
+        self.review_id = review_id
+        super().__init__(f"no review item with id {review_id!r}")
+
+
+@dataclass(frozen=True)
+class WantedEvidence:
+    """A frame an alert or review item asked to keep, not yet read back from Kafka."""
+
+    field: str  # its field in the wanted-evidence hash
+    subject: VerdictSubject
+    owner_id: str  # the alert or review id
+    line_id: str
+    frame: EvidenceFrame
+    owner_ms: int  # when its alert was raised (review item sampled): the order evidence is evicted in
+
+    @property
+    def owner(self) -> str:
+        return f"{self.subject.value}:{self.owner_id}"
+
+
+@dataclass(frozen=True)
+class EvidenceKept:
+    # kept | done (already kept, or by another instance) | too-large (bigger than the whole bound) |
+    # evicted (its alert/review is older than all the line keeps: evicted on arrival, counted in ``evicted``)
+    outcome: str
+    evicted: int  # alerts/reviews whose evidence was evicted to make room
+    freed_bytes: int
+
+
+def wanted_evidence_pairs(subject: VerdictSubject, owner_id: str, line_id: str,
+                          frames: tuple[EvidenceFrame, ...] | list[EvidenceFrame], owner_ns: int) -> list[list[str]]:
+    """The wanted-evidence hash entries (field, value) that ask to keep ``frames`` for one owner."""
+    return [[f"{subject.value}:{owner_id}|{frame.name}",
+             json.dumps({"line_id": line_id, "frame": frame.model_dump(), "ms": owner_ns // 1_000_000},
+                        separators=(",", ":"))]
+            for frame in frames]
 
 
 class IllegalTransition(ValueError):
@@ -232,26 +369,31 @@ class AlertEvent:
     """One entry of a line's event stream (and of its pub/sub channel)."""
 
     id: str  # the stream entry id
-    event: str  # raised, acknowledged, resolved
+    event: str  # raised, updated, acknowledged, resolved, verdict
     alert: DefectAlert
     by: str | None
     ts_ns: int
+    verdict: OperatorVerdict | None = None  # with a verdict event
 
     @classmethod
     def from_json(cls, entry_id: str, data: str | bytes) -> "AlertEvent":
         raw = json.loads(data)
-        return cls(entry_id, raw["event"], DefectAlert.model_validate(raw["alert"]), raw.get("by"), int(raw["ts_ns"]))
+        verdict = OperatorVerdict.model_validate(raw["verdict"]) if raw.get("verdict") else None
+        return cls(entry_id, raw["event"], DefectAlert.model_validate(raw["alert"]), raw.get("by"), int(raw["ts_ns"]),
+                   verdict)
 
 
-def event_json(event: str, alert: DefectAlert, by: str | None, ts_ns: int) -> str:
-    return json.dumps(
-        {"event": event, "alert": alert.model_dump(mode="json"), "by": by, "ts_ns": ts_ns}, separators=(",", ":")
-    )
+def event_json(event: str, alert: DefectAlert, by: str | None, ts_ns: int,
+               verdict: OperatorVerdict | None = None) -> str:
+    body: dict[str, Any] = {"event": event, "alert": alert.model_dump(mode="json"), "by": by, "ts_ns": ts_ns}
+    if verdict is not None:
+        body["verdict"] = verdict.model_dump(mode="json")
+    return json.dumps(body, separators=(",", ":"))
 
 
-def _hash_fields(alert: DefectAlert) -> list[str]:
+def _hash_fields(record: BaseModel) -> list[str]:
     flat: list[str] = []
-    for name, value in alert.model_dump(mode="json").items():
+    for name, value in record.model_dump(mode="json").items():
         if value is not None:
             # lists (the findings) as JSON; scalars as their text
             flat += [name, json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)]
@@ -263,6 +405,18 @@ def _alert_from_hash(raw: dict) -> DefectAlert:
     if "findings" in fields:
         fields["findings"] = json.loads(fields["findings"])
     return DefectAlert.model_validate(fields)
+
+
+def _review_from_hash(raw: dict) -> ReviewItem | None:
+    return ReviewItem.model_validate(_decoded_hash(raw, ("scores", "thresholds", "evidence"))) if raw else None
+
+
+def _decoded_hash(raw: dict, json_fields: tuple[str, ...]) -> dict[str, Any]:
+    fields: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    for name in json_fields:
+        if name in fields:
+            fields[name] = json.loads(fields[name])
+    return fields
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -283,6 +437,9 @@ class RedisAlertStore:
         self._apply = client.register_script(_APPLY_RESULT)
         self._transition = client.register_script(_TRANSITION)
         self._apply_part = client.register_script(_APPLY_PART)
+        self._verdict = client.register_script(_VERDICT)
+        self._store_evidence = client.register_script(_STORE_EVIDENCE)
+        self._offer_review = client.register_script(_OFFER_REVIEW)
 
     # --- key layout (docs/redis-keys.md) ---
 
@@ -341,6 +498,41 @@ class RedisAlertStore:
     def failed_deliveries_key(self) -> str:
         return f"{self.prefix}:webhooks:failed"
 
+    def verdict_key(self, subject: VerdictSubject, subject_id: str) -> str:
+        return f"{self.prefix}:verdict:{subject.value}:{subject_id}"
+
+    def line_verdicts_key(self, line_id: str) -> str:
+        return f"{self.prefix}:verdicts:{line_id}"
+
+    def evidence_key(self, subject: VerdictSubject, owner_id: str) -> str:
+        return f"{self.prefix}:evidence:{subject.value}:{owner_id}"
+
+    @property
+    def wanted_evidence_key(self) -> str:
+        return f"{self.prefix}:evidence:wanted"
+
+    def evidence_index_key(self, line_id: str) -> str:
+        return f"{self.prefix}:evidenceindex:{line_id}"
+
+    def evidence_sizes_key(self, line_id: str) -> str:
+        return f"{self.prefix}:evidencesizes:{line_id}"
+
+    def evidence_total_key(self, line_id: str) -> str:
+        return f"{self.prefix}:evidencebytes:{line_id}"
+
+    def review_key(self, review_id: str) -> str:
+        return f"{self.prefix}:review:{review_id}"
+
+    @property
+    def open_reviews_key(self) -> str:
+        return f"{self.prefix}:reviews:open"
+
+    def line_reviews_key(self, line_id: str) -> str:
+        return f"{self.prefix}:reviews:line:{line_id}"
+
+    def review_candidate_key(self, line_id: str) -> str:
+        return f"{self.prefix}:reviewslot:{line_id}"
+
     # --- the service's write path ---
 
     def load_debounce(self, line_id: str, camera_id: str) -> DebounceState:
@@ -362,6 +554,8 @@ class RedisAlertStore:
         line, camera = result.line_id, result.camera_id
         ops: list[dict[str, Any]] = []
         thumbnails: list[bytes] = []
+        # the frame that completed the window is the alert's evidence
+        evidence = [EvidenceFrame(camera_id=camera, seq=result.seq, **result.frame.model_dump())] if result.frame else []
         for alert in alerts:
             thumb_arg = 0
             if thumbnail is not None:
@@ -376,6 +570,8 @@ class RedisAlertStore:
                     "defect_type": alert.defect_type,
                     "thumb": thumb_arg,
                     "event": event_json("raised", alert, None, alert.raised_ns),
+                    "evidence": wanted_evidence_pairs(VerdictSubject.alert, alert.alert_id, line, evidence,
+                                                      alert.raised_ns),
                 }
             )
         for ext in decision.extended:
@@ -504,7 +700,7 @@ class RedisAlertStore:
             ended = decision.ended
             assert ended is not None
             keys += [self.part_record_key(ended.part_key), self.alert_key(ended.part_key),
-                     self.thumbnail_key(ended.part_key)]
+                     self.thumbnail_key(ended.part_key), self.wanted_evidence_key]
             record = merge.record
             m: dict[str, Any] = {
                 "rev": str(record.rev - 1),
@@ -524,6 +720,8 @@ class RedisAlertStore:
                     "raised_ms": str(merge.alert.raised_ns // 1_000_000),
                     "defect_types": merge.new_defect_types,
                     "data": event_json(merge.event or "raised", merge.alert, None, now_ns),
+                    "evidence": wanted_evidence_pairs(VerdictSubject.alert, merge.alert.alert_id, line_id,
+                                                      merge.evidence, merge.alert.raised_ns),
                 }
             if merge.promote_thumbnail:
                 m["promote"] = merge.promote_thumbnail
@@ -603,6 +801,161 @@ class RedisAlertStore:
 
     def resolve(self, alert_id: str, by: str) -> DefectAlert:
         return self.transition(alert_id, AlertState.resolved, by)
+
+    # --- operator verdicts (schemas/feedback.py) ---
+
+    def record_verdict(self, alert_id: str, defective: bool, by: str, defect_type: str | None = None,
+                       now_ns: int | None = None) -> OperatorVerdict:
+        """An operator's verdict on an alert: confirmed (``defective``) or a false alarm.
+
+        Stored next to the alert (a later verdict replaces it) and announced as a ``verdict``
+        event in the same step. Raises AlertNotFound; ValueError for a defect type on a false alarm.
+        """
+        now_ns = now_ns or time.time_ns()
+        for _ in range(5):
+            raw = self.redis.hgetall(self.alert_key(alert_id))
+            if not raw:
+                raise AlertNotFound(alert_id)
+            alert = _alert_from_hash(raw)
+            verdict = OperatorVerdict(subject=VerdictSubject.alert, subject_id=alert_id, line_id=alert.line_id,
+                                      part_id=alert.part_id, defective=defective, defect_type=defect_type, by=by,
+                                      ts_ns=now_ns)
+            outcome, _ = self._verdict(
+                keys=[self.alert_key(alert_id), self.verdict_key(VerdictSubject.alert, alert_id),
+                      self.line_verdicts_key(alert.line_id), self.events_key(alert.line_id), self.open_reviews_key],
+                args=[_text(raw.get(b"state")) or "", _text(raw.get(b"findings")) or "",
+                      json.dumps(_hash_fields(verdict)), f"alert:{alert_id}", str(now_ns // 1_000_000),
+                      event_json("verdict", alert, by, now_ns, verdict), self.channel(alert.line_id),
+                      str(self.settings.stream_maxlen), alert_id, ""],
+            )
+            if outcome == b"ok":
+                return verdict
+            if outcome == b"missing":
+                raise AlertNotFound(alert_id)
+            # the alert changed between our read and our write: announce it as it is now
+        raise RuntimeError(f"alert {alert_id} kept changing; try again")
+
+    def record_review_verdict(self, review_id: str, defective: bool, by: str, defect_type: str | None = None,
+                              now_ns: int | None = None) -> OperatorVerdict:
+        """An operator's verdict on a reviewed part: good, or defective (optionally which defect)."""
+        now_ns = now_ns or time.time_ns()
+        item = self.get_review(review_id)
+        if item is None:
+            raise ReviewNotFound(review_id)
+        verdict = OperatorVerdict(subject=VerdictSubject.review, subject_id=review_id, line_id=item.line_id,
+                                  part_id=item.part_id, defective=defective, defect_type=defect_type, by=by,
+                                  ts_ns=now_ns)
+        outcome, _ = self._verdict(
+            keys=[self.review_key(review_id), self.verdict_key(VerdictSubject.review, review_id),
+                  self.line_verdicts_key(item.line_id), self.events_key(item.line_id), self.open_reviews_key],
+            args=["", "", json.dumps(_hash_fields(verdict)), f"review:{review_id}", str(now_ns // 1_000_000), "", "",
+                  str(self.settings.stream_maxlen), review_id, review_id],
+        )
+        if outcome == b"missing":
+            raise ReviewNotFound(review_id)
+        return verdict
+
+    def verdicts(self, subject: VerdictSubject, subject_ids: list[str]) -> dict[str, OperatorVerdict]:
+        """The verdicts given on these alerts or review items (those without one are left out)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for subject_id in subject_ids:
+            pipe.hgetall(self.verdict_key(subject, subject_id))
+        return {subject_id: OperatorVerdict.model_validate(_decoded_hash(raw, ()))
+                for subject_id, raw in zip(subject_ids, pipe.execute()) if raw}
+
+    def verdict(self, subject: VerdictSubject, subject_id: str) -> OperatorVerdict | None:
+        return self.verdicts(subject, [subject_id]).get(subject_id)
+
+    def judged(self, line_id: str) -> list[tuple[VerdictSubject, str]]:
+        """(subject, id) of every alert and review item of the line an operator gave a verdict on, oldest first."""
+        members = (_text(m).split(":", 1) for m in self.redis.zrange(self.line_verdicts_key(line_id), 0, -1))
+        return [(VerdictSubject(subject), subject_id) for subject, subject_id in members]
+
+    # --- evidence: full-resolution frames of alerts and review items (alerts/evidence.py reads them back) ---
+
+    def wanted_evidence(self, count: int = 50) -> list[WantedEvidence]:
+        """Some of the frames asked for and not yet kept (any order)."""
+        _, found = self.redis.hscan(self.wanted_evidence_key, 0, count=count)
+        wanted = []
+        for name, value in list(found.items())[:count]:
+            field, raw = _text(name), json.loads(value)
+            subject, owner_id = field.split("|", 1)[0].split(":", 1)
+            wanted.append(WantedEvidence(field, VerdictSubject(subject), owner_id, raw["line_id"],
+                                         EvidenceFrame.model_validate(raw["frame"]), int(raw["ms"])))
+        return wanted
+
+    def keep_evidence(self, wanted: WantedEvidence, jpeg: bytes) -> EvidenceKept:
+        """Keep one wanted frame, evicting the line's oldest evidence (whole alerts/reviews) beyond the bound."""
+        outcome, evicted, freed = self._store_evidence(
+            keys=[self.wanted_evidence_key, self.evidence_key(wanted.subject, wanted.owner_id),
+                  self.evidence_index_key(wanted.line_id), self.evidence_sizes_key(wanted.line_id),
+                  self.evidence_total_key(wanted.line_id)],
+            args=[wanted.field, wanted.frame.name, jpeg, str(self.settings.evidence_max_bytes_per_line),
+                  wanted.owner, str(wanted.owner_ms), self.prefix],
+        )
+        return EvidenceKept(_text(outcome), int(evicted), int(freed))
+
+    def drop_wanted(self, wanted: WantedEvidence) -> None:
+        """Give up on a wanted frame (no longer on Kafka)."""
+        self.redis.hdel(self.wanted_evidence_key, wanted.field)
+
+    def evidence_frames(self, subject: VerdictSubject, owner_id: str) -> list[str]:
+        """Names (``{camera}:{seq}``) of the frames kept for an alert or review item."""
+        return self.evidence_frames_of(subject, [owner_id])[owner_id]
+
+    def evidence_frames_of(self, subject: VerdictSubject, owner_ids: list[str]) -> dict[str, list[str]]:
+        """``evidence_frames`` of several alerts or review items, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for owner_id in owner_ids:
+            pipe.hkeys(self.evidence_key(subject, owner_id))
+        return {owner_id: sorted(_text(name) for name in names) for owner_id, names in zip(owner_ids, pipe.execute())}
+
+    def evidence(self, subject: VerdictSubject, owner_id: str, name: str) -> bytes | None:
+        return self.redis.hget(self.evidence_key(subject, owner_id), name)
+
+    def evidence_bytes(self, line_id: str) -> int:
+        return int(self.redis.get(self.evidence_total_key(line_id)) or 0)
+
+    # --- the review sample of passed parts (alerts/review.py decides) ---
+
+    def offer_review(self, item: ReviewItem | None, line_id: str, slot: int) -> tuple[str, str | None]:
+        """Offer a passed part for the line's review ``slot`` (None: only close the slots that have ended).
+
+        Returns (outcome, the id of the previous slot's candidate if it became a review item now);
+        outcome: candidate (it is the slot's nearest so far), kept (the slot holds a nearer one),
+        closed, late (a later slot is already open).
+        """
+        candidate = ""
+        if item is not None:
+            candidate = json.dumps({
+                "id": item.review_id, "fields": _hash_fields(item), "ms": item.sampled_ns // 1_000_000,
+                "evidence": wanted_evidence_pairs(VerdictSubject.review, item.review_id, line_id, item.evidence,
+                                                  item.sampled_ns),
+            }, separators=(",", ":"))
+        outcome, promoted = self._offer_review(
+            keys=[self.review_candidate_key(line_id), self.open_reviews_key, self.line_reviews_key(line_id),
+                  self.wanted_evidence_key],
+            args=[str(slot), repr(item.closeness) if item else "-1", candidate, self.prefix],
+        )
+        return _text(outcome), _text(promoted) or None
+
+    def get_review(self, review_id: str) -> ReviewItem | None:
+        return _review_from_hash(self.redis.hgetall(self.review_key(review_id)))
+
+    def list_reviews(self, line_id: str | None = None, open_only: bool = True, limit: int = 200) -> list[ReviewItem]:
+        """Newest first: the review items awaiting a verdict, or (``open_only=False``) all of one line."""
+        if open_only:
+            # one index across lines: a line's items are picked out of all of them below
+            ids = self.redis.zrevrange(self.open_reviews_key, 0, -1 if line_id else limit - 1)
+        else:
+            if line_id is None:
+                raise ValueError("all review items are listed per line")
+            ids = self.redis.zrevrange(self.line_reviews_key(line_id), 0, limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for review_id in ids:
+            pipe.hgetall(self.review_key(_text(review_id)))
+        items = [item for item in map(_review_from_hash, pipe.execute()) if item is not None]
+        return [i for i in items if line_id is None or i.line_id == line_id][:limit]
 
     # --- reads ---
 

@@ -5,9 +5,11 @@ the default quality, wrap it in a FrameMessage, publish through FramePublisher (
 idempotent, linger 5 ms) and wait for every acknowledgement. Frames come from a textured
 test image with sensor noise, so JPEG sizes are realistic rather than those of a flat image.
 
-    .venv/bin/python bench/ingest.py [--seconds 8] [--bootstrap 127.0.0.1:9092] [--out PATH]
+    .venv/bin/python bench/ingest.py [--seconds 8] [--bootstrap 127.0.0.1:9092] [--out PATH] [--without-crc32c]
 
 Writes bench/results/ingest.json and the '## Ingest' section of BENCHMARKS.md (with --out: that file only).
+``--without-crc32c`` hides the ``crc32c`` package, as an install that missed it would run (kafka-python
+then computes record CRCs in pure Python), and writes bench/results/ingest_without_crc32c.json only.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Before the first kafka import: kafka-python picks its CRC32C function when it is imported.
+if "--without-crc32c" in sys.argv:
+    sys.modules["crc32c"] = None  # type: ignore[assignment]  # import crc32c now raises ImportError
 
 from ingest.publisher import FramePublisher, IngestCounters, encode_jpeg  # noqa: E402
+from runtime.kafka_crc import has_c_crc32c  # noqa: E402
 from runtime.log import configure_logging  # noqa: E402
 from runtime.topics import ensure_topics  # noqa: E402
 from schemas.config import IngestSettings, KafkaSettings, Topics  # noqa: E402
@@ -104,7 +110,10 @@ def write_markdown(results: list[dict], command: str, machine: str) -> None:
         f"Command: `{command}`  \nMachine: {machine}  \nRaw: bench/results/ingest.json\n\n"
         "| frame | publish fps | encode-only fps | mean JPEG | MB/s | acked/sent |\n"
         "|---|---|---|---|---|---|\n"
-        f"{rows}\n"
+        f"{rows}\n\n"
+        "kafka-python computes the CRC32C of every record batch. Without the `crc32c` package it does so in\n"
+        "pure Python, and publishing is several times slower (`python bench/ingest.py --seconds 8 --without-crc32c`,\n"
+        "bench/results/ingest_without_crc32c.json); ingest and the workers log a warning at start then.\n"
     )
     pattern = re.compile(r"^## Ingest\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
@@ -120,7 +129,11 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--out", type=Path, default=None,
                         help="write the results here instead, and leave BENCHMARKS.md as it is")
+    parser.add_argument("--without-crc32c", action="store_true",
+                        help="hide the crc32c package (pure-Python CRCs); writes ingest_without_crc32c.json only")
     args = parser.parse_args()
+    if args.without_crc32c:
+        args.out = args.out or ROOT / "bench" / "results" / "ingest_without_crc32c.json"
     configure_logging("console", "WARNING")
     cv2.setNumThreads(1)  # one ingest process per camera: measure what one core does
     topic = f"bench-frames-{uuid.uuid4().hex[:8]}"
@@ -132,7 +145,8 @@ def main() -> None:
     # the broker runs on the same machine: its CPU share (and other load) bounds these numbers
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, Kafka 4.1 broker on the "
-        f"same machine; 1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
+        f"same machine; 1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; "
+        f"{'crc32c C extension' if has_c_crc32c() else 'no crc32c package: CRCs in pure Python'}"
     )
     command = "python bench/ingest.py " + " ".join(sys.argv[1:])
     out = args.out or ROOT / "bench" / "results" / "ingest.json"

@@ -5,10 +5,11 @@
 Short settings: a few minutes in all on 2 CPU cores. Each bench writes its JSON under ``--out``
 (default bench/results/quick/), so the curated results that BENCHMARKS.md quotes stay as they
 were measured; ``summary.json`` there lists every bench run, its command, exit status and time.
-``ingest`` and ``inference_worker`` need the Kafka broker (``make bench`` starts it first).
+``ingest``, ``inference_worker`` and ``host_ceiling`` need the Kafka broker (``make bench`` starts it first).
 
 Not run here: the long ones, on a quiet machine (``bench/soak.py``, the full
-``bench/inference_worker.py``), ``bench/finetune_memory.py`` (it reads a training set's cached
+``bench/inference_worker.py`` and ``bench/host_ceiling.py``), ``bench/decode_scores.py`` (it reads
+held-out recordings), ``bench/finetune_memory.py`` (it reads a training set's cached
 encodings) and the GPU ones (``bench/gpu.sh``, ``bench/gpu-pipeline.sh``). BENCHMARKS.md has
 their commands.
 """
@@ -34,6 +35,8 @@ def benches(out: Path) -> dict[str, list[str]]:
         "ingest": ["bench/ingest.py", "--seconds", "2", "--out", str(out / "ingest.json")],
         "inference_worker": ["bench/inference_worker.py", "--only", "efficiency", "--size", "tiny", "--threads", "1",
                              "--pairs", "1", "--frames", "240", "--out", str(out / "inference_worker.json")],
+        "host_ceiling": ["bench/host_ceiling.py", "--frames", "800", "--sizes", "320x240", "--spreads", "even",
+                         "--out", str(out / "host_ceiling.json")],
     }
 
 

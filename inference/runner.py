@@ -4,16 +4,30 @@ The worker (``inference/worker.py``) decides what runs and when: Kafka, the dyna
 acknowledgements and commits. The runner runs it (the split vLLM makes between its scheduler and
 its model runner)::
 
-    decode threads  ModelRunner.decode     JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+    decode threads  ModelRunner.decode     JPEG -> BGR (OpenCV, at 1/2, 1/4 or 1/8 size when the encoder
+                                           reads no more) -> the encoder's uint8 square (resize, crop)
     model thread    ModelRunner.find_part  the camera's tracker (model/tracker.py), frame by frame in order:
                                            the part in the zone, or none (the frame is not scored)
-                    ModelRunner.score      encoder once per view of each frame (the whole frame; the
+                    ModelRunner.part_view  the part cut out of the frame (its square), when the bundle reads it
+                    ModelRunner.score      the batch's squares normalised at once, on the model's device ->
+                                           encoder once per view of each frame (the whole frame; the
                                            part view too when the bundle has one) -> every question of
                                            the frame's line
                     ModelRunner.result     scores + thresholds (+ thumbnail) -> one InspectionResult
 
 ``decode`` is safe to call from several threads at once; ``find_part`` and ``score`` are called
 by the one model thread, which sees each camera's frames in their order.
+
+Reduced decoding (``inference.reduced_decode``): libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of
+its size, scaling in the DCT before any pixel exists, which costs about half a full decode and
+leaves less to resize. The runner uses the largest reduction that keeps the frame's shortest edge
+at or above the encoder's input (``FramePreprocessor.reduction_for``: 640x480 -> 320x240 for the
+default 128 px encoder), and, for a camera that tracks parts, a pixel for every cell of the
+tracker's grid. Everything downstream keeps the frame's own coordinates: the tracker reads its
+grid from the reduced image and boxes in frame pixels; the part view's square is placed in frame
+pixels and scaled to the reduced image, or cut from a full decode when the reduced one would have
+fewer pixels across the part than the encoder reads; every square is resized as the full frame's
+would be (the interpolation follows the scale from the camera's frame).
 ``load_model`` loads the configured bundle, with one clear message when it cannot.
 """
 
@@ -22,6 +36,7 @@ from __future__ import annotations
 import base64
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,17 +44,29 @@ import cv2
 import numpy as np
 import torch
 
-from model.tracker import PartTracker
+from model.tracker import PartTracker, largest_reduction
 from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
 from schemas.part import PartObservation
-from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+from schemas.result import FrameRef, InspectionResult, QuestionScore, ResultStatus, Timing
 
 if TYPE_CHECKING:
     from model.bundle import Bundle
 
 THUMBNAIL_JPEG_QUALITY = 80
-Decoded = tuple[np.ndarray, torch.Tensor, float]  # (BGR image, model input, decode seconds)
+# cv2.imdecode flags by reduction: libjpeg's DCT scaling
+_IMREAD = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+           8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded frame: what the model thread needs of it."""
+
+    image: np.ndarray  # BGR, the frame at 1/reduction of its size
+    reduction: int  # 1: the frame itself
+    square: np.ndarray  # the encoder's (S, S, 3) RGB uint8 input, normalised per batch in ``score``
+    decode_s: float
 
 
 class ModelRunner:
@@ -58,12 +85,30 @@ class ModelRunner:
         self.cameras: dict[str, CameraConfig] = {c.id: c for line in lines.values() for c in line.cameras}
         self.trackers: dict[str, PartTracker] = {}  # one per camera, made at its first frame
         self.device = bundle.encoder.device
+        self.preprocess = bundle.encoder.preprocess
         self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
 
     # --- decode threads ------------------------------------------------------------
 
+    def reduction(self, msg: FrameMessage) -> int:
+        """How much smaller than the frame its JPEG is decoded (1: full size): as much as the encoder, and
+        the part tracker of a camera that tracks parts, can read from."""
+        if not self.settings.reduced_decode:
+            return 1
+        reduction = self.preprocess.reduction_for(msg.width, msg.height)
+        camera = self.cameras.get(msg.camera_id)
+        if camera is not None and camera.track_parts:
+            reduction = min(reduction, largest_reduction((msg.width, msg.height)))
+        return reduction
+
+    def decoded_bytes(self, msg: FrameMessage) -> int:
+        """Memory a frame's decoded image and square hold until its result is built (for the in-flight cap)."""
+        reduction = self.reduction(msg)
+        side = self.preprocess.image_size
+        return -(-msg.width // reduction) * -(-msg.height // reduction) * 3 + side * side * 3
+
     def decode(self, msg: FrameMessage) -> Decoded | str:
-        """JPEG -> BGR -> model input, or the reason it cannot be (the frame is dead-lettered)."""
+        """JPEG -> BGR -> the encoder's uint8 square, or the reason it cannot be (the frame is dead-lettered)."""
         start = time.perf_counter()
         # [reliability, issue #9] OpenCV allocates whatever size the JPEG's frame header claims before
         # reading any pixel data: a 300-byte record claiming 30000x30000 cost 5.9 GB and 16 s. Check
@@ -73,14 +118,15 @@ class ModelRunner:
             return "the payload is not a JPEG (no frame header before the image data)"
         if declared != (msg.width, msg.height):
             return f"the JPEG is {declared[0]}x{declared[1]}, the headers say {msg.width}x{msg.height}"
+        reduction = self.reduction(msg)
         try:
-            image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR)
+            image = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), _IMREAD[reduction])
             if image is None:
                 return "the payload is not a decodable JPEG"
-            pixels = self.bundle.encoder.preprocess([image])[0]
+            square = self.preprocess.crop(image, reduction)
         except (cv2.error, ValueError) as exc:
             return f"decoding failed: {exc}"
-        return image, pixels, time.perf_counter() - start
+        return Decoded(image, reduction, square, time.perf_counter() - start)
 
     # --- the model thread ------------------------------------------------------------
 
@@ -88,23 +134,38 @@ class ModelRunner:
         """Whether the frame's camera is judged per part (else every frame on its own, k-of-n)."""
         return self.cameras[msg.camera_id].track_parts
 
-    def find_part(self, msg: FrameMessage, image: np.ndarray) -> PartObservation | None:
-        """The part wholly inside the camera's zone on this frame (None: no part), in stream order."""
+    def find_part(self, msg: FrameMessage, decoded: Decoded) -> PartObservation | None:
+        """The part wholly inside the camera's zone on this frame (None: no part), in stream order; its box in frame pixels."""
+        size = (msg.width, msg.height)
         tracker = self.trackers.get(msg.camera_id)
         if tracker is None:
-            tracker = self.trackers[msg.camera_id] = PartTracker.from_camera(
-                self.cameras[msg.camera_id], frame_size=(msg.width, msg.height))
-        return tracker.update(image, msg.seq, header_part_id=msg.part_id).observation(self.bundle.part_aggregate)
+            tracker = self.trackers[msg.camera_id] = PartTracker.from_camera(self.cameras[msg.camera_id], frame_size=size)
+        seen = tracker.update(decoded.image, msg.seq, header_part_id=msg.part_id, frame_size=size)
+        return seen.observation(self.bundle.part_aggregate)
+
+    def part_view(self, msg: FrameMessage, decoded: Decoded, part: PartObservation | None) -> np.ndarray | None:
+        """The encoder's square of the frame's part view, when the bundle reads one and the tracker boxed the part."""
+        if self.bundle.part_head is None or part is None or part.box is None:
+            return None
+        image, box, scale = decoded.image, part.box, 1.0
+        if decoded.reduction > 1:
+            scale = image.shape[1] / msg.width
+            if max(box[2] - box[0], box[3] - box[1]) * scale < self.preprocess.image_size:
+                # the reduced frame has fewer pixels across the part than the view reads: cut it from the full frame
+                image, scale = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_COLOR), 1.0
+        return self.preprocess.crop(self.bundle.part_views([image], [box], scale)[0], 1 / scale)
 
     def score(
-        self, line_ids: list[str], pixels: list[torch.Tensor], part_views: list[np.ndarray | None] | None = None
+        self, line_ids: list[str], squares: list[np.ndarray], part_views: list[np.ndarray | None] | None = None
     ) -> list[np.ndarray]:
         """One batch: each frame through the encoder once, then every question of its line; a score row per frame.
 
-        ``part_views``: the part cut out of each frame (None where no part is tracked); with a
-        bundle that reads the part view, those go through the encoder and its part head too.
+        ``squares``: the frames' encoder inputs as ``decode`` made them (uint8, normalised here as one batch).
+        ``part_views``: the squares of the part cut out of each frame, as ``part_view`` made them (None
+        where no part is tracked); with a bundle that reads the part view, those go through the
+        encoder and its part head too.
         """
-        encoded = self.bundle.encoder(self._to_device(pixels), pooled=False)
+        encoded = self.bundle.encoder(self._to_device(squares), pooled=False)
         by_line: dict[str, list[int]] = defaultdict(list)
         for i, line_id in enumerate(line_ids):
             by_line[line_id].append(i)
@@ -115,7 +176,8 @@ class ModelRunner:
         rows = [i for i, view in enumerate(part_views or ()) if view is not None]
         if self.bundle.part_head is not None and rows:
             # not through the staging buffer: the frames' copy from it may still be in flight
-            pixels_of_views = self.bundle.encoder.preprocess([part_views[i] for i in rows]).to(self.device)
+            view_squares = torch.from_numpy(np.stack([part_views[i] for i in rows]))
+            pixels_of_views = self.preprocess.normalise(view_squares.to(self.device))
             views = self.bundle.encoder(pixels_of_views, pooled=False)
             by_line = defaultdict(list)
             for at, i in enumerate(rows):
@@ -127,21 +189,18 @@ class ModelRunner:
                 scores.update(zip(frames, mixed))
         return [scores[i] for i in range(len(line_ids))]
 
-    def part_view(self, image: np.ndarray, part: PartObservation | None) -> np.ndarray | None:
-        """The part view of a frame, when the bundle reads one and the tracker boxed the part."""
-        if self.bundle.part_head is None or part is None or part.box is None:
-            return None
-        return self.bundle.part_views([image], [part.box])[0]
-
-    def _to_device(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+    def _to_device(self, squares: list[np.ndarray]) -> torch.Tensor:
+        """The batch's uint8 squares -> normalised pixels on the model's device (a quarter of float32's bytes cross)."""
         if self.device.type != "cuda":
-            return torch.stack(pixels)
+            return self.preprocess.normalise(torch.from_numpy(np.stack(squares)))
         # Page-locked staging lets the copy run asynchronously; the next batch reuses the
         # buffer only after score_encoded has synchronised on this one's scores.
-        if self._staging is None or self._staging.shape[0] < len(pixels):
-            self._staging = torch.empty((self.settings.max_batch, *pixels[0].shape), pin_memory=True)
-        staged = torch.stack(pixels, out=self._staging[: len(pixels)])
-        return staged.to(self.device, non_blocking=True)
+        if self._staging is None or self._staging.shape[0] < len(squares):
+            self._staging = torch.empty((self.settings.max_batch, *squares[0].shape), dtype=torch.uint8,
+                                        pin_memory=True)
+        staged = self._staging[: len(squares)]
+        np.stack(squares, out=staged.numpy())
+        return self.preprocess.normalise(staged.to(self.device, non_blocking=True))
 
     # --- results ---------------------------------------------------------------------
 
@@ -155,7 +214,9 @@ class ModelRunner:
         timing: Timing | None = None,
         image: np.ndarray | None = None,
         part: PartObservation | None = None,
+        frame: FrameRef | None = None,
     ) -> InspectionResult:
+        """``frame``: where ``msg`` lies on the frames topic, so the alert service can read it back as evidence."""
         line = self.lines[msg.line_id]
         question_scores = []
         if scores is not None:
@@ -171,7 +232,7 @@ class ModelRunner:
             thumbnail = thumbnail_jpeg_b64(image, self.settings.thumbnail_px)
         return InspectionResult(
             line_id=msg.line_id, camera_id=msg.camera_id, seq=msg.seq, capture_ns=msg.capture_ns,
-            status=status, skip_reason=skip_reason, part=part, model_id=self.bundle.model_id,
+            status=status, skip_reason=skip_reason, part=part, frame=frame, model_id=self.bundle.model_id,
             worker_id=self.worker_id, scores=question_scores, timing=timing or Timing(), thumbnail_jpeg_b64=thumbnail,
         )
 

@@ -4,24 +4,36 @@ Read top to bottom, a frame goes through::
 
     main thread     poll frames -> parse headers -> dead-letter / skip stale live frames
                     -> hand the JPEG to a decode thread -> commit what the broker acknowledged
-    decode threads  JPEG -> BGR (OpenCV) -> preprocess (resize, crop, normalise)
+                    (every ``commit_interval_ms``)
+    decode threads  JPEG -> BGR (OpenCV, reduced when the encoder reads less) -> uint8 square
     model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
-                    without a part in the zone gets a skipped result and no model -> encoder
-                    once per view (whole frame; the part view too when the bundle has one)
-                    -> every question of the frame's line -> one InspectionResult per frame,
-                    carrying its part -> producer.send
-    producer IO     broker acknowledgement -> the frame's offset becomes committable
+                    without a part in the zone is not scored -> squares normalised per batch
+                    -> encoder once per view (whole frame; the part view too when the bundle
+                    has one) -> every question of the frame's line -> the batch, finished
+    results thread  one InspectionResult per frame (a skipped one without a part; a dead
+                    letter if undecodable), carrying its part, in batch order -> producer.send
+    producer IO     broker acknowledgement -> the frame's offset becomes committable, and the
+                    main thread wakes if it waits for room
 
-Three threads of work overlap: Kafka I/O, decoding and the model never wait for
-each other. Decoding runs in a thread pool because OpenCV releases the GIL. This
-module decides what runs and when; what the decode and model threads run (decode,
+Kafka I/O, decoding, the model and building results never wait for each other:
+decoding runs in a thread pool (one thread per core by default) because OpenCV
+releases the GIL, and results are built while the model runs the next batch (on a
+GPU the model thread mostly waits for the device, with the GIL released). This module
+decides what runs and when; what the decode and model threads run (decode,
 preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.
+
+The main thread never sleeps while work waits: frames are fetched ahead until what is
+in flight (polled, not yet acknowledged) holds ``max_in_flight_mb`` of memory; then every
+partition is paused, ``poll(0)`` keeps the group's protocol going, and the thread waits
+for an acknowledgement (which frees room) rather than a timer. ``fetch_max_wait_ms`` is
+low so a drained partition's empty fetch does not hold up a busy one's.
 
 At-least-once: an offset is committed only when the result (or dead letter)
 of that frame *and of every earlier frame of its partition* is acknowledged by
 the broker (``acks=all``). A crash anywhere repeats some results, never loses
 one. Results keep the order of their partition because frames enter the batcher
-in poll order, each with its decode future.
+in poll order, each with its decode future, and one thread publishes each batch in
+order.
 
 Rebalances: partitions are assigned by the eager round-robin assignor. (With
 kafka-python 3.0.12, a cooperative-sticky member that already held partitions did
@@ -32,9 +44,10 @@ to another worker, this one drops its uncommitted work (queued, decoding, or
 awaiting acknowledgement) and never commits them again; the new owner resumes at
 the last commit and redoes that work (duplicates, never losses, never a stale
 commit over the new owner's). Partitions that come back keep their work.
-Acknowledged work is committed before every poll, so what is redone is at most
-the frames in flight. A rebalance that does not finish (commits refused for 30 s)
-is left: the worker joins again with a new consumer (``_rejoin``).
+Acknowledged work is committed every ``commit_interval_ms``, so what is redone is
+at most the frames in flight and those acknowledged within the last commit interval.
+A rebalance that does not finish (commits refused for 30 s) is left: the worker joins
+again with a new consumer (``_rejoin``).
 
 ``Worker(config, bundle).run(stop)`` is the whole service; ``patchsight infer``
 runs it (``serve``) with SIGTERM/SIGINT wired to ``stop``: the worker stops polling,
@@ -51,8 +64,10 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -64,6 +79,7 @@ from inference.batcher import Batch, DynamicBatcher
 from inference.metrics import WorkerMetrics
 from inference.runner import Decoded, ModelRunner, load_model
 from runtime.health import HealthServer, Reply
+from runtime.kafka_crc import warn_without_c_crc32c
 from runtime.kafka_wakeup import keep_awake
 from runtime.log import get_logger
 from runtime.topics import dead_letter_max_bytes, ensure_topics, subscribe_when_known
@@ -71,12 +87,14 @@ from schemas.config import LineConfig, PatchsightConfig
 from schemas.dead_letter import DeadLetter
 from schemas.errors import SchemaError
 from schemas.frame import FrameMessage, FrameMode
-from schemas.result import InspectionResult, ResultStatus, Timing
+from schemas.part import PartObservation
+from schemas.result import FrameRef, InspectionResult, ResultStatus, Timing
 
 if TYPE_CHECKING:
     from model.bundle import Bundle
 
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
+MAX_POLL_RECORDS = 500  # one poll's most; the memory cap sets fewer when it has less room
 LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0  # /healthz fails when the main loop has not turned for this long
 SESSION_TIMEOUT_MS = 15_000
@@ -107,7 +125,34 @@ class Frame:
     record: ConsumerRecord
     msg: FrameMessage
     line: LineConfig
-    decoded: "Future[Decoded | str]"  # (image, pixels, decode_s) or why it cannot be decoded
+    decoded: "Future[Decoded | str]"  # the decoded frame, or why it cannot be decoded
+
+    @property
+    def ref(self) -> FrameRef:
+        """Where this frame lies on the frames topic; its result carries it (evidence is read back by it)."""
+        return FrameRef(topic=self.tp.topic, partition=self.tp.partition, offset=self.offset)
+
+
+@dataclass
+class Outcome:
+    """What became of one frame of a batch: scored, skipped (no part) or undecodable."""
+
+    frame: Frame
+    waited: float  # seconds in the batcher
+    decoded: Decoded | None = None
+    part: PartObservation | None = None
+    scores: np.ndarray | None = None
+    skip_reason: str | None = None
+    undecodable: str | None = None  # why; the frame is dead-lettered
+
+
+@dataclass
+class Finished:
+    """A batch the model is done with, for the results thread, in the batch's order."""
+
+    outcomes: list[Outcome]
+    scored: int  # how many went through the model
+    model_s: float
 
 
 class InFlight:
@@ -115,19 +160,24 @@ class InFlight:
 
     The commit point of a partition is its lowest unacknowledged offset (or one
     past the highest offset polled when everything is acknowledged): committing
-    it can never skip a frame whose result the broker does not have.
+    it can never skip a frame whose result the broker does not have. Each offset
+    also counts the memory its frame holds until acknowledged (``nbytes``), and
+    every acknowledgement sets ``acknowledged``: the main loop waits on it for room.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[TopicPartition, set[int]] = defaultdict(set)
+        self._pending: dict[TopicPartition, dict[int, int]] = defaultdict(dict)  # offset -> bytes held
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._epoch: dict[TopicPartition, int] = defaultdict(int)
+        self._bytes = 0
+        self.acknowledged = threading.Event()
 
-    def add(self, tp: TopicPartition, offset: int) -> int:
+    def add(self, tp: TopicPartition, offset: int, nbytes: int = 0) -> int:
         with self._lock:
-            self._pending[tp].add(offset)
+            self._bytes += nbytes - self._pending[tp].get(offset, 0)
+            self._pending[tp][offset] = nbytes
             self._next[tp] = max(self._next.get(tp, 0), offset + 1)
             return self._epoch[tp]
 
@@ -136,8 +186,15 @@ class InFlight:
         with self._lock:
             if self._epoch[tp] != epoch:
                 return False
-            self._pending[tp].discard(offset)
-            return True
+            self._bytes -= self._pending[tp].pop(offset, 0)
+        self.acknowledged.set()
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the frames in flight hold (as ``add`` counted it)."""
+        with self._lock:
+            return self._bytes
 
     def is_current(self, tp: TopicPartition, epoch: int) -> bool:
         with self._lock:
@@ -149,7 +206,9 @@ class InFlight:
             dropped = 0
             for tp in tps:
                 self._epoch[tp] += 1
-                dropped += len(self._pending.pop(tp, ()))
+                pending = self._pending.pop(tp, {})
+                dropped += len(pending)
+                self._bytes -= sum(pending.values())
                 self._next.pop(tp, None)
                 self._committed.pop(tp, None)
             return dropped
@@ -198,10 +257,12 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
         self.in_flight = InFlight()
-        # Enough frames polled ahead to have the next batch decoded while one runs and the
-        # last one is acknowledged; beyond that, polling pauses: a backlog waits in Kafka,
-        # not in memory, and a rebalance has little uncommitted work to redo.
-        self.max_in_flight = 3 * self.settings.max_batch + 2 * self.settings.decode_threads
+        self.decode_threads = self.settings.decode_threads or os.cpu_count() or 1
+        # Enough frames polled ahead to keep every decode thread and the model busy through
+        # fetch round trips; beyond that, polling pauses: a backlog waits in Kafka, not in
+        # memory, and a rebalance has a bounded amount of uncommitted work to redo.
+        self.max_in_flight_bytes = int(self.settings.max_in_flight_mb * 2**20)
+        self._frame_bytes = 2**20  # running mean of what a frame holds; sizes the next poll
         self.metrics_port: int | None = None
         self._assignment: set[TopicPartition] = set()
         self.metrics.assigned_partitions.set_function(lambda: len(self._assignment))
@@ -260,26 +321,27 @@ class Worker:
         consumer, awake = self._open_consumer()
         health.start()
         self.metrics_port = health.port
-        decoder = ThreadPoolExecutor(self.settings.decode_threads, thread_name_prefix="decode")
-        model = threading.Thread(target=self._model_loop, args=(producer,), name="model", daemon=True)
+        decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        finished: SimpleQueue[Finished | None] = SimpleQueue()  # bounded by the in-flight cap
+        model = threading.Thread(target=self._model_loop, args=(finished,), name="model", daemon=True)
+        results = threading.Thread(target=self._results_loop, args=(finished, producer), name="results", daemon=True)
         model.start()
+        results.start()
         self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
+                      decode_threads=self.decode_threads, reduced_decode=self.settings.reduced_decode,
                       device=str(self.runner.device), metrics_port=self.metrics_port)
-        lag_at = 0.0
+        warn_without_c_crc32c(self.log)
+        lag_at = commit_at = 0.0
         try:
             while not stop.is_set() and self._fatal is None:
-                self._loop_turned = time.monotonic()
-                self._commit(consumer)
+                now = self._loop_turned = time.monotonic()
+                if now >= commit_at:
+                    self._commit(consumer)
+                    commit_at = now + self.settings.commit_interval_ms / 1e3
                 if self._stuck_for() > STUCK_REBALANCE_S:
                     consumer, awake = self._rejoin(consumer, awake)
-                room = self.max_in_flight - len(self.in_flight)
-                if room <= 0:
-                    consumer.pause(*consumer.assignment())  # still poll: rebalances happen in poll()
-                elif consumer.paused():
-                    consumer.resume(*consumer.paused())
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max(room, 1))
-                for records in polled.values():
+                for records in self._poll(consumer).values():
                     for record in records:
                         self._intake(record, decoder, producer)
                 if time.monotonic() - lag_at > LAG_REFRESH_S:
@@ -290,6 +352,7 @@ class Worker:
             self._draining.set()
             self.batcher.drain()
             model.join()
+            results.join()
             producer.flush()
             self._dead_letters.flush()
             consumer, awake = self._final_commit(consumer, awake)
@@ -308,13 +371,33 @@ class Worker:
             self._assignment = set()
             self.metrics.ready.set(0)
 
+    def _poll(self, consumer: KafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Frames while there is room for them; else stay in the group and wait for an acknowledgement.
+
+        Only an acknowledgement makes room or moves a commit point, so while full nothing else is worth waking for.
+        """
+        self.in_flight.acknowledged.clear()  # before measuring the room: an ack from now on ends the wait
+        room = self.max_in_flight_bytes - self.in_flight.nbytes
+        if room > 0:
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+            wanted = min(max(room // self._frame_bytes, 1), MAX_POLL_RECORDS)
+            return consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=wanted)
+        # Full: fetch nothing, but poll() without waiting (rebalances and their callbacks happen
+        # in poll()); a partition assigned meanwhile is not paused yet, so what it returns is taken.
+        consumer.pause(*consumer.assignment())
+        polled = consumer.poll(timeout_ms=0)
+        self.in_flight.acknowledged.wait(POLL_TIMEOUT_MS / 1e3)
+        return polled
+
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:
         """A consumer subscribed to the frames topic, and the event that stops its IO-loop nudges."""
         kafka, topics = self.config.kafka, self.config.kafka.topics
         consumer = KafkaConsumer(
             **kafka.client_kwargs(), client_id=f"{kafka.client_id_prefix}-infer-{self.worker_id}-frames",
             group_id=self.settings.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.max_in_flight, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            max_poll_records=MAX_POLL_RECORDS, partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             # Heartbeats run on the consumer's IO thread, so a long batch never misses one; a
             # short session moves a crashed worker's partitions to the others within seconds.
             session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
@@ -368,12 +451,15 @@ class Worker:
         """One polled record: dead-letter, skip, or send to a decode thread. Never raises on bad data."""
         self.metrics.frames_in.inc()
         tp = TopicPartition(record.topic, record.partition)
-        epoch = self.in_flight.add(tp, record.offset)
         try:
             msg = FrameMessage.from_record(record.key, record.value, record.headers)
         except SchemaError as exc:
+            epoch = self.in_flight.add(tp, record.offset, len(record.value or b""))
             self._dead_letter(record, epoch, exc.reason, str(exc))
             return
+        nbytes = len(msg.payload) + self.runner.decoded_bytes(msg)
+        self._frame_bytes += (nbytes - self._frame_bytes) // 8
+        epoch = self.in_flight.add(tp, record.offset, nbytes)
         line = self.lines.get(msg.line_id)
         if line is None:
             self._dead_letter(record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
@@ -386,7 +472,8 @@ class Worker:
         if msg.mode == FrameMode.live and age_s > self.settings.max_frame_age_s:
             # The part has left the camera: an answer is worthless, but the frame still gets its result.
             reason = f"stale: {age_s:.1f}s old, live limit {self.settings.max_frame_age_s:g}s"
-            result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason)
+            result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason,
+                                        frame=FrameRef(topic=tp.topic, partition=tp.partition, offset=record.offset))
             self.metrics.frames_skipped.labels("stale").inc()
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
@@ -490,61 +577,84 @@ class Worker:
         self.log.info("partitions lost", partitions=sorted(tp.partition for tp in lost),
                       uncommitted_frames_dropped=dropped)
 
-    # --- the model thread: batches in, results out ------------------------------------
+    # --- the model thread: batches in, scores out; the results thread: scores in, results out ---
 
-    def _model_loop(self, producer: KafkaProducer) -> None:
+    def _model_loop(self, finished: "SimpleQueue[Finished | None]") -> None:
         try:
             while True:
                 batch = self.batcher.next_batch(timeout=0.1)
                 if batch is not None:
-                    self._run_batch(batch, producer)
+                    finished.put(self._run_batch(batch))
                 elif self._draining.is_set() and len(self.batcher) == 0:
                     return
         except BaseException as exc:  # a model failure must stop the worker, not hang it
             self._fatal = exc
             self.log.exception("model thread failed")
+        finally:
+            finished.put(None)
 
-    def _run_batch(self, batch: Batch[Frame], producer: KafkaProducer) -> None:
-        frames, queue_s, ready, parts = [], [], [], []
+    def _run_batch(self, batch: Batch[Frame]) -> "Finished":
+        """Decoded frames -> the tracker, in stream order -> the model, for frames with something to inspect."""
+        outcomes, scored = [], []
         for frame, waited in zip(batch.items, batch.queue_s):
             if not self.in_flight.is_current(frame.tp, frame.epoch):
                 continue  # revoked while queued: the new owner redoes it
             decoded = frame.decoded.result()
             if isinstance(decoded, str):
-                self._dead_letter(frame.record, frame.epoch, "undecodable", decoded)
+                outcomes.append(Outcome(frame, waited, undecodable=decoded))
                 continue
             part = None
             if self.runner.tracks_parts(frame.msg):
                 # In stream order: the batch keeps each partition's (so each camera's) order.
-                part = self.runner.find_part(frame.msg, decoded[0])
+                part = self.runner.find_part(frame.msg, decoded)
                 if part is None:  # nothing to inspect: the model does not run, the alert service learns the part left
-                    result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=NO_PART)
-                    self.metrics.frames_skipped.labels("no_part").inc()
-                    self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+                    outcomes.append(Outcome(frame, waited, skip_reason=NO_PART))
                     continue
-            frames.append(frame)
-            queue_s.append(waited)
-            ready.append(decoded)
-            parts.append(part)
-        if not frames:
-            return
-        self.metrics.batch_size.observe(len(frames))
+            outcomes.append(Outcome(frame, waited, decoded=decoded, part=part))
+            scored.append(outcomes[-1])
+        if not scored:
+            return Finished(outcomes, 0, 0.0)
+        self.metrics.batch_size.observe(len(scored))
         self.metrics.batches.labels(batch.closed_by).inc()
-
         start = time.perf_counter()
-        views = [self.runner.part_view(image, part) for (image, _, _), part in zip(ready, parts)]
-        scores = self.runner.score([frame.line.id for frame in frames], [pixels for _, pixels, _ in ready], views)
+        views = [self.runner.part_view(o.frame.msg, o.decoded, o.part) for o in scored]
+        rows = self.runner.score([o.frame.line.id for o in scored], [o.decoded.square for o in scored], views)
         model_s = time.perf_counter() - start
         self.metrics.model_time.observe(model_s)
+        for outcome, row in zip(scored, rows):
+            outcome.scores = row
+        return Finished(outcomes, len(scored), model_s)
 
-        for i, (frame, waited, (image, _, decode_s)) in enumerate(zip(frames, queue_s, ready)):
-            self.metrics.queue_delay.observe(waited)
-            self.metrics.decode_time.observe(decode_s)
-            timing = Timing(queue_ms=waited * 1e3, decode_ms=decode_s * 1e3, model_ms=model_s * 1e3 / len(frames),
-                            batch_size=len(frames),
+    def _results_loop(self, finished: "SimpleQueue[Finished | None]", producer: KafkaProducer) -> None:
+        """Results built and sent while the model runs the next batch (on a GPU, the model thread mostly waits)."""
+        while (batch := finished.get()) is not None:
+            if self._fatal is not None:
+                continue  # stopping: what is not published is not committed, and is redone
+            try:
+                self._publish_batch(batch, producer)
+            except BaseException as exc:
+                self._fatal = exc
+                self.log.exception("results thread failed")
+
+    def _publish_batch(self, batch: "Finished", producer: KafkaProducer) -> None:
+        """Each frame's result (or dead letter) in the batch's order, so in each partition's order."""
+        for o in batch.outcomes:
+            frame = o.frame
+            if o.undecodable is not None:
+                self._dead_letter(frame.record, frame.epoch, "undecodable", o.undecodable)
+                continue
+            if o.skip_reason is not None:
+                result = self.runner.result(frame.msg, ResultStatus.skipped, skip_reason=o.skip_reason, frame=frame.ref)
+                self.metrics.frames_skipped.labels("no_part").inc()
+                self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
+                continue
+            self.metrics.queue_delay.observe(o.waited)
+            self.metrics.decode_time.observe(o.decoded.decode_s)
+            timing = Timing(queue_ms=o.waited * 1e3, decode_ms=o.decoded.decode_s * 1e3,
+                            model_ms=batch.model_s * 1e3 / batch.scored, batch_size=batch.scored,
                             capture_to_result_ms=max(0.0, (time.time_ns() - frame.msg.capture_ns) / 1e6))
-            result = self.runner.result(frame.msg, ResultStatus.ok, scores=scores[i], timing=timing, image=image,
-                                        part=parts[i])
+            result = self.runner.result(frame.msg, ResultStatus.ok, scores=o.scores, timing=timing,
+                                        image=o.decoded.image, part=o.part, frame=frame.ref)
             self._publish(producer, result, frame.tp, frame.offset, frame.epoch, frame.msg.capture_ns)
 
     # --- results and dead letters -------------------------------------------------------

@@ -42,6 +42,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from runtime.kafka_crc import warn_without_c_crc32c
 from runtime.log import get_logger
 from schemas.config import IngestSettings, KafkaSettings
 from schemas.frame import FrameMessage
@@ -208,6 +209,7 @@ class FramePublisher:
         self._failures_since_log = 0
         self._lock = threading.Lock()
         self.log = get_logger("ingest.publisher", topic=self.topic)
+        warn_without_c_crc32c(self.log)
 
     @property
     def connected(self) -> bool:

@@ -270,10 +270,13 @@ class Bundle:
         ids = [q if isinstance(q, str) else q.id for q in questions]
         return np.asarray([weights.get(i, 0.5) for i in ids], dtype=np.float32)
 
-    def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[np.ndarray]:
-        """The part view of each frame: its part cut out around the box (the encoder resizes it)."""
+    def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box], scale: float = 1.0) -> list[np.ndarray]:
+        """The part view of each frame: its part cut out around the box (the encoder resizes it).
+
+        ``scale``: image pixels per frame pixel when the frames are reduced copies and the boxes in frame pixels.
+        """
         margin = self.spec.part_view.margin if self.spec.part_view is not None else PART_MARGIN
-        return [part_crop(frame, box, margin) for frame, box in zip(frames, boxes)]
+        return [part_crop(frame, box, margin, scale) for frame, box in zip(frames, boxes)]
 
     def _probe_scores(self, enc: EncoderOutput, questions: Sequence[Question | str]) -> torch.Tensor:
         if self.probe is None:

@@ -22,7 +22,9 @@ Public API
 ``encoder.set_position_embeddings(enabled: bool)`` / ``with encoder.without_position_embeddings(): ...``
 ``FramePreprocessor.from_pretrained(dir)`` / ``FramePreprocessor(image_size, mean, std)``
     cv2 resize (shortest edge, bicubic) + center crop + normalize, matching
-    ``CLIPImageProcessor``'s configuration, straight from BGR uint8 arrays.
+    ``CLIPImageProcessor``'s configuration, straight from BGR uint8 arrays. In two steps
+    for the worker: ``crop(frame)`` (uint8 square, per frame) and ``normalise(crops)`` (a batch,
+    on any device); ``reduction_for(width, height)``: how much smaller a JPEG may be decoded.
 ``compact_clip_config(...) -> CLIPConfig``  the small from-scratch CLIP used by the default bundle.
 ``resolve_device("auto") -> torch.device``, ``default_dtype(device) -> torch.dtype``.
 """
@@ -148,6 +150,7 @@ class FramePreprocessor:
         self.image_mean, self.image_std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, 1/std per device
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "FramePreprocessor":
@@ -181,12 +184,31 @@ class FramePreprocessor:
         path.write_text(json.dumps(self.to_processor_config(), indent=2))
 
     def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
-        out = np.empty((len(frames), self.image_size, self.image_size, 3), dtype=np.float32)
+        """BGR uint8 frames -> (N, 3, S, S) float32 normalised pixels: ``normalise(crop(...))``."""
+        crops = np.empty((len(frames), self.image_size, self.image_size, 3), dtype=np.uint8)
         for i, frame in enumerate(frames):
-            out[i] = self._one(frame)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            crops[i] = self.crop(frame)
+        return self.normalise(torch.from_numpy(crops))
 
-    def _one(self, frame: np.ndarray) -> np.ndarray:
+    def reduction_for(self, width: int, height: int) -> int:
+        """The largest JPEG decode reduction (1, 2, 4 or 8) that keeps the shortest edge at or above ``resize_to``.
+
+        A frame at least twice the encoder's size can be decoded at a fraction of its size
+        (libjpeg scales in the DCT, before any pixel exists) and resized from there.
+        """
+        factor = 1
+        while factor < 8 and min(width, height) // (2 * factor) >= self.resize_to:
+            factor *= 2
+        return factor
+
+    def crop(self, frame: np.ndarray, reduction: float = 1.0) -> np.ndarray:
+        """One BGR uint8 frame -> its (S, S, 3) RGB uint8 square: resized so the shortest edge is ``resize_to``, centre-cropped.
+
+        Kept uint8 until a whole batch is normalised at once (``normalise``), on the model's device.
+        ``reduction``: how much smaller ``frame`` is than the picture it was decoded from (a JPEG
+        decoded at 1/2 size: 2); the interpolation is chosen by the scale from that picture, so a
+        reduced decode is resized as the full one would have been.
+        """
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -196,11 +218,20 @@ class FramePreprocessor:
         nh, nw = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
         if (nh, nw) != (h, w):
             # INTER_AREA when shrinking a lot avoids the aliasing bicubic gives on big camera frames.
-            interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
+            interp = cv2.INTER_AREA if scale / reduction < 0.5 else cv2.INTER_CUBIC
             frame = cv2.resize(frame, (nw, nh), interpolation=interp)
         top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
-        crop = frame[top : top + self.image_size, left : left + self.image_size, ::-1]  # BGR -> RGB
-        return (crop.astype(np.float32) - self.mean) * self.inv_std
+        # contiguous: a batch is then stacked with plain copies, where the model thread waits for it
+        return np.ascontiguousarray(frame[top : top + self.image_size, left : left + self.image_size, ::-1])  # BGR->RGB
+
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) RGB uint8 crops (on any device) -> (N, 3, S, S) float32 normalised pixels on that device."""
+        if crops.device not in self._constants:  # copied to a GPU once, not once per batch
+            self._constants[crops.device] = (torch.from_numpy(self.mean).to(crops.device).view(1, 3, 1, 1),
+                                             torch.from_numpy(self.inv_std).to(crops.device).view(1, 3, 1, 1))
+        mean, inv_std = self._constants[crops.device]
+        pixels = crops.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return (pixels - mean) * inv_std
 
 
 def compact_clip_config(

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from schemas.config import CameraConfig, InspectionZone
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
+GRID_CELLS = (160, 60)  # the default working grid: cells along the belt, across it
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -158,7 +159,7 @@ class PartTracker:
         frame_size: tuple[int, int] | None = None,
         *,
         belt_axis: str = "x",
-        cells: tuple[int, int] = (160, 60),
+        cells: tuple[int, int] = GRID_CELLS,
         min_contrast: float = 0.05,
         noise_k: float = 3.5,
         learning_rate: float = 0.05,
@@ -227,7 +228,6 @@ class PartTracker:
         # the grid works in belt coordinates: columns run along the belt, rows across it
         self._gw, self._gh = min(self.cells[0], length), min(self.cells[1], breadth)
         self._sx, self._sy = length / self._gw, breadth / self._gh  # frame pixels per cell
-        self._row_step = max(1, int(self._sy // 4))
         self._join = int(np.ceil(self.join_gap / self._sx))  # cells
         if self.zone_margin is None:
             mx, my = (self._sx, self._sy) if self.belt_axis == "x" else (self._sy, self._sx)
@@ -250,8 +250,10 @@ class PartTracker:
         if self.belt_axis == "y":
             image = np.ascontiguousarray(image.swapaxes(0, 1))
         # a cell averages every pixel along the belt but only every other row across it when its
-        # rows are many: reading half the frame halves the cost, and a part spans many rows
-        small = cv2.resize(image[:: self._row_step], (self._gw, self._gh), interpolation=cv2.INTER_AREA)
+        # rows are many: reading half the frame halves the cost, and a part spans many rows.
+        # Rows of the image, not of the frame: a reduced copy has fewer per cell.
+        row_step = max(1, int(image.shape[0] / self._gh // 4))
+        small = cv2.resize(image[::row_step], (self._gw, self._gh), interpolation=cv2.INTER_AREA)
         if small.ndim == 2:
             return small[None].astype(np.float32)
         return np.ascontiguousarray(small.transpose(2, 0, 1), dtype=np.float32)
@@ -267,7 +269,9 @@ class PartTracker:
 
     # --- one frame ------------------------------------------------------------------------------
 
-    def update(self, image: np.ndarray, seq: int, header_part_id: str | None = None) -> TrackedFrame:
+    def update(
+        self, image: np.ndarray, seq: int, header_part_id: str | None = None, frame_size: tuple[int, int] | None = None
+    ) -> TrackedFrame:
         """Feed the camera's next frame (BGR or grey, as decoded) and say what it shows.
 
         ``seq``: the frame's ``ps-seq``. Ids derive from it, and a gap in it is belt travel
@@ -276,12 +280,16 @@ class PartTracker:
         ``header_part_id``: the frame's ``ps-part-id``, when the camera or a PLC names the part;
         it is the frame's part (source "header"), and the tracker still learns from the frame.
         A frame of another size than the last starts the tracker afresh.
+        ``frame_size``: (width, height) of the frame when ``image`` is a reduced copy of it (a JPEG
+        decoded at 1/2 or 1/4 scale, at least the grid's size): the grid is read from the copy,
+        and boxes, zone and every length stay in the frame's pixels. None: ``image`` is the frame.
         """
         if header_part_id is not None and not _ID_RE.match(header_part_id):
             raise ValueError(f"part id {header_part_id!r} is not an id ({ID_PATTERN})")
         height, width = image.shape[:2]
-        if self.frame_size != (width, height):
-            self._setup((width, height))
+        size = tuple(frame_size) if frame_size is not None else (width, height)
+        if self.frame_size != size:
+            self._setup(size)  # type: ignore[arg-type]
         last = self._last_seq
         if last is not None and not 0 < seq - last <= 10 * (self.max_missed + 1):
             speed = self._belt_speed
@@ -540,6 +548,17 @@ def _edge_motion(t: _Blob, b: _Blob) -> float | None:
     if not (t.clip_hi or b.clip_hi):
         moves.append(b.hi - t.hi)
     return sum(moves) / len(moves) if moves else None
+
+
+def largest_reduction(frame_size: tuple[int, int], cells: tuple[int, int] = GRID_CELLS, belt_axis: str = "x") -> int:
+    """The largest JPEG decode reduction (1, 2, 4 or 8) whose image still has a pixel for every cell of the grid."""
+    width, height = frame_size
+    length, breadth = (width, height) if belt_axis == "x" else (height, width)
+    factor = 1
+    while factor < 8 and length // (2 * factor) >= min(cells[0], length) and breadth // (2 * factor) >= min(
+            cells[1], breadth):
+        factor *= 2
+    return factor
 
 
 def _part_id(camera_id: str, seq: int) -> str:

@@ -18,16 +18,21 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 PART_MARGIN = 0.06  # of the box's longer side, on every side
 
 
-def part_crop(image: np.ndarray, box: Box, margin: float = PART_MARGIN) -> np.ndarray:
+def part_crop(image: np.ndarray, box: Box, margin: float = PART_MARGIN, scale: float = 1.0) -> np.ndarray:
     """A square cut of ``image`` centred on ``box``, its side the box's longer side plus ``margin`` on each side.
 
     Where the square leaves the frame the border pixels are repeated, so a part at the edge
-    of the frame is still centred in its view.
+    of the frame is still centred in its view. ``scale``: image pixels per frame pixel, when
+    ``image`` is a reduced copy of the frame (a JPEG decoded at 1/2 size: 0.5) and ``box`` is
+    in frame pixels; the square is placed in frame pixels, then scaled, so it covers the
+    same part of the scene as the full frame's.
     """
     x0, y0, x1, y1 = box
     side = max(1, int(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin))))
     left = int(round((x0 + x1) / 2 - side / 2))
     top = int(round((y0 + y1) / 2 - side / 2))
+    if scale != 1.0:
+        left, top, side = int(round(left * scale)), int(round(top * scale)), max(1, int(round(side * scale)))
     h, w = image.shape[:2]
     pad = max(0, -left, -top, left + side - w, top + side - h)
     if pad:

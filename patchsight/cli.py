@@ -37,6 +37,8 @@ app = typer.Typer(
 )
 infra_app = typer.Typer(help="Local Kafka (KRaft) and Redis for development, tests and the demo.", no_args_is_help=True)
 config_app = typer.Typer(help="Validate and show the configuration.", no_args_is_help=True)
+feedback_app = typer.Typer(help="What operators said of alerts and sampled parts, as training data.",
+                           no_args_is_help=True)
 # Listed in pipeline order: set-up, cameras, inference, alerts.
 app.add_typer(infra_app, name="infra")
 app.add_typer(config_app, name="config")
@@ -49,6 +51,7 @@ app.command("infer")(inference_cli.infer)
 app.add_typer(training_cli.model_app, name="model")
 app.add_typer(alerts_cli.app, name="alerts")
 app.command("dashboard")(alerts_cli.dashboard)
+app.add_typer(feedback_app, name="feedback")
 
 console = Console()
 
@@ -208,9 +211,47 @@ def demo(
     raise typer.Exit(code)
 
 
+@feedback_app.command("export")
+def feedback_export(
+    line: str = typer.Option(..., "--line", "-l", help="The line whose verdicts to export (a line of the config)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the recordings, one per camera (must not hold one)."),
+    config: ConfigOption = None,
+) -> None:
+    """Write a line's judged alerts and reviewed parts, with their evidence frames, as labelled recordings.
+
+    `patchsight model calibrate BUNDLE --data OUT` (and finetune) take them like any recording (docs/feedback.md).
+    """
+    from ingest.recording import RecordingError
+    from patchsight.feedback import export_feedback
+
+    cfg, store = alerts_cli.store_or_exit(config)
+    chosen = cfg.line(line)
+    if chosen is None:
+        known = ", ".join(entry.id for entry in cfg.lines) or "none"
+        typer.secho(f"no line {line!r} in the configuration (its lines: {known})", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        done = export_feedback(store, chosen, out)
+    except RecordingError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    console.print(f"{done.parts['good']} good and {done.parts['defective']} defective parts, {done.frames} frames"
+                  + (f"; left out: {done.skipped_unasked} naming a defect no question asks about"
+                     if done.skipped_unasked else "")
+                  + (f", {done.skipped_no_evidence} without kept frames" if done.skipped_no_evidence else ""),
+                  highlight=False)
+    for camera, path in sorted(done.recordings.items()):
+        console.print(f"  {camera}: {path}", highlight=False)
+    if not done.frames:
+        typer.secho(f"nothing to export: no verdict on line {line!r} has kept evidence frames", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(1)
+
+
 def run() -> None:
     app(prog_name="patchsight")
 
 
 if __name__ == "__main__":
     sys.exit(run())
+

@@ -18,9 +18,10 @@ from schemas.config import (
 )
 from schemas.dead_letter import DeadLetter
 from schemas.errors import ConfigError, MalformedMessage, SchemaError, UnsupportedSchemaVersion
+from schemas.feedback import EvidenceFrame, OperatorVerdict, ReviewItem, VerdictSubject
 from schemas.frame import FRAME_SCHEMA_VERSION, FrameEncoding, FrameMessage, FrameMode
 from schemas.part import PartAggregate, PartObservation, PartScores, aggregate_scores
-from schemas.result import InspectionResult, QuestionScore, ResultStatus, Timing
+from schemas.result import FrameRef, InspectionResult, QuestionScore, ResultStatus, Timing
 
 __all__ = [
     "ALLOWED_TRANSITIONS", "AlertPolicy", "AlertState", "CameraConfig", "CameraSource", "ConfigError",
@@ -28,4 +29,6 @@ __all__ = [
     "InspectionResult", "LineConfig", "MalformedMessage", "PatchsightConfig", "Question", "QuestionCategory",
     "QuestionScore", "ResultStatus", "SchemaError", "Timing", "UnsupportedSchemaVersion", "aggregate_scores", "alert_id_for", "part_alert_id",
     "load_config", "validate_config",
+    # operator feedback, and where a result's frame lies
+    "EvidenceFrame", "FrameRef", "OperatorVerdict", "ReviewItem", "VerdictSubject",
 ]

@@ -282,7 +282,25 @@ class InferenceSettings(Section):
     max_batch: int = Field(8, ge=1, description="a batch closes at this many frames ...")
     max_delay_ms: float = Field(20.0, ge=0, description="... or when its oldest frame has waited this long")
     max_frame_age_s: float = Field(5.0, gt=0, description="live frames older than this are skipped")
-    decode_threads: int = Field(2, ge=1, description="JPEG decoding threads, overlapping model work")
+    decode_threads: int = Field(
+        0, ge=0, description="JPEG decoding threads, overlapping model work; 0 = one per core (os.cpu_count())"
+    )
+    reduced_decode: bool = Field(
+        True, description="decode a JPEG at 1/2, 1/4 or 1/8 size when the encoder reads no more (640x480 -> 320x240 "
+        "for a 128 px encoder): about half the decoding cost"
+    )
+    max_in_flight_mb: float = Field(
+        64.0, gt=0, description="frames polled and not yet acknowledged may hold this much memory (JPEG and decoded "
+        "pixels); beyond it polling pauses and a backlog waits in Kafka"
+    )
+    fetch_max_wait_ms: int = Field(
+        10, ge=0, le=500, description="how long the broker may hold a fetch for more data; low: a drained partition "
+        "does not delay the others"
+    )
+    commit_interval_ms: int = Field(
+        100, ge=0, le=5_000, description="commit what the broker acknowledged this often (0: at every loop turn); "
+        "a crash redoes at most this much more"
+    )
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for the model; 0 = all cores. Set cores / workers when several share a host"
     )
@@ -344,6 +362,12 @@ class AlertSettings(Section):
     key_prefix: str = Field("ps", description="prefix of every Redis key (docs/redis-keys.md)")
     stream_maxlen: int = Field(10_000, ge=10, description="approximate length cap of each per-line event stream")
     thumbnail_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long alert thumbnails are kept")
+    evidence_max_bytes_per_line: int = Field(
+        256 * 1024 * 1024, ge=1024, description="full-resolution frames kept as evidence of alerts and review "
+        "items, per line; beyond it the oldest alert's or review's frames are evicted")
+    review_max_per_hour: int = Field(
+        6, ge=0, le=3600, description="passed parts kept per line and clock hour for operators to review, "
+        "the nearest a threshold of each 1/N hour; 0: none")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics and /healthz; 0 picks a free port")
     metrics_host: str = Field(
         "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 lets Prometheus elsewhere scrape it"

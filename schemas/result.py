@@ -3,6 +3,11 @@
 Version 2 added ``part``: which part the frame shows. A frame that shows no part in the
 camera's inspection zone is ``skipped`` (``skip_reason`` "no part in the zone"): the model
 does not run on it, and it tells the alert service that the part before it has left.
+
+Version 3 added ``frame``: where the frame itself lies on the ``frames`` topic (topic,
+partition, offset). The alert service reads a frame back by it only when it keeps the frame
+as evidence (an alert's best frames, a sampled passed part), so a result stays a few hundred
+bytes and the full-resolution JPEG never travels twice on the hot path.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ class QuestionScore(BaseModel):
     above_threshold: bool
 
 
+class FrameRef(BaseModel):
+    """Where a frame lies on Kafka: enough to read that one record back by offset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
 class Timing(BaseModel):
     """Where the time went, in milliseconds."""
 
@@ -48,10 +63,10 @@ class Timing(BaseModel):
 
 
 class InspectionResult(VersionedMessage):
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
     KIND: ClassVar[str] = "inspection-result"
 
-    schema_version: int = 2
+    schema_version: int = 3
 
     line_id: Id
     camera_id: Id
@@ -60,6 +75,7 @@ class InspectionResult(VersionedMessage):
     status: ResultStatus = ResultStatus.ok
     skip_reason: str | None = None
     part: PartObservation | None = None  # None: no part tracking on this camera, or no part in view
+    frame: FrameRef | None = Field(None, description="the frame's record on the frames topic (None: not from Kafka)")
     model_id: str
     worker_id: str
     scores: list[QuestionScore] = Field(default_factory=list)

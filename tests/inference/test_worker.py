@@ -168,6 +168,22 @@ def running(worker: Worker) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop"
 
 
+def test_in_flight_counts_the_memory_of_unacknowledged_frames_and_signals_each_acknowledgement() -> None:
+    from inference.worker import InFlight
+
+    flight, a, b = InFlight(), TopicPartition("frames", 0), TopicPartition("frames", 1)
+    epoch = flight.add(a, 10, 300)
+    flight.add(a, 11, 200)
+    flight.add(b, 5, 1000)
+    assert flight.nbytes == 1500 and len(flight) == 3 and not flight.acknowledged.is_set()
+    assert flight.done(a, 11, epoch) and flight.acknowledged.is_set()
+    assert flight.nbytes == 1300 and flight.commit_points() == {a: 10, b: 5}  # 10 is not acknowledged yet
+    flight.acknowledged.clear()
+    assert flight.revoke({b}) == 1 and flight.nbytes == 300
+    assert not flight.done(b, 5, epoch) and not flight.acknowledged.is_set()  # revoked: the ack no longer counts
+    assert flight.done(a, 10, epoch) and flight.nbytes == 0 and flight.commit_points() == {a: 12}
+
+
 def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bundle: Bundle) -> None:
     cfg = config(max_batch=4, max_delay_ms=20)
     frames = replay_frames(8)  # 24 frames over three cameras, two lines
@@ -192,6 +208,12 @@ def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bu
         # line-a asks a question with threshold 0 (always above): a thumbnail; line-b never is above
         assert (r.thumbnail_jpeg_b64 is not None) == (r.line_id == "line-a")
         assert 1 <= r.timing.batch_size <= 4 and r.timing.model_ms > 0
+    # each result names its frame's record (the alert service reads evidence back by it)
+    frames_at = {(r.partition, r.offset): FrameMessage.from_record(r.key, r.value, r.headers)
+                 for r in read_topic(cfg, cfg.kafka.topics.frames, lambda rs: len(rs) >= len(frames))}
+    for r in got:
+        shown = frames_at[(r.frame.partition, r.frame.offset)]
+        assert r.frame.topic == cfg.kafka.topics.frames and (shown.camera_id, shown.seq) == (r.camera_id, r.seq)
     # results of a camera come out in capture order
     for camera in ("cam-a1", "cam-a2", "cam-b1"):
         seqs = [r.seq for r in got if r.camera_id == camera]
@@ -322,6 +344,7 @@ def test_stale_live_frames_get_a_skipped_result_and_replay_frames_never_do(confi
         metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
     stale = got[("cam-a1", 0)]
     assert stale.status == ResultStatus.skipped and "stale" in stale.skip_reason and stale.scores == []
+    assert stale.frame is not None and stale.frame.topic == cfg.kafka.topics.frames  # skipped ones name it too
     assert got[("cam-a1", 1)].status == ResultStatus.ok
     assert got[("cam-a2", 0)].status == ResultStatus.ok  # replay: age does not matter
     assert 'patchsight_inference_frames_skipped_total{reason="stale"} 1.0' in metrics
@@ -358,8 +381,12 @@ def start_worker(config_path: Path, worker_id: str, log: Path) -> subprocess.Pop
     )
 
 
+# About ten of these frames in flight at once: a worker stopped or killed after 20 results is mid-stream.
+SMALL_IN_FLIGHT_MB = 0.25
+
+
 def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) -> None:
-    cfg = config(max_batch=2, max_delay_ms=5)
+    cfg = config(max_batch=2, max_delay_ms=5, max_in_flight_mb=SMALL_IN_FLIGHT_MB)
     frames = replay_frames(60)  # 180 frames
     publish(cfg, [f.to_record() for f in frames])
     path = write_config(cfg, tmp_path / "worker.yaml")
@@ -383,7 +410,7 @@ def test_sigkill_mid_stream_then_restart_loses_no_frame(config, tmp_path: Path) 
 
 
 def test_sigterm_drains_publishes_and_commits_exactly_what_it_published(config, tmp_path: Path) -> None:
-    cfg = config(max_batch=2, max_delay_ms=5)
+    cfg = config(max_batch=2, max_delay_ms=5, max_in_flight_mb=SMALL_IN_FLIGHT_MB)
     frames = replay_frames(60)
     publish(cfg, [f.to_record() for f in frames])
     worker = start_worker(write_config(cfg, tmp_path / "worker.yaml"), "w-term", tmp_path / "worker.log")

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.tracker import PartTracker, TrackedFrame
+from model.tracker import PartTracker, TrackedFrame, largest_reduction
 from ingest import synth
 from schemas.config import CameraConfig, InspectionZone
 from schemas.part import PartObservation
@@ -52,21 +52,27 @@ class Run:
     scale: float
 
 
-def run(make, frames: int, trackers: dict, feed=None, jpeg: int | None = None) -> Run:
+REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+
+
+def run(make, frames: int, trackers: dict, feed=None, jpeg: int | None = None, reduced: int = 1) -> Run:
     """Render ``frames`` frames of ``make()`` and feed every tracker in lockstep.
 
     ``feed(name, image, seq, truth)`` returns the (image, header) a tracker gets; default: the frame, no header.
+    ``jpeg``: through JPEG at this quality first, decoded at 1/``reduced`` size as the worker may decode it.
     """
     cam, twin = make(), make()
     out = Run([], list(twin.scenes(frames)), {name: [] for name in trackers}, cam.scale)
     for seq, (image, truth) in enumerate(cam.frames(frames)):
+        size = (image.shape[1], image.shape[0])
         if jpeg:
             ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg])
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            image = cv2.imdecode(data, REDUCED[reduced])
         out.truths.append(truth)
         for name, tracker in trackers.items():
             img, header = feed(name, image, seq, truth) if feed else (image, None)
-            out.seen[name].append(tracker.update(img, seq, header_part_id=header))
+            out.seen[name].append(tracker.update(img, seq, header_part_id=header,
+                                                 frame_size=size if reduced > 1 else None))
     return out
 
 
@@ -149,6 +155,20 @@ def test_counts_the_parts_of_the_demo_lines_exactly(seed, line):
     r = run(lambda: camera(line, seed), 100, {"t": PartTracker(f"{line}-cam1")})
     parts, extra = check_counts(r, r.seen["t"], exact=True)
     assert parts >= 5 and extra == 0
+
+
+@pytest.mark.parametrize("seed,line", [(0, "line-a"), (0, "line-b"), (0, "line-c"), (1, "line-a"), (1, "line-b")])
+def test_counts_the_parts_exactly_from_a_half_size_decode(seed, line):
+    # the worker decodes a 640x480 JPEG at 320x240 for a 128 px encoder; boxes stay in frame pixels
+    assert largest_reduction(SIZE) >= 2 and largest_reduction((96, 64)) == 1  # the grid needs a pixel per cell
+    full = run(lambda: camera(line, seed), 100, {"t": PartTracker(f"{line}-cam1")}, jpeg=85)
+    half = run(lambda: camera(line, seed), 100, {"t": PartTracker(f"{line}-cam1")}, jpeg=85, reduced=2)
+    parts, extra = check_counts(half, half.seen["t"], exact=True)
+    assert parts >= 5 and extra == 0
+    assert [s.part_id for s in half.seen["t"]] == [s.part_id for s in full.seen["t"]]
+    for a, b in zip(full.seen["t"], half.seen["t"]):
+        if a.box is not None and b.box is not None:
+            assert max(abs(p - q) for p, q in zip(a.box, b.box)) <= 2 * CELL, (a.box, b.box)
 
 
 @pytest.mark.parametrize("seed,line,spacing", [(3, "line-a", synth.CLOSE_SPACING), (3, "line-b", synth.CLOSE_SPACING),

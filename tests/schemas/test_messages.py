@@ -9,6 +9,7 @@ from schemas import (
     alert_id_for,
 )
 from schemas.dead_letter import record_size
+from schemas.result import FrameRef
 
 
 def result() -> InspectionResult:
@@ -25,14 +26,27 @@ def test_result_round_trip_and_key() -> None:
     assert InspectionResult.from_record(value, headers) == result()
 
 
-def test_future_version_is_refused_before_parsing() -> None:
+def test_future_and_past_versions_are_refused_before_parsing() -> None:
     _, value, _ = result().to_record()
-    with pytest.raises(UnsupportedSchemaVersion):
-        InspectionResult.from_record(value, [("ps-schema", b"3")])
-    body = value.replace(b'"schema_version":2', b'"schema_version":3')
-    assert body != value
-    with pytest.raises(UnsupportedSchemaVersion):
-        InspectionResult.from_json(body)
+    current = InspectionResult.SCHEMA_VERSION
+    for other in (current + 1, current - 1):
+        with pytest.raises(UnsupportedSchemaVersion):
+            InspectionResult.from_record(value, [("ps-schema", str(other).encode())])
+        body = value.replace(f'"schema_version":{current}'.encode(), f'"schema_version":{other}'.encode())
+        assert body != value
+        with pytest.raises(UnsupportedSchemaVersion):
+            InspectionResult.from_json(body)
+
+
+def test_a_result_names_where_its_frame_lies() -> None:
+    with_frame = result().model_copy(update={"frame": FrameRef(topic="frames", partition=2, offset=1234)})
+    _, value, headers = with_frame.to_record()
+    assert InspectionResult.from_record(value, headers).frame == FrameRef(topic="frames", partition=2, offset=1234)
+    for bad in ('{"topic":"frames","partition":-1,"offset":0}', '{"topic":"","partition":0,"offset":0}',
+                '{"topic":"frames","partition":0}'):
+        with pytest.raises(MalformedMessage):
+            InspectionResult.from_json(value.replace(b'"frame":{"topic":"frames","partition":2,"offset":1234}',
+                                                     bad.encode()))
 
 
 @pytest.mark.parametrize("value", [b"", b"{", b"[]", b'{"line_id": 3}', b"\xff" * 10])

@@ -1,0 +1,146 @@
+"""Does reduced JPEG decoding move the model's scores? The worker's own path, full-size against reduced.
+
+    python bench/decode_scores.py --data DIR [DIR ...] [--bundle models/default] [--out FILE]
+
+For every recording under ``--data`` (labelled, as ``patchsight synth`` writes them), each frame goes
+through the worker's ``ModelRunner`` as a tracking camera's frame does, in recording order: decode
+(the full-size JPEG, then the reduced one: ``inference.reduced_decode``), the part tracker, the part
+view, the batch's squares normalised, the encoder and every question of the synthetic catalog.
+Reported: how many frames each path scores (a frame without a part in the zone is not scored) and on
+how many they disagree about the part, the score differences on frames both score, per question
+the AUROC of each path against the recording's labels on those frames, and the alert decision: each
+part's aggregate score (the bundle's ``part_aggregate``) against the bundle's part threshold, and on
+how many parts the two paths decide differently. Writes bench/results/decode_scores.json by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# bench/ingest.py would shadow the ingest package: import from the repository root instead
+REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from inference.runner import ModelRunner  # noqa: E402
+from ingest.recording import Recording, find_recordings  # noqa: E402
+from ingest.synth import ALERT_QUESTIONS  # noqa: E402
+from model.bundle import load_bundle  # noqa: E402
+from schemas.config import validate_config  # noqa: E402
+from schemas.frame import FrameMessage, FrameMode  # noqa: E402
+from schemas.part import aggregate_scores  # noqa: E402
+from training.metrics import auroc  # noqa: E402
+
+BATCH = 8
+
+
+def score_recording(runner: ModelRunner, rec: Recording) -> dict[int, tuple[np.ndarray, str, int]]:
+    """seq -> (scores, part id, box's longer side) of every frame the runner scores, in recording order, batches of ``BATCH``."""
+    out: dict[int, tuple[np.ndarray, str, int]] = {}
+    pending: list[tuple[FrameMessage, object, object]] = []
+
+    def flush() -> None:
+        views = [runner.part_view(msg, decoded, part) for msg, decoded, part in pending]
+        rows = runner.score(["line"] * len(pending), [decoded.square for _, decoded, _ in pending], views)
+        for (msg, _, part), row in zip(pending, rows):
+            out[msg.seq] = (row, part.part_id, max(part.box[2] - part.box[0], part.box[3] - part.box[1]))
+        pending.clear()
+
+    for entry, jpeg in rec.frames():
+        msg = FrameMessage(line_id="line", camera_id="cam", seq=entry.seq, capture_ns=entry.capture_ns,
+                           width=rec.meta.width, height=rec.meta.height, mode=FrameMode.replay, payload=jpeg)
+        decoded = runner.decode(msg)
+        if isinstance(decoded, str):
+            raise ValueError(f"{rec.path} seq {entry.seq}: {decoded}")
+        part = runner.find_part(msg, decoded)
+        if part is not None:
+            pending.append((msg, decoded, part))
+        if len(pending) == BATCH:
+            flush()
+    if pending:
+        flush()
+    return out
+
+
+def runner_for(bundle, reduced: bool) -> ModelRunner:  # type: ignore[no-untyped-def]
+    cfg = validate_config({
+        "inference": {"reduced_decode": reduced},
+        "lines": [{"id": "line", "cameras": [{"id": "cam"}], "questions": [q.model_dump() for q in ALERT_QUESTIONS]}],
+    })
+    return ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, "bench")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="recordings, or directories of them")
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "decode_scores.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bundle = load_bundle(args.bundle, "cpu")
+    qids = [q.id for q in ALERT_QUESTIONS]
+    full_rows, reduced_rows, labels, sides, parts = [], [], [], [], []
+    counts = {"frames": 0, "scored_full": 0, "scored_reduced": 0, "part_disagreements": 0, "part_id_differences": 0}
+    started = time.perf_counter()
+    for path in find_recordings(args.data):
+        rec = Recording(path)
+        # a fresh runner (fresh trackers) per recording and path: each camera's stream starts clean
+        full, reduced = score_recording(runner_for(bundle, False), rec), score_recording(runner_for(bundle, True), rec)
+        truth = rec.truth()
+        counts["frames"] += len(rec)
+        counts["scored_full"] += len(full)
+        counts["scored_reduced"] += len(reduced)
+        counts["part_disagreements"] += len(set(full) ^ set(reduced))
+        for seq in sorted(set(full) & set(reduced)):
+            counts["part_id_differences"] += full[seq][1] != reduced[seq][1]
+            answers = truth[seq].answers if seq in truth else {}
+            parts.append(f"{path}/{full[seq][1]}")
+            full_rows.append(full[seq][0])
+            sides.append(full[seq][2])
+            reduced_rows.append(reduced[seq][0])
+            labels.append([float(answers[q]) if q in answers else np.nan for q in qids])
+        print(path, json.dumps(counts), flush=True)
+    a, b, y = np.stack(full_rows), np.stack(reduced_rows), np.asarray(labels)
+    diff = np.abs(a - b)
+    thresholds = bundle.part_thresholds_for(ALERT_QUESTIONS)
+    by_part: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        by_part.setdefault(part, []).append(i)
+    per_question = {}
+    for j, qid in enumerate(qids):
+        known = ~np.isnan(y[:, j])
+        before, after = auroc(a[known, j], y[known, j]), auroc(b[known, j], y[known, j])
+        flagged = [[aggregate_scores(m[rows, j], bundle.part_aggregate) >= thresholds[j] for rows in by_part.values()]
+                   for m in (a, b)]
+        per_question[qid] = {"auroc_full": round(before, 4), "auroc_reduced": round(after, 4),
+                             "auroc_change": round(after - before, 4), "positives": int(y[known, j].sum()),
+                             "frames": int(known.sum()), "max_abs_score_diff": round(float(diff[:, j].max()), 4),
+                             "parts_flagged_full": int(sum(flagged[0])), "parts_flagged_reduced": int(sum(flagged[1])),
+                             "part_decisions_changed": int(sum(x != z for x, z in zip(*flagged)))}
+    report = {
+        "command": "python bench/decode_scores.py " + " ".join(f"--data {d}" for d in args.data),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread", "bundle": str(args.bundle),
+        "seconds": round(time.perf_counter() - started, 1), **counts,
+        "mean_abs_score_diff": round(float(diff.mean()), 5), "p99_abs_score_diff": round(float(np.quantile(diff, 0.99)), 4),
+        "max_abs_score_diff": round(float(diff.max()), 4),
+        # the reduced path cuts a part view from a full decode when the part spans fewer reduced pixels than this
+        "encoder_px": bundle.encoder.preprocess.image_size, "part_box_side_px_min_median": [min(sides), float(np.median(sides))],
+        "parts": len(by_part), "part_aggregate": bundle.part_aggregate,
+        "part_decisions_changed": sum(q["part_decisions_changed"] for q in per_question.values()),
+        "max_abs_auroc_change": round(float(np.nanmax([abs(q["auroc_change"]) for q in per_question.values()])), 4),
+        "questions": per_question,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
