@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from alert_helpers import CAMERA, LINE, drain, publish, result
+from alert_helpers import CAMERA, LINE, drain, live_messages, publish, result
 
 from alerts.drift import ScoreWindow, load_reference
 from alerts.service import AlertService
@@ -111,11 +111,7 @@ def test_drifted_scores_raise_one_event_per_condition_and_clear_when_they_return
     assert redis_client.hgetall(f"{prefix}:drift:active:{LINE}") == {}
     assert f'patchsight_drift_events_total{{event="raised",line="{LINE}",question="scratch"}} 1.0' in metrics
     # the live channel carried both, with their stream ids
-    messages, deadline = [], time.monotonic() + 5
-    while len(messages) < 2 and time.monotonic() < deadline:
-        m = live.get_message(ignore_subscribe_messages=True, timeout=0.5)
-        if m:
-            messages.append(json.loads(m["data"]))
+    messages = live_messages(live, 2)
     live.close()
     assert [m["event"] for m in messages] == ["raised", "cleared"] and all(m["id"] for m in messages)
 
