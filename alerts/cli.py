@@ -225,3 +225,36 @@ def dashboard(
     console.print(f"dashboard on http://{host or cfg.dashboard.host}:{cfg.dashboard.port if port is None else port}/"
                   + (" (token required)" if cfg.dashboard.token else ""))
     serve_dashboard(cfg, host, port)
+
+
+@app.command()
+def drift(config: ConfigOption = None, line: LineOption = None) -> None:
+    """Show score drift (docs/drift.md): each camera's window per question against the calibration reference.
+
+    Exits 3 when some question has drifted, so a script or a cron check can act on it.
+    """
+    from rich.table import Table
+
+    from alerts.drift import DriftKeys, read_drift
+
+    cfg, store = store_or_exit(config)
+    keys = DriftKeys(cfg.alerts.key_prefix)
+    table = Table()
+    for name in ("line/camera", "question", "PSI", "above threshold", "reference", "window", "state"):
+        table.add_column(name, overflow="fold")
+    drifted = 0
+    for line_id in line or sorted(set(store.lines()) | {c.id for c in cfg.lines}):
+        found = read_drift(store.redis, keys, line_id, recent=0)
+        for key, s in sorted(found["status"].items()):
+            camera, _, question = key.partition("/")
+            raised = found["active"].get(key)
+            drifted += raised is not None
+            state = f"[red]drifted[/]: {'; '.join(raised['reasons'])}" if raised else (
+                "filling" if "psi" not in s else "ok")
+            table.add_row(f"{line_id}/{camera}", question, f"{s['psi']:.3f}" if "psi" in s else "-",
+                          f"{s['above_threshold_rate']:.1%}" if "psi" in s else "-",
+                          f"{s['reference_above_threshold_rate']:.1%}", f"{s['window_frames']}/{s['window_size']}",
+                          state)
+    console.print(table)
+    if drifted:
+        raise typer.Exit(3)

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.exceptions import RedisError
 
+from alerts.drift import DriftKeys, read_drift
 from alerts.store import AlertNotFound, CameraHealth, IllegalTransition, RedisAlertStore, ReviewNotFound, connect
 from schemas.alert import AlertState
 from schemas.config import PatchsightConfig
@@ -90,6 +91,7 @@ def create_app(config: PatchsightConfig, store: RedisAlertStore | None = None) -
     _add_page_routes(app, config, store, page, guarded)
     _add_alert_routes(app, config, store, guarded)
     _add_feedback_routes(app, store, guarded)
+    _add_drift_routes(app, config, store, guarded)
     return app
 
 
@@ -139,6 +141,16 @@ def _add_page_routes(
             # what an operator can name as the defect seen, per configured line
             "defect_types": {line.id: sorted({q.defect_type for q in line.questions}) for line in config.lines},
         }
+
+
+def _add_drift_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, guarded: list) -> None:
+    """Score drift (alerts/drift.py): per line, each camera's window measures, active conditions, recent events."""
+    keys = DriftKeys(config.alerts.key_prefix)
+
+    @app.get("/api/drift", dependencies=guarded)
+    def drift(line: str | None = None, recent: int = Query(20, ge=0, le=1000)) -> dict:
+        known = [line] if line else sorted(set(store.lines()) | {c.id for c in config.lines})
+        return {line_id: read_drift(store.redis, keys, line_id, recent) for line_id in known}
 
 
 def _add_alert_routes(app: FastAPI, config: PatchsightConfig, store: RedisAlertStore, guarded: list) -> None:

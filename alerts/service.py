@@ -36,6 +36,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from alerts.drift import DriftMonitor, load_reference
 from alerts.evidence import EvidenceCollector, FrameReader
 from alerts.parts import decide_part, decide_timeout
 from alerts.policy import DebounceState, decide
@@ -165,6 +166,7 @@ class _ForgetOnRevoke(ConsumerRebalanceListener):
         # Another instance may now move these cameras' state on; our copies would be stale.
         self.service._states.clear()
         self.service._partitions.clear()
+        self.service.drift.forget()
         # and their offsets are the new owner's to commit
         for tp in revoked:
             self.service._uncommitted.pop(tp, None)
@@ -183,6 +185,8 @@ class AlertService:
         self.store = RedisAlertStore(self.redis, config.alerts)
         self.metrics = ServiceMetrics()
         self.metrics.count_parts_from(self.store, lambda: self.lines)
+        self.drift = DriftMonitor(config.alerts.drift, load_reference(config.model.bundle), self.redis,
+                                  config.alerts.key_prefix, config.alerts.stream_maxlen, self.metrics.registry)
         self.metrics.count_evidence_from(self.store, lambda: self.lines)
         self.redis_down_since: float | None = None
         self.metrics_port: int | None = None
@@ -226,7 +230,8 @@ class AlertService:
             self._webhook_thread.start()
         self._start_evidence_collector()
         log.info("alert service started", instance=self.instance_id, topic=kafka.topics.results,
-                 group=self.settings.group_id, metrics_port=self.metrics_port)
+                 group=self.settings.group_id, metrics_port=self.metrics_port,
+                 drift=self.drift.off_reason or f"watching {self.config.model.bundle}")
         return self
 
     def _start_evidence_collector(self) -> None:
@@ -257,6 +262,7 @@ class AlertService:
             self._producer.close(timeout=5)
         if self._http:
             self._http.stop()
+        self.drift.publish_status(force=True)
         self.redis.close()
 
     def __enter__(self) -> "AlertService":
@@ -302,6 +308,7 @@ class AlertService:
         except Stopped:
             log.info("stopping with part of a batch unhandled; it stays uncommitted", handled=sum(done.values()))
         self._commit(done)
+        self.drift.publish_status()
         if not stop.is_set():
             self._sweep_part_timeouts()
         return sum(len(r) for r in batch.values())
@@ -315,6 +322,8 @@ class AlertService:
         started = time.perf_counter()
         self._partitions[result.camera_id] = record.partition
         self._with_redis_retry(lambda: self._decide_and_store(result), stop)
+        self.drift.observe(result)
+        self._with_redis_retry(self.drift.flush, stop)
         self.metrics.latency.observe(time.perf_counter() - started)
 
     def _decide_and_store(self, result: InspectionResult) -> None:

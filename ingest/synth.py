@@ -566,6 +566,51 @@ def _draw_part(frame: np.ndarray, spec: PartSpec, centre: tuple[float, float], s
         dst[:] = (dst * sh * (1 - a) + warped * a).astype(np.uint8)
 
 
+# --- Drift: the line changes after calibration ----------------------------------------------
+
+DRIFT_KINDS = ("lighting", "blur", "shift")
+
+
+@dataclass(frozen=True)
+class SynthDrift:
+    """From frame ``start`` on, the camera sees the line changed: what drift monitoring (docs/drift.md) must notice.
+
+    ``lighting``: a lamp dims, the frame darkens to ``1 - 0.6 * strength`` of its light;
+    ``blur``: the lens is soiled or out of focus, a Gaussian blur of ``8 * strength`` px sigma;
+    ``shift``: the camera was knocked, the view moves by ``strength`` * (12 %, 8 %) of the frame and
+    turns by ``6 * strength`` degrees. A step change, as when a lamp fails or a camera is bumped;
+    the parts and their labels are unchanged.
+    """
+
+    kind: Literal["lighting", "blur", "shift"]
+    start: int = 0
+    strength: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRIFT_KINDS:
+            raise ValueError(f"unknown drift {self.kind!r}; known: {', '.join(DRIFT_KINDS)}")
+        if self.start < 0:
+            raise ValueError(f"drift start must be a frame number >= 0, got {self.start}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"drift strength must be in (0, 1], got {self.strength}")
+
+    def apply(self, image: np.ndarray, n: int) -> np.ndarray:
+        """Frame ``n`` as the drifted camera sees it (unchanged before ``start``)."""
+        if n < self.start:
+            return image
+        if self.kind == "lighting":
+            return np.clip(image.astype(np.float32) * (1.0 - 0.6 * self.strength), 0, 255).astype(np.uint8)
+        if self.kind == "blur":
+            return cv2.GaussianBlur(image, (0, 0), 8.0 * self.strength)
+        height, width = image.shape[:2]
+        m = cv2.getRotationMatrix2D((width / 2, height / 2), 6.0 * self.strength, 1.0)
+        m[:, 2] += (0.12 * self.strength * width, 0.08 * self.strength * height)
+        return cv2.warpAffine(image, m, (width, height), borderMode=cv2.BORDER_REPLICATE)
+
+    def describe(self) -> str:
+        return f"{self.kind}@{self.start}x{self.strength:g}"
+
+
 # --- A camera on a line ------------------------------------------------------------------
 
 # Empty belt between parts close together (pixels of a 640-wide frame at zoom 1): well under
@@ -604,6 +649,7 @@ class SynthCamera:
     # starts on a loaded belt, ``gap_frames`` does not apply, and the belt speed is one per camera
     # (a part stays about ``frames_per_part`` frames wholly inside the inspected field).
     spacing: tuple[float, float] | None = None
+    drift: SynthDrift | None = None  # None: the camera sees the line as calibrated throughout
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -725,11 +771,13 @@ class SynthCamera:
         """``count`` consecutive BGR frames with their ground truth."""
         # noise has its own stream, so scenes() alone replays the same parts and positions
         noise = np.random.default_rng([self.seed, _stable_hash(self.camera_id), 1])
-        for scene in self.scenes(count):
+        for n, scene in enumerate(self.scenes(count)):
             if scene.parts is None:
                 image = render_part_frame(scene.spec, noise, scene.position, scene.look, self.size)
             else:
                 image = render_parts_frame(scene.parts, noise, scene.look, self.size)
+            if self.drift is not None:
+                image = self.drift.apply(image, n)
             yield image, truth_for(scene.spec, scene.part_id)
 
 
@@ -787,10 +835,12 @@ def write_recordings(
     jpeg_quality: int = 90,
     on_frame: "callable[[], None] | None" = None,  # type: ignore[valid-type]
     spacing: tuple[float, float] | None = None,
+    drift: SynthDrift | None = None,
 ) -> list[Path]:
     """Write one labelled recording per camera under ``out/<line>/<camera>``; returns their paths.
 
     ``spacing``: parts close together (``SynthCamera.spacing``); None: one part at a time.
+    ``drift``: every camera drifts the same way from the same frame (``SynthDrift``); None: none does.
     """
     out = Path(out)
     paths: list[Path] = []
@@ -799,10 +849,12 @@ def write_recordings(
         for ci in range(cameras):
             camera_id = f"{line_id}-cam{ci + 1}"
             cam = SynthCamera(line_id, camera_id, seed, part_types_for(line_id, li), fps, size, defect_rate,
-                              spacing=spacing)
+                              spacing=spacing, drift=drift)
             source = f"synth seed={seed} defect_rate={defect_rate}"
             if spacing is not None:
                 source += f" spacing={spacing[0]:g}-{spacing[1]:g}"
+            if drift is not None:
+                source += f" drift={drift.describe()}"
             meta = RecordingMeta(
                 line_id=line_id, camera_id=camera_id, fps=fps, width=size[0], height=size[1],
                 source=source, created_ns=start_ns,

@@ -30,10 +30,16 @@ def synth(
     spacing: str = typer.Option(
         None, help="parts close together with MIN-MAX pixels (of a 640-wide frame) of empty belt between "
         "them; implies --close-together [default: 40-160]", show_default=False),
+    drift: str = typer.Option(
+        None, help="inject drift from --drift-start on: lighting (the light dims), blur (focus lost) or shift "
+        "(the camera was knocked); see docs/drift.md", show_default=False),
+    drift_start: int = typer.Option(None, min=0, help="first drifted frame of each camera [default: half of --frames]",
+                                    show_default=False),
+    drift_strength: float = typer.Option(0.6, min=0.01, max=1.0, help="how strong the drift is, 0-1"),
 ) -> None:
     """Render parts passing cameras on a conveyor and record them with per-frame ground truth."""
     from ingest.recording import RecordingError
-    from ingest.synth import CLOSE_SPACING, write_recordings
+    from ingest.synth import CLOSE_SPACING, SynthDrift, write_recordings
 
     console = Console(stderr=True)
     gaps: tuple[float, float] | None = CLOSE_SPACING if close_together else None
@@ -43,6 +49,13 @@ def synth(
             gaps = (float(lo), float(hi or lo))
         except ValueError:
             console.print(f"[red]synth failed:[/] --spacing takes MIN-MAX pixels, e.g. 40-160, got {spacing!r}")
+            raise typer.Exit(2) from None
+    injected = None
+    if drift is not None:
+        try:
+            injected = SynthDrift(drift, frames // 2 if drift_start is None else drift_start, drift_strength)  # type: ignore[arg-type]
+        except ValueError as exc:
+            console.print(f"[red]synth failed:[/] --drift: {exc}")
             raise typer.Exit(2) from None
     total = lines * cameras * frames
     t0 = time.perf_counter()
@@ -63,6 +76,7 @@ def synth(
             paths = write_recordings(
                 out, lines=lines, cameras=cameras, frames=frames, seed=seed, fps=fps, defect_rate=defect_rate,
                 size=(width, height), jpeg_quality=jpeg_quality, on_frame=tick, spacing=gaps,
+                drift=injected,
             )
         except (RecordingError, ValueError, OSError) as exc:  # OSError: --out cannot be written
             console.print(f"[red]synth failed:[/] {exc}")

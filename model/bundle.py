@@ -60,6 +60,7 @@ from model.encoder import (
 from model.head import MLLMHead
 from model.views import PART_MARGIN, Box, part_crop
 from schemas.config import Question
+from schemas.drift import DriftReference
 from schemas.part import PartAggregate
 
 BUNDLE_FILE = "bundle.json"
@@ -125,6 +126,8 @@ class BundleSpec(BaseModel):
     part_view: PartViewSpec | None = None  # None: the head reads the whole frame only
     parts: PartVerdictSpec | None = None  # None: not calibrated for part verdicts (frame thresholds are used)
     anomaly: str | None = None  # folder of the memory of good parts (model/anomaly.py); None: none
+    # None: no calibration reference, so the alert service watches no drift for this bundle (docs/drift.md)
+    score_reference: DriftReference | None = None
     provenance: dict[str, Any] = {}
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 

@@ -342,6 +342,22 @@ class Webhook(Section):
         return secret
 
 
+class DriftSettings(Section):
+    """Score drift (alerts/drift.py, docs/drift.md): each camera's live scores per question against the bundle's
+    calibration reference, over a sliding window of its scored frames."""
+
+    enabled: bool = Field(True, description="off: no drift gauges or events (also off for a bundle without a reference)")
+    window_frames: int = Field(500, ge=20, description="the sliding window: a camera's last scored frames")
+    # Not the textbook 0.25: a part stays 8-15 frames, so a window holds few parts and its PSI is noisy
+    # (docs/drift.md, "Measured": up to 0.27 on a clean replay of a calibrated camera).
+    psi_bound: float = Field(0.5, gt=0, description="population stability index above which the scores drifted")
+    rate_bound: float = Field(
+        0.15, gt=0, le=1.0, description="drift too when the window's above-threshold rate differs from the "
+        "reference's by more than this")
+    clear_ratio: float = Field(
+        0.5, gt=0, le=1.0, description="the drift clears when both measures are back under this share of their bounds")
+
+
 class AlertSettings(Section):
     """The alert service and its Redis keys."""
 
@@ -360,6 +376,7 @@ class AlertSettings(Section):
         "127.0.0.1", description="listen address of /metrics and /healthz; 0.0.0.0 lets Prometheus elsewhere scrape it"
     )
     webhooks: list[Webhook] = Field(default_factory=list)
+    drift: DriftSettings = DriftSettings()
 
 
 class DashboardSettings(Section):

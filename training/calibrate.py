@@ -43,6 +43,7 @@ import torch
 
 from model.bundle import combine_views
 from schemas.config import AlertPolicy, Question, QuestionCategory
+from schemas.drift import DriftReference, ScoreReference
 from schemas.part import PART_AGGREGATES
 from training.data import LabelledSet, Log, frame_part_keys, recording_pieces
 from training.metrics import MIN_EACH, auroc, best_threshold, head_margins, served_scores
@@ -100,6 +101,20 @@ def calibrate_parts(
             record["cross_validated"] = {"folds": names,
                                          "report": cross_validate(table, folds, max_false_alarm_rate, types)}
     return record
+
+
+def score_reference(scores: np.ndarray, keys: Sequence[str | None], questions: Sequence[Question],
+                    thresholds: dict[str, float], source: str) -> DriftReference:
+    """The served scores' distribution per question, for drift monitoring (schemas/drift.py).
+
+    Only the frames the worker would score: those showing a part when the recordings name parts
+    (a tracking camera skips the empty belt), else every frame. ``thresholds``: what the live
+    results of such frames are compared with.
+    """
+    inspected = np.array([k is not None for k in keys], dtype=bool)
+    rows = scores[inspected] if inspected.any() else scores
+    return DriftReference(source=source, questions={
+        q.id: ScoreReference.from_scores(rows[:, j].tolist(), float(thresholds[q.id])) for j, q in enumerate(questions)})
 
 
 def _frame_thresholds(bundle, questions: Sequence[Question], scores: np.ndarray, labels: np.ndarray,  # type: ignore[no-untyped-def]
@@ -217,6 +232,9 @@ def calibrate(
     if parts is not None:
         update["parts"] = PartVerdictSpec(aggregate=aggregate, thresholds=parts["thresholds"],  # type: ignore[arg-type]
                                           max_false_alarm_rate=budget, calibration=parts["report"])
+    served_thresholds = {**thresholds, **(parts["thresholds"] if parts is not None else {})}
+    update["score_reference"] = score_reference(scores, keys, questions, served_thresholds,
+                                                source=f"model calibrate on {len(recordings)} recording(s), {record['at']}")
     spec = bundle.spec.model_copy(update=update)
     (Path(bundle_dir) / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
     return record

@@ -310,7 +310,8 @@ def calibrate_command(
     to its validation parts. Part thresholds: the frames grouped by part, aggregated per question,
     and every question's threshold chosen together so that at most --max-false-alarm-rate of the
     good parts are flagged. Copy the bundle first to keep the old thresholds; the new ones, what
-    they buy and how they were set go in its bundle.json.
+    they buy and how they were set go in its bundle.json, with the served scores' distribution per
+    question (score_reference), which the alert service watches for drift (docs/drift.md).
     """
     from schemas.part import PART_AGGREGATES
 

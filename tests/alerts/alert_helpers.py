@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
-from typing import Callable, Iterator
+import json
+import time
+from typing import Any, Callable, Iterator
 
 import pytest
 from kafka import KafkaProducer
@@ -138,6 +140,16 @@ def raise_one_alert(cfg: PatchsightConfig) -> tuple[RedisAlertStore, DefectAlert
     store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
     (alert,) = store.list_alerts(LINE)
     return store, alert
+
+
+def live_messages(pubsub: Any, count: int, timeout_s: float = 5.0) -> list[dict]:
+    """Up to ``count`` JSON messages from a subscribed pub/sub, waiting at most ``timeout_s``."""
+    messages, deadline = [], time.monotonic() + timeout_s
+    while len(messages) < count and time.monotonic() < deadline:
+        m = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if m:
+            messages.append(json.loads(m["data"]))
+    return messages
 
 
 def drain(service: AlertService, expect: int, timeout_s: float = 30.0) -> int:

@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 import pytest
-from alert_helpers import CAMERA, LINE, drain, line_section, part_run, publish, result
+from alert_helpers import CAMERA, LINE, drain, line_section, live_messages, part_run, publish, result
 from typer.testing import CliRunner
 
 from alerts.cli import _print_event, console
@@ -72,11 +72,7 @@ def test_one_alert_per_defective_part_none_for_clean_parts_and_the_line_counted(
     assert store.open_parts() == [] and redis_client.hlen(store.pending_thumbnails_key(LINE, CAMERA)) == 0
     events = store.events(LINE)
     assert [(e.event, e.alert.part_id) for e in events] == [("raised", "cam-1.2"), ("raised", "cam-1.3")]
-    messages, deadline = [], time.monotonic() + 5
-    while len(messages) < 2 and time.monotonic() < deadline:
-        m = live.get_message(ignore_subscribe_messages=True, timeout=0.5)
-        if m:
-            messages.append(json.loads(m["data"]))
+    messages = live_messages(live, 2)
     live.close()
     assert [m["id"] for m in messages] == [e.id for e in events]
     assert messages[1]["alert"]["part_id"] == "cam-1.3" and len(messages[1]["alert"]["findings"]) == 2

@@ -366,3 +366,46 @@ def test_synth_command_renders_parts_close_together(tmp_path):
     # without the option the recording says nothing about spacing, as before
     plain = synth.write_recordings(tmp_path / "d", lines=1, cameras=1, frames=2, size=(320, 240))
     assert Recording(plain[0]).meta.source == "synth seed=0 defect_rate=0.25"
+
+
+# --- injected drift ------------------------------------------------------------------------
+
+
+def _sharpness(image: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+@pytest.mark.parametrize("kind", synth.DRIFT_KINDS)
+def test_drift_changes_the_frames_from_its_start_only_and_keeps_the_truth(kind):
+    plain = list(SynthCamera("line-a", "cam1", 3, ["bracket"], size=(320, 240)).frames(16))
+    drifted = list(SynthCamera("line-a", "cam1", 3, ["bracket"], size=(320, 240),
+                               drift=synth.SynthDrift(kind, start=8, strength=0.8)).frames(16))
+    for n, ((a, truth_a), (b, truth_b)) in enumerate(zip(plain, drifted)):
+        assert truth_a == truth_b
+        assert np.array_equal(a, b) == (n < 8), n
+    after = [(a, b) for (a, _), (b, _) in zip(plain[8:], drifted[8:])]
+    if kind == "lighting":
+        assert all(b.mean() < 0.6 * a.mean() for a, b in after)
+    elif kind == "blur":
+        assert all(_sharpness(b) < 0.2 * _sharpness(a) for a, b in after)
+    else:  # the view moved: the scene is where it was, displaced by the shift
+        a, b = after[0]
+        m = cv2.getRotationMatrix2D((160, 120), 6.0 * 0.8, 1.0)
+        m[:, 2] += (0.12 * 0.8 * 320, 0.08 * 0.8 * 240)
+        moved = cv2.warpAffine(a, m, (320, 240), borderMode=cv2.BORDER_REPLICATE)
+        inner = (slice(40, 200), slice(60, 260))
+        assert np.abs(b[inner].astype(int) - moved[inner]).mean() < 1.0 < np.abs(b[inner].astype(int) - a[inner]).mean()
+
+
+def test_synth_command_injects_drift_and_names_it_in_the_recording(tmp_path):
+    from ingest.synth_cli import app
+
+    args = ["--lines", "1", "--cameras", "1", "--frames", "6", "--width", "320", "--height", "240"]
+    clean = CliRunner().invoke(app, ["--out", str(tmp_path / "clean"), *args])
+    dim = CliRunner().invoke(app, ["--out", str(tmp_path / "dim"), *args, "--drift", "lighting", "--drift-strength", "0.5"])
+    assert clean.exit_code == 0 and dim.exit_code == 0, dim.output
+    a, b = Recording(tmp_path / "clean/line-a/line-a-cam1"), Recording(tmp_path / "dim/line-a/line-a-cam1")
+    assert b.meta.source.endswith("drift=lighting@3x0.5")  # default start: half the frames
+    assert [ja == jb for (_, ja), (_, jb) in zip(a.frames(), b.frames())] == [True] * 3 + [False] * 3
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path / "bad"), *args, "--drift", "fog"])
+    assert bad.exit_code == 2 and "unknown drift 'fog'" in bad.output and not (tmp_path / "bad").exists()

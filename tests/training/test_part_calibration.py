@@ -72,6 +72,31 @@ def test_calibrate_writes_part_thresholds_and_the_budget_holds_on_the_calibratio
     assert cv["folds"] == [str(d) for d in seed_dirs] and cv["report"]["overall"]["parts"] == 16
 
 
+def test_calibrate_stores_the_served_scores_distribution_as_the_drift_reference(calibrated, seed_dirs, workdir):
+    from model.bundle import load_bundle
+
+    path, _ = calibrated
+    bundle = load_bundle(path, device="cpu")
+    questions = [q for q in bundle.spec.questions if q.category != "relation"]
+    reference = bundle.spec.score_reference
+    assert reference is not None and set(reference.questions) == {q.id for q in questions}
+    # counted again from the recordings: the frames that show a part, scored as the worker scores them
+    served = []
+    for rec in find_recordings(seed_dirs):
+        (piece,) = td.recording_pieces(bundle.encoder, [rec], questions, 1, workdir / "parts-cache", lambda m: None)
+        scores = torch.sigmoid(tm.head_margins(bundle.head, td.LabelledSet.join([piece]).tokens, questions)).numpy()
+        shows_part = np.array([e.truth.part_id is not None for e in Recording(rec).entries])
+        served.append(scores[shows_part])
+    served = np.concatenate(served)
+    for j, q in enumerate(questions):
+        ref = reference.questions[q.id]
+        assert ref.frames == len(served)
+        assert ref.threshold == pytest.approx(bundle.spec.parts.thresholds[q.id])
+        assert ref.above_threshold_rate == pytest.approx(float((served[:, j] >= ref.threshold).mean()))
+        counts = np.bincount([ref.bin_of(float(s)) for s in served[:, j]], minlength=len(ref.shares))
+        assert counts / len(served) == pytest.approx(ref.shares)
+
+
 def test_calibrate_takes_its_budget_from_the_lines_alert_policy_and_prints_what_it_buys(part_bundle, seed_dirs, workdir):
     from typer.testing import CliRunner
 
