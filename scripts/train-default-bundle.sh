@@ -30,7 +30,8 @@
 # (with MORE_SEEDS3: the v16 stage, the same with these seeds; v16 used 301-372), MORE_SEEDS5 (with
 # MORE_SEEDS4: the v17 stage, the same again; v17 used 373-500), MORE_SEEDS6 (with MORE_SEEDS5: the
 # v18 stage; v18 used 509-700, past the calibration seeds), PART_VIEW_SEEDS (the v19 stage: a part-view
-# head; v19 used 49-120), CALIB_SEEDS (501-508), PART_CALIB_SEEDS (v19: 2001-2012),
+# head; v19 used 49-120), PART_VIEW_STEPS2 (with PART_VIEW_SEEDS: the v20 stage, that head trained on; v20
+# used 1200), CALIB_SEEDS (501-508), PART_CALIB_SEEDS (v19 and v20: 2001-2012),
 # SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -288,6 +289,15 @@ if [ -n "${PART_VIEW_SEEDS:-}" ]; then
     --patience 20 --time-limit-min 30 --seed 0 --threads "$THREADS" --model-id patchsight-compact-v19 \
     --out "$RUNS/part-view" >"$RUNS/finetune-part-view.log" 2>&1
   rm -rf "$BUNDLE" && cp -r "$RUNS/part-view" "$BUNDLE"
+  # v20: the part head trained on from v19's, on the same seeds and validation split (--seed 0), for
+  # PART_VIEW_STEPS2 more steps (v20 used 1200), keeping the step with the best validation AUROC.
+  if [ -n "${PART_VIEW_STEPS2:-}" ]; then
+    patchsight model finetune --encoder "$BUNDLE" --view part --margin 0.06 "${part_data[@]}" \
+      --cache "$RUNS/cache" --lr 2e-4 --lr-decay cosine --max-steps "$PART_VIEW_STEPS2" --batch-frames 32 \
+      --select-by auroc --val-frames 1500 --eval-every 150 --patience 20 --time-limit-min 100 --seed 0 \
+      --threads "$THREADS" --model-id patchsight-compact-v20 --out "$RUNS/part-view2" >"$RUNS/finetune-part-view2.log" 2>&1
+    rm -rf "$BUNDLE" && cp -r "$RUNS/part-view2" "$BUNDLE"
+  fi
 fi
 
 # Thresholds from seeds that neither training nor evaluation uses: at most 5% of clean frames flagged,
