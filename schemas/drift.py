@@ -31,7 +31,9 @@ class ScoreReference(BaseModel):
 
     edges: list[float] = Field(description="inner bin edges, ascending: bin i holds edges[i-1] <= score < edges[i]")
     shares: list[float] = Field(description="share of the calibration frames in each bin (len(edges) + 1)")
-    threshold: float = Field(ge=0.0, le=1.0, description="the threshold the above-threshold rate counts against")
+    # Not capped at 1: a question whose calibration saw no defect gets a threshold just above every
+    # clean score, which is above 1 where the scores saturate (an anomaly question's can).
+    threshold: float = Field(ge=0.0, description="the threshold the above-threshold rate counts against")
     above_threshold_rate: float = Field(ge=0.0, le=1.0)
     frames: int = Field(ge=1)
 
