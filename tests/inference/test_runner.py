@@ -17,21 +17,28 @@ from schemas.config import validate_config
 BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
 
 
-def test_runner_scores_the_part_view_like_the_bundle() -> None:
-    bundle = load_bundle(BUNDLE, "cpu")
-    assert bundle.part_head is not None, "the shipped bundle reads the part view"
+def served_as_the_worker_does(bundle, questions, frames):  # type: ignore[no-untyped-def]
+    """The runner's scores of ``frames`` on one camera, with the tracker's boxes, and those boxes."""
     cfg = validate_config({"lines": [{"id": "line-a", "cameras": [{"id": "cam-1"}],
-                                      "questions": [q.model_dump() for q in ALERT_QUESTIONS]}]})
+                                      "questions": [q.model_dump() for q in questions]}]})
     runner = ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, "w-test")
-    frames = [image for image, _ in SynthCamera("line-a", "cam-1", 5, ["bracket", "housing"]).frames(24)]
     tracker = PartTracker("cam-1", None, (640, 480))
     boxes = [tracker.update(image, seq).box for seq, image in enumerate(frames)]
-    assert 0 < sum(box is not None for box in boxes) < len(frames)
     squares = [bundle.encoder.preprocess.crop(image) for image in frames]
     views = [None if box is None else bundle.encoder.preprocess.crop(bundle.part_views([image], [box])[0])
              for image, box in zip(frames, boxes)]
     with torch.inference_mode():
         served = np.stack(runner.score(["line-a"] * len(frames), squares, views))
+    return served, boxes
+
+
+def test_runner_scores_the_part_view_like_the_bundle() -> None:
+    bundle = load_bundle(BUNDLE, "cpu")
+    assert bundle.part_head is not None, "the shipped bundle reads the part view"
+    frames = [image for image, _ in SynthCamera("line-a", "cam-1", 5, ["bracket", "housing"]).frames(24)]
+    served, boxes = served_as_the_worker_does(bundle, ALERT_QUESTIONS, frames)
+    assert 0 < sum(box is not None for box in boxes) < len(frames)
+    with torch.inference_mode():
         offline = bundle.score_frames(frames, ALERT_QUESTIONS, boxes=boxes)
         whole = bundle.score_frames(frames, ALERT_QUESTIONS)
     np.testing.assert_allclose(served, offline, atol=1e-6)
@@ -102,16 +109,8 @@ def test_runner_serves_an_anomaly_question_from_the_memory_on_the_whole_frame() 
     memory = AnomalyMemory.fit(tokens[:8], coreset=256)
     bundle.anomaly = memory.normalised(memory.raw_scores(tokens[8:]))
     bundle.spec = bundle.spec.model_copy(update={"anomaly": "anomaly", "questions": [*bundle.spec.questions, odd]})
-    cfg = validate_config({"lines": [{"id": "line-a", "cameras": [{"id": "cam-1"}],
-                                      "questions": [q.model_dump() for q in questions]}]})
-    runner = ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, "w-test")
-    tracker = PartTracker("cam-1", None, (640, 480))
-    boxes = [tracker.update(image, seq).box for seq, image in enumerate(frames)]
-    squares = [bundle.encoder.preprocess.crop(image) for image in frames]
-    views = [None if box is None else bundle.encoder.preprocess.crop(bundle.part_views([image], [box])[0])
-             for image, box in zip(frames, boxes)]
+    served, boxes = served_as_the_worker_does(bundle, questions, frames)
     with torch.inference_mode():
-        served = np.stack(runner.score(["line-a"] * len(frames), squares, views))
         offline = bundle.score_frames(frames, questions, boxes=boxes)
         whole = bundle.score_frames(frames, [odd])[:, 0]
     np.testing.assert_allclose(served, offline, atol=1e-6)
