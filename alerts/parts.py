@@ -40,7 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.alert import DefectAlert, Finding, part_alert_id
-from schemas.config import AlertPolicy, LineConfig
+from schemas.config import AlertPolicy, AlertSettings, LineConfig
 from schemas.feedback import EvidenceFrame
 from schemas.part import PartAggregate, PartObservation, PartScores, PartSource
 from schemas.result import FrameRef, InspectionResult, ResultStatus
@@ -52,6 +52,7 @@ INSPECTED = ("passed", "flagged")  # the parts the line's yield is computed on
 # Skip reasons that say nothing about which part is in view (the worker skips a frame that
 # is too old to matter before looking at it): such a result neither ends nor extends a part.
 NO_OBSERVATION_SKIPS = ("stale",)
+EVIDENCE_FRAMES_PER_PART = AlertSettings.model_fields["evidence_frames_per_part"].default
 
 
 class Peak(BaseModel):
@@ -62,6 +63,7 @@ class Peak(BaseModel):
     seq: int
     score: float
     frame: FrameRef
+    box: tuple[int, int, int, int] | None = None  # the part's box on it
 
 
 class QuestionPart(BaseModel):
@@ -90,6 +92,21 @@ class OpenPart(BaseModel):
     last_capture_ns: int
     model_id: str
     questions: dict[str, QuestionPart] = Field(default_factory=dict)
+    # the scored frames the worker said where to find, every ``stride``-th of them (``keep_frame``)
+    frames: list[EvidenceFrame] = Field(default_factory=list)
+    frames_offered: int = 0
+    stride: int = 1
+
+    def keep_frame(self, frame: EvidenceFrame, cap: int) -> None:
+        """Keep the part's scored frames as evidence, at most ``cap``: all of them while they fit, then every
+        second, fourth, ... one, so that a part held long in view (a stopped belt) keeps frames spread over
+        its whole pass, and its state stays small."""
+        if self.frames_offered % self.stride == 0:
+            self.frames.append(frame)
+            if len(self.frames) > cap:
+                self.frames = self.frames[::2]
+                self.stride *= 2
+        self.frames_offered += 1
 
 
 class PartState(BaseModel):
@@ -134,8 +151,9 @@ class PartVerdict:
     ended_by: str  # next-part, no-part, seq-restart, timeout
     thumbnail: str | None = None  # pending-thumbnail field of the best frame among the flagged questions
     thumbnail_score: float | None = None
-    # flagged: the peak frame of each flagged question, strongest first; passed: the peak frame of
-    # the question nearest its threshold. Kept as evidence (alerts/evidence.py).
+    # the frames it was scored on (``OpenPart.keep_frame``), led by the peak frame of each flagged question,
+    # strongest first, or, for a passed part, of the question nearest its threshold. Kept as evidence
+    # (alerts/evidence.py): what an operator looks at, and what a recording of the part is made of.
     evidence: tuple[EvidenceFrame, ...] = ()
     closeness: float | None = None  # highest score/threshold ratio over the scored questions
     thresholds: dict[str, float] = field(default_factory=dict)  # every scored question's part threshold
@@ -211,9 +229,13 @@ def _evidence(part: OpenPart, camera_id: str, scores: dict[str, float], threshol
     chosen = flagged or ({max(closeness, key=lambda qid: (closeness[qid], qid))} if closeness else set())
     peaks = sorted((q.peak for qid, q in part.questions.items() if qid in chosen and q.peak is not None),
                    key=lambda peak: (-peak.score, peak.seq))
+    kept = {frame.seq: frame for frame in part.frames}
     frames: dict[int, EvidenceFrame] = {}
     for peak in peaks:
-        frames.setdefault(peak.seq, EvidenceFrame(camera_id=camera_id, seq=peak.seq, **peak.frame.model_dump()))
+        frames.setdefault(peak.seq, kept.get(peak.seq) or EvidenceFrame(
+            camera_id=camera_id, seq=peak.seq, box=peak.box, **peak.frame.model_dump()))
+    for frame in part.frames:
+        frames.setdefault(frame.seq, frame)
     return {"evidence": tuple(frames.values()),
             "closeness": min(max(closeness.values()), 1e6) if closeness else None}
 
@@ -229,10 +251,11 @@ def _opens(obs: PartObservation, result: InspectionResult) -> OpenPart:
 
 
 def decide_part(state: PartState, result: InspectionResult, line: LineConfig | None, seen_ns: int,
-                has_thumbnail: bool | None = None) -> PartDecision:
+                has_thumbnail: bool | None = None, evidence_frames: int = EVIDENCE_FRAMES_PER_PART) -> PartDecision:
     """Apply one result to a camera's part state; returns the new state (``state`` is not modified).
 
-    ``has_thumbnail``: whether the result's thumbnail will be stored (default: it has one).
+    ``has_thumbnail``: whether the result's thumbnail will be stored (default: it has one);
+    ``evidence_frames``: how many of the part's frames to keep as evidence (``alerts.evidence_frames_per_part``).
     """
     if result.seq <= state.last_seq and result.capture_ns <= state.last_capture_ns:
         return PartDecision(redelivery=True, state=state)
@@ -270,8 +293,18 @@ def decide_part(state: PartState, result: InspectionResult, line: LineConfig | N
     if result.status != ResultStatus.ok:
         return decision
 
-    with_thumbnail = result.thumbnail_jpeg_b64 is not None if has_thumbnail is None else has_thumbnail
-    here = thumbnail_field(new.epoch, result.seq)
+    if result.frame is not None and result.scores:
+        part.keep_frame(EvidenceFrame(camera_id=camera_id, seq=result.seq, box=obs.box, **result.frame.model_dump()),
+                        evidence_frames)
+    _add_scores(part, result, obs, new.epoch, decision,
+                result.thumbnail_jpeg_b64 is not None if has_thumbnail is None else has_thumbnail)
+    return decision
+
+
+def _add_scores(part: OpenPart, result: InspectionResult, obs: PartObservation, epoch: int, decision: PartDecision,
+                with_thumbnail: bool) -> None:
+    """Fold a scored frame into the part's questions: their sums, peak frames and best thumbnails."""
+    here = thumbnail_field(epoch, result.seq)
     for scored in result.scores:
         q = part.questions.get(scored.question_id)
         if q is None:
@@ -280,15 +313,14 @@ def decide_part(state: PartState, result: InspectionResult, line: LineConfig | N
         q.scores.add(scored.score)
         q.threshold, q.defect_type = scored.threshold, scored.defect_type
         if result.frame is not None and (q.peak is None or scored.score > q.peak.score):
-            q.peak = Peak(seq=result.seq, score=scored.score, frame=result.frame)
+            q.peak = Peak(seq=result.seq, score=scored.score, frame=result.frame, box=obs.box)
         if with_thumbnail and (q.best is None or scored.score > q.best[1]):
             old = q.best
             q.best = (result.seq, scored.score)
             decision.keep_thumbnail = here
             if old is not None and all(other.best is None or other.best[0] != old[0]
                                        for other in part.questions.values()):
-                decision.drop_thumbnails.append(thumbnail_field(new.epoch, old[0]))
-    return decision
+                decision.drop_thumbnails.append(thumbnail_field(epoch, old[0]))
 
 
 def decide_timeout(state: PartState, line: LineConfig | None, line_id: str, camera_id: str,

@@ -3,7 +3,7 @@
 Each line's clock hour is cut into ``alerts.review_max_per_hour`` slots. In each slot the
 service keeps one candidate, the passed part that came nearest a threshold so far (its highest
 score/threshold ratio over the questions); when the slot has ended, that candidate becomes a
-review item, whose peak frame is kept as evidence, for an operator to confirm as good or mark
+review item, whose frames are kept as evidence (its peak first), for an operator to confirm as good or mark
 defective in the dashboard. So at most N parts per line and clock hour are kept, each the
 hardest call of its 1/N hour, and a quiet slot keeps none. The store does the keeping
 atomically (``RedisAlertStore.offer_review``).

@@ -404,7 +404,8 @@ class AlertService:
         now_ns = time.time_ns()
         step = self.store.step_part(
             result.line_id, result.camera_id,
-            lambda state: decide_part(state, result, line, now_ns, has_thumbnail=thumbnail is not None),
+            lambda state: decide_part(state, result, line, now_ns, has_thumbnail=thumbnail is not None,
+                                      evidence_frames=self.settings.evidence_frames_per_part),
             now_ns, result, thumbnail)
         if step.decision is not None and step.decision.redelivery:
             self.metrics.results.labels("redelivery").inc()

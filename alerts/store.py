@@ -210,7 +210,9 @@ return {'ok', sid}
 
 _STORE_EVIDENCE = r"""
 -- KEYS: 1 wanted evidence  2 the owner's evidence  3 line evidence index  4 line evidence sizes  5 line evidence total
+--       6 the owner's evidence boxes
 -- ARGV: 1 wanted field  2 frame name  3 jpeg  4 bound (bytes)  5 owner member  6 owner ms  7 key prefix
+--       8 the part's box on the frame ("x0,y0,x1,y1"; '' when none)
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'done', 0, 0} end  -- another instance kept it
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return {'done', 0, 0} end
@@ -228,7 +230,7 @@ while total + size > tonumber(ARGV[4]) do
     return {'evicted', evicted + 1, freed + size}
   end
   local bytes = tonumber(redis.call('HGET', KEYS[4], oldest) or '0')
-  redis.call('DEL', ARGV[7] .. ':evidence:' .. oldest)
+  redis.call('DEL', ARGV[7] .. ':evidence:' .. oldest, ARGV[7] .. ':evidencebox:' .. oldest)
   redis.call('ZREM', KEYS[3], oldest)
   redis.call('HDEL', KEYS[4], oldest)
   total = total - bytes
@@ -236,6 +238,7 @@ while total + size > tonumber(ARGV[4]) do
   freed = freed + bytes
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[6], ARGV[2], ARGV[8]) end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[6], ARGV[5])
 redis.call('HINCRBY', KEYS[4], ARGV[5], size)
 redis.call('SET', KEYS[5], total + size)
@@ -423,6 +426,11 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _frame_order(name: str) -> tuple[str, int]:
+    camera, _, seq = name.rpartition(":")
+    return camera, int(seq) if seq.isdigit() else -1
+
+
 def connect(settings: RedisSettings, **extra: Any) -> redis.Redis:
     options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0, "health_check_interval": 10}
     options.update(extra)
@@ -506,6 +514,9 @@ class RedisAlertStore:
 
     def evidence_key(self, subject: VerdictSubject, owner_id: str) -> str:
         return f"{self.prefix}:evidence:{subject.value}:{owner_id}"
+
+    def evidence_boxes_key(self, subject: VerdictSubject, owner_id: str) -> str:
+        return f"{self.prefix}:evidencebox:{subject.value}:{owner_id}"
 
     @property
     def wanted_evidence_key(self) -> str:
@@ -889,9 +900,10 @@ class RedisAlertStore:
         outcome, evicted, freed = self._store_evidence(
             keys=[self.wanted_evidence_key, self.evidence_key(wanted.subject, wanted.owner_id),
                   self.evidence_index_key(wanted.line_id), self.evidence_sizes_key(wanted.line_id),
-                  self.evidence_total_key(wanted.line_id)],
+                  self.evidence_total_key(wanted.line_id), self.evidence_boxes_key(wanted.subject, wanted.owner_id)],
             args=[wanted.field, wanted.frame.name, jpeg, str(self.settings.evidence_max_bytes_per_line),
-                  wanted.owner, str(wanted.owner_ms), self.prefix],
+                  wanted.owner, str(wanted.owner_ms), self.prefix,
+                  ",".join(map(str, wanted.frame.box)) if wanted.frame.box else ""],
         )
         return EvidenceKept(_text(outcome), int(evicted), int(freed))
 
@@ -908,10 +920,16 @@ class RedisAlertStore:
         pipe = self.redis.pipeline(transaction=False)
         for owner_id in owner_ids:
             pipe.hkeys(self.evidence_key(subject, owner_id))
-        return {owner_id: sorted(_text(name) for name in names) for owner_id, names in zip(owner_ids, pipe.execute())}
+        return {owner_id: sorted((_text(name) for name in names), key=_frame_order)
+                for owner_id, names in zip(owner_ids, pipe.execute())}
 
     def evidence(self, subject: VerdictSubject, owner_id: str, name: str) -> bytes | None:
         return self.redis.hget(self.evidence_key(subject, owner_id), name)
+
+    def evidence_boxes(self, subject: VerdictSubject, owner_id: str) -> dict[str, tuple[int, int, int, int]]:
+        """The part's box on each kept frame that the worker tracked it on, by frame name."""
+        raw = self.redis.hgetall(self.evidence_boxes_key(subject, owner_id))
+        return {_text(name): tuple(int(v) for v in _text(box).split(",")) for name, box in raw.items()}  # type: ignore[misc]
 
     def evidence_bytes(self, line_id: str) -> int:
         return int(self.redis.get(self.evidence_total_key(line_id)) or 0)

@@ -47,6 +47,9 @@ class FrameTruth(BaseModel):
     part_type: str | None = None
     defects: list[str] = []  # defect types present, e.g. ["scratch", "label_left"]
     answers: dict[str, bool] = {}
+    # where the part lies (x0, y0, x1, y1, frame pixels) when the recording says so (one exported from operator
+    # feedback: the worker's tracker's box); a part view reads it there instead of tracking the part
+    part_box: tuple[int, int, int, int] | None = None
 
 
 class IndexEntry(BaseModel):

@@ -95,6 +95,7 @@ def export_feedback(store: RedisAlertStore, line: LineConfig, out: Path) -> Feed
             if judged is None:
                 continue
             names = store.evidence_frames(subject, subject_id)
+            boxes = store.evidence_boxes(subject, subject_id)
             if not names:
                 done.skipped_no_evidence += 1
                 continue
@@ -127,7 +128,8 @@ def export_feedback(store: RedisAlertStore, line: LineConfig, out: Path) -> Feed
                     seqs[camera],
                     judged.first_capture_ns + n,
                     jpeg,
-                    FrameTruth(**truth.model_dump(), source_seq=int(source_seq)),
+                    FrameTruth(**truth.model_dump(exclude={"part_box"}), part_box=boxes.get(name),
+                               source_seq=int(source_seq)),
                 )
                 seqs[camera] += 1
                 done.frames += 1

@@ -368,6 +368,9 @@ class AlertSettings(Section):
     evidence_max_bytes_per_line: int = Field(
         256 * 1024 * 1024, ge=1024, description="full-resolution frames kept as evidence of alerts and review "
         "items, per line; beyond it the oldest alert's or review's frames are evicted")
+    evidence_frames_per_part: int = Field(
+        32, ge=1, le=1024, description="frames of a part kept as its alert's or review item's evidence: every "
+        "frame it was scored on up to this many, spread evenly over its pass beyond that")
     review_max_per_hour: int = Field(
         6, ge=0, le=3600, description="passed parts kept per line and clock hour for operators to review, "
         "the nearest a threshold of each 1/N hour; 0: none")

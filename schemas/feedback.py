@@ -68,6 +68,9 @@ class EvidenceFrame(BaseModel):
     topic: str = Field(min_length=1, max_length=249)
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
+    # where the worker's tracker boxed the part on this frame (x0, y0, x1, y1, frame pixels): the part
+    # view it scored, so a recording made from the evidence is read as the worker read it
+    box: tuple[int, int, int, int] | None = None
 
     @property
     def name(self) -> str:

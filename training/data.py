@@ -178,7 +178,10 @@ def view_frames(rec: Recording, stride: int = 1, view: str = "frame", margin: fl
     ``"frame"``: the decoded frame. ``"part"``: a fresh ``PartTracker`` (the recording's camera,
     its default zone) sees every frame in recording order, which is seq order, labelled or not;
     a labelled frame is kept where it boxes a part and the truth shows one, and the image is
-    the part view, ``part_crop(image, box, margin)``. Undecodable frames are counted in ``skipped``.
+    the part view, ``part_crop(image, box, margin)``. A frame whose truth says where the part
+    lies (``part_box``: a recording exported from operator feedback, whose frames are the parts'
+    frames the worker scored, not a stream a tracker could follow) is cut there instead, and the
+    tracker does not see it. Undecodable frames are counted in ``skipped``.
     """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
@@ -195,7 +198,8 @@ def view_frames(rec: Recording, stride: int = 1, view: str = "frame", margin: fl
                 skipped.append(entry.seq)
             continue
         if tracker is not None:
-            box = tracker.update(image, entry.seq).box
+            boxed = truth.part_box if truth is not None else None
+            box = boxed or tracker.update(image, entry.seq).box
             if not wanted or box is None or truth.part_id is None:
                 continue
             image = part_crop(image, box, margin)

@@ -83,7 +83,9 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         driver.find_element(By.ID, "operator").send_keys("grace")
 
         # a flagged part and a passed one go through the broker and the service while the page is open
-        results = part_run([("p-1", [(0.9, 0.8)] * 3), ("p-2", [(0.3, 0.2)] * 3), (None, [(0.1, 0.1)])])
+        # (p-2's scratch peaks on its middle frame, the one its review shows)
+        results = part_run([("p-1", [(0.9, 0.8)] * 3), ("p-2", [(0.3, 0.2), (0.35, 0.2), (0.3, 0.2)]),
+                            (None, [(0.1, 0.1)])])
         refs, payloads = publish_frames(cfg, "cam-1", range(len(results)))
         publish(cfg, with_frames(results, refs))
         with AlertService(cfg, "t1") as service:
@@ -96,10 +98,14 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         (alert,) = store.list_alerts(LINE)
         (review,) = store.list_reviews(LINE)
 
-        # the alert's row links its full-resolution frame (read back after the alert was raised)
+        # the alert's row links the part's full-resolution frames (read back after the alert was raised)
         row = f'tr[data-alert-id="{alert.alert_id}"]'
-        link = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"{row} a.evidence")))
-        assert httpx.get(link.get_attribute("href")).content == payloads[0]  # the link carries the token
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, f"{row} a.evidence")) == 3)
+        links = driver.find_elements(By.CSS_SELECTOR, f"{row} a.evidence")
+        assert [link.text for link in links] == ["#0", "#1", "#2"]
+        assert "full frames cam-1:" in driver.find_element(By.CSS_SELECTOR, f"{row} .evidence-frames").text
+        for seq, link in enumerate(links):
+            assert httpx.get(link.get_attribute("href")).content == payloads[seq]  # the link carries the token
 
         def stored(subject: VerdictSubject, subject_id: str) -> tuple | None:
             """The stored verdict's label, defect and who gave it."""
@@ -128,6 +134,7 @@ def test_verdict_buttons_evidence_and_review_sample_in_the_browser(alert_config)
         review_row = f'tr[data-review-id="{review.review_id}"]'
         img = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"{review_row} img.thumb")))
         peak = review.evidence[0].seq
+        assert peak == 4
         assert httpx.get(img.get_attribute("src")).content == payloads[peak]
         assert driver.find_element(By.CSS_SELECTOR, f"{review_row} td.part").text == "p-2"
         driver.find_element(By.CSS_SELECTOR, f"{review_row} button.good").click()

@@ -60,34 +60,42 @@ def settled(store: RedisAlertStore) -> bool:
     return not store.wanted_evidence()
 
 
-def test_a_part_alert_keeps_the_peak_frame_of_each_flagged_question(alert_config):
+def boxed(results: list[InspectionResult]) -> list[InspectionResult]:
+    """The results with the part's box on each frame the tracker saw it on."""
+    return [r.model_copy(update={"part": r.part.model_copy(update={"box": (10 + r.seq, 20, 60 + r.seq, 70)})})
+            if r.part is not None else r for r in results]
+
+
+def test_a_part_alert_keeps_every_frame_of_the_part_with_its_box(alert_config):
     cfg = alert_config()
     store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
     # p-1: the missing screw peaks on its first frame, the scratch on its second; p-2 passes
-    results = part_run(
+    results = boxed(part_run(
         [("p-1", [(0.7, 0.9), (0.95, 0.6), (0.8, 0.55)]), ("p-2", [(0.1, 0.1)] * 2), (None, [(0.1, 0.1)])],
         camera="cam-2",
-    )
+    ))
     refs, payloads = publish_frames(cfg, "cam-2", range(len(results)))
     publish(cfg, with_frames(results, refs))
     with AlertService(cfg, "t1") as service:
         drain(service, len(results))
         assert wait_for(lambda: settled(store))
         (alert,) = store.list_alerts(LINE)
-        assert service.metrics.evidence.labels(LINE, "kept")._value.get() == 2
-    assert store.evidence_frames(VerdictSubject.alert, alert.alert_id) == ["cam-2:0", "cam-2:1"]
-    for seq in (0, 1):
+        assert service.metrics.evidence.labels(LINE, "kept")._value.get() == 3
+    assert store.evidence_frames(VerdictSubject.alert, alert.alert_id) == ["cam-2:0", "cam-2:1", "cam-2:2"]
+    for seq in (0, 1, 2):
         assert store.evidence(VerdictSubject.alert, alert.alert_id, f"cam-2:{seq}") == payloads[seq]
-    assert store.evidence_bytes(LINE) == 2 * FRAME_BYTES
+    assert store.evidence_boxes(VerdictSubject.alert, alert.alert_id) == {
+        f"cam-2:{seq}": (10 + seq, 20, 60 + seq, 70) for seq in (0, 1, 2)}
+    assert store.evidence_bytes(LINE) == 3 * FRAME_BYTES
 
     client = TestClient(create_app(cfg))
-    assert client.get(f"/api/alerts/{alert.alert_id}/evidence").json()["frames"] == ["cam-2:0", "cam-2:1"]
+    assert client.get(f"/api/alerts/{alert.alert_id}/evidence").json()["frames"] == ["cam-2:0", "cam-2:1", "cam-2:2"]
     served = client.get(f"/api/alerts/{alert.alert_id}/evidence/cam-2/1.jpg")
     assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
     assert served.content == payloads[1]
     (listed,) = client.get("/api/alerts").json()
-    assert listed["evidence"] == ["cam-2:0", "cam-2:1"]
-    assert client.get(f"/api/alerts/{alert.alert_id}/evidence/cam-2/2.jpg").status_code == 404  # not a peak
+    assert listed["evidence"] == ["cam-2:0", "cam-2:1", "cam-2:2"]
+    assert client.get(f"/api/alerts/{alert.alert_id}/evidence/cam-2/3.jpg").status_code == 404  # p-2's frame
     assert client.get("/api/alerts/nope/evidence").status_code == 404
 
 
@@ -115,6 +123,22 @@ def test_the_line_bound_evicts_the_oldest_alerts_evidence_and_counts_it(alert_co
     for a in alerts[2:]:
         assert kept[a.alert_id] == [f"{CAMERA}:{a.last_seq}"]
         assert store.evidence(VerdictSubject.alert, a.alert_id, f"{CAMERA}:{a.last_seq}") == payloads[a.last_seq]
+
+
+def test_evicting_a_part_alerts_frames_drops_their_boxes_too(alert_config):
+    cfg = alert_config(alerts={"evidence_max_bytes_per_line": 3 * FRAME_BYTES})  # one part's frames at a time
+    store = RedisAlertStore(connect(cfg.redis), cfg.alerts)
+    results = boxed(part_run([("p-1", [(0.9, 0.1)] * 3), ("p-2", [(0.9, 0.1)] * 3), (None, [(0.1, 0.1)])]))
+    refs, _ = publish_frames(cfg, CAMERA, range(len(results)))
+    with AlertService(cfg, "t1") as service:
+        for run in (results[:4], results[4:]):  # p-1 is decided (and its frames kept) before p-2's alert
+            publish(cfg, with_frames(run, refs))
+            drain(service, len(run))
+            assert wait_for(lambda: settled(store))
+    first, second = sorted(store.list_alerts(LINE), key=lambda a: a.raised_ns)
+    assert store.evidence_frames(VerdictSubject.alert, first.alert_id) == []
+    assert store.evidence_boxes(VerdictSubject.alert, first.alert_id) == {}
+    assert sorted(store.evidence_boxes(VerdictSubject.alert, second.alert_id)) == [f"{CAMERA}:{s}" for s in (3, 4, 5)]
 
 
 def test_a_frame_kafka_no_longer_has_is_counted_missing_and_nothing_is_kept(alert_config):

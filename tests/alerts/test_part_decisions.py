@@ -13,7 +13,7 @@ from alerts.parts import PartRecord, PartState, decide_part, decide_timeout, mer
 from schemas.alert import part_alert_id
 from schemas.config import LineConfig
 from schemas.part import aggregate_scores
-from schemas.result import ResultStatus
+from schemas.result import FrameRef, ResultStatus
 
 SECOND = 1_000_000_000
 LINE_CFG = LineConfig.model_validate(line_section({"part_timeout_s": 5}))
@@ -211,6 +211,31 @@ def test_the_thumbnail_is_the_best_frame_of_the_flagged_questions_and_the_others
     assert merge_part(merged.record, merged.alert, better, T0).promote_thumbnail == thumbnail_field(0, 0)
     worse = decide_pass("cam-2", "p1", [(0.9, 0.1)])
     assert merge_part(merged.record, merged.alert, worse, T0).promote_thumbnail is None
+
+
+def located(results):
+    """The results with where each frame lies on the frames topic (offset = seq)."""
+    return [r.model_copy(update={"frame": FrameRef(topic="frames", partition=0, offset=r.seq)}) for r in results]
+
+
+def test_the_evidence_is_every_scored_frame_led_by_the_flagged_questions_peaks():
+    # scratch peaks on frame 2, missing-screw (not flagged) on frame 0
+    results = located(part_run([("cam-1.1", [(0.6, 0.4), (0.7, 0.2), (0.9, 0.1), (0.8, 0.1)]), ("cam-1.2", [CLEAN])]))
+    (v,) = verdicts(feed(results)[0])
+    assert [f.seq for f in v.evidence] == [2, 0, 1, 3]
+    assert {(f.topic, f.partition, f.offset) for f in v.evidence} == {("frames", 0, s) for s in range(4)}
+
+
+def test_a_part_held_long_in_view_keeps_at_most_the_cap_spread_over_its_pass():
+    results = located(part_run([("cam-1.1", [CLEAN] * 100), ("cam-1.2", [CLEAN])]))
+    state, ended = PartState(), None
+    for r in results:
+        d = decide_part(state, r, LINE_CFG, T0, evidence_frames=8)
+        state, ended = d.state, d.ended or ended
+        assert state.part is None or len(state.part.frames) <= 8
+    seqs = sorted(f.seq for f in ended.evidence)
+    assert len(seqs) >= 4 and seqs[0] == 0 and seqs[-1] >= 64  # from the start to late in the pass, evenly
+    assert len({b - a for a, b in zip(seqs, seqs[1:])}) == 1
 
 
 def test_without_a_line_config_the_workers_thresholds_decide():

@@ -104,8 +104,11 @@ def test_passed_parts_through_the_service_are_sampled_within_the_cap(alert_confi
         assert r.closeness == pytest.approx(max((0.2 + 0.02 * i + 0.2) / 3 / 0.6, 0.1 / 0.5))
         peak = 3 * i + 1
         assert r.evidence[0].seq == peak
-        assert store.evidence_frames(VerdictSubject.review, r.review_id) == [f"cam-1:{peak}"]
-        assert store.evidence(VerdictSubject.review, r.review_id, f"cam-1:{peak}") == payloads[peak]
+        # its frames, the peak first
+        assert [f.seq for f in r.evidence] == [peak, peak - 1, peak + 1]
+        assert store.evidence_frames(VerdictSubject.review, r.review_id) == [f"cam-1:{s}" for s in range(peak - 1, peak + 2)]
+        for seq in range(peak - 1, peak + 2):
+            assert store.evidence(VerdictSubject.review, r.review_id, f"cam-1:{seq}") == payloads[seq]
 
     client = TestClient(create_app(cfg))
     listed = client.get("/api/reviews", params={"line": LINE}).json()

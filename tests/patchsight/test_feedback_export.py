@@ -116,10 +116,12 @@ def judged(make_config, redis_client):
         while store.wanted_evidence() and time.monotonic() < deadline:
             time.sleep(0.1)
     assert len(alerts) == 3 and not store.wanted_evidence()
-    store.record_verdict(alerts[0].alert_id, False, "ann")
-    store.record_verdict(alerts[1].alert_id, True, "ann")
-    store.record_verdict(alerts[2].alert_id, True, "ann", defect_type="dent")
-    store.record_review_verdict("r1", False, "bob")
+    # a second apart: the export numbers parts in the order the verdicts were given (to the millisecond)
+    given = time.time_ns()
+    store.record_verdict(alerts[0].alert_id, False, "ann", now_ns=given)
+    store.record_verdict(alerts[1].alert_id, True, "ann", now_ns=given + 10**9)
+    store.record_verdict(alerts[2].alert_id, True, "ann", defect_type="dent", now_ns=given + 2 * 10**9)
+    store.record_review_verdict("r1", False, "bob", now_ns=given + 3 * 10**9)
     yield cfg, store, alerts
     keys = list(redis_client.scan_iter(match=f"{cfg.alerts.key_prefix}:*", count=500))
     if keys:

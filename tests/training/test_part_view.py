@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.recording import Recording, find_recordings
+from ingest.recording import Recording, RecordingWriter, find_recordings
 from model.tracker import PartTracker
+from model.views import part_crop
 from training import data as td
 from training import finetune as ft
 from training.provenance import earlier_round
@@ -57,6 +58,28 @@ def test_part_view_encoding_keeps_the_tracked_labelled_frames_with_their_seqs(ti
     assert [frame.seqs[i] for i in rows] == part.seqs
     assert torch.equal(frame.labels[torch.as_tensor(rows)], part.labels)
     assert all("#part" in g for g in part.groups)
+
+
+def test_a_frame_whose_truth_boxes_the_part_is_cut_there_without_the_tracker(recordings, workdir):
+    # a recording as `feedback export` writes it: parts' frames only, out of stream order, each with the box
+    # the worker's tracker drew; no tracker could follow it, and none has to
+    source = Recording(recordings[0])
+    tracker = PartTracker(source.meta.camera_id, None, (source.meta.width, source.meta.height))
+    tracked = []
+    for entry, jpeg in source.frames():
+        box = tracker.update(td.decode(jpeg), entry.seq).box
+        if box is not None and entry.truth is not None and entry.truth.part_id is not None:
+            tracked.append((entry, jpeg, box))
+    picked = tracked[::-3][:4]
+    out = workdir / "boxed-recording"
+    with RecordingWriter(out, source.meta.model_copy()) as writer:
+        for n, (entry, jpeg, box) in enumerate(picked):
+            writer.append(n, entry.capture_ns, jpeg, entry.truth.model_copy(update={"part_box": box}))
+    read = list(td.view_frames(Recording(out), view="part", margin=0.06))
+    assert [seq for seq, _, _ in read] == list(range(len(picked)))
+    for (_, truth, image), (entry, jpeg, box) in zip(read, picked):
+        assert truth.part_box == box
+        assert np.array_equal(image, part_crop(td.decode(jpeg), box, 0.06))
 
 
 def test_the_cache_keys_on_the_view_and_margin_and_whole_frame_files_keep_their_names(tiny_clip, recordings, workdir):
