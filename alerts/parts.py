@@ -176,13 +176,6 @@ def part_key(line_id: str, part_id: str, source: str, epoch: int) -> str:
     return part_alert_id(line_id, part_id, 0 if source == "header" else epoch)
 
 
-def _threshold(line: LineConfig | None, question_id: str, sent: float) -> float:
-    for q in line.questions if line else ():
-        if q.id == question_id and q.threshold is not None:
-            return q.threshold
-    return sent
-
-
 def _close(part: OpenPart, epoch: int, line_id: str, camera_id: str, line: LineConfig | None,
            ended_by: str) -> tuple[PartVerdict, list[str]]:
     """The verdict on a part that has ended, and the pending thumbnail fields it held."""
@@ -197,10 +190,10 @@ def _close(part: OpenPart, epoch: int, line_id: str, camera_id: str, line: LineC
             continue
         value = min(1.0, max(0.0, q.scores.value(part.aggregate)))
         scores[qid] = value
-        threshold = thresholds[qid] = _threshold(line, qid, q.threshold)
+        c = configured.get(qid)
+        threshold = thresholds[qid] = c.threshold_over(q.threshold) if c else q.threshold
         if value < threshold:
             continue
-        c = configured.get(qid)
         findings.append(Finding(question_id=qid, question=c.text if c else qid,
                                 defect_type=c.defect_type if c else q.defect_type,
                                 score=value, threshold=threshold, camera_id=camera_id))

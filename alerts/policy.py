@@ -153,9 +153,7 @@ def decide(state: DebounceState, result: InspectionResult, line: LineConfig | No
     questions = {q.id: q for q in line.questions} if line else {}
     for scored in result.scores:
         configured = questions.get(scored.question_id)
-        threshold = (
-            configured.threshold if configured is not None and configured.threshold is not None else scored.threshold
-        )
+        threshold = configured.threshold_over(scored.threshold) if configured is not None else scored.threshold
         above = scored.score >= threshold
         q = new.questions.setdefault(scored.question_id, QuestionState())
         q.window = [o for o in q.window if o.seq > result.seq - policy.n]

@@ -145,6 +145,10 @@ class Question(Section):
     clip_positive: str | None = None
     clip_negative: str | None = None
 
+    def threshold_over(self, sent: float) -> float:
+        """The threshold the alert service decides by: this line's, where set, over the one the worker sent."""
+        return self.threshold if self.threshold is not None else sent
+
 
 class CameraSource(Section):
     """Where a camera's frames come from: exactly one of url, device, video, images."""
