@@ -57,6 +57,9 @@ class FrameReader:
             # 0.10.1): so only the batch that holds the frame, not a megabyte of frames decoded to keep one.
             max_partition_fetch_bytes=FETCH_BYTES,
         )
+        # each partition's offsets as last asked: a part's frames lie in one partition, and asking for the
+        # offsets before every frame cost two of its three round trips to the broker
+        self._offsets: dict[TopicPartition, tuple[int, int]] = {}
 
     def read(self, frame: EvidenceFrame, timeout_s: float = READ_TIMEOUT_S) -> FrameMessage | None:
         """The frame, or None when it did not come back in time though Kafka holds it.
@@ -69,11 +72,17 @@ class FrameReader:
         if partitions is not None and frame.partition not in partitions:
             # asked before the offsets below, whose metadata request would create a missing topic
             raise FrameGone(f"{frame.topic} has no partition {frame.partition} (deleted?)")
-        timeout_ms = int(timeout_s * 1000)
-        first = self.consumer.beginning_offsets([tp], timeout_ms=timeout_ms)[tp]
-        end = self.consumer.end_offsets([tp], timeout_ms=timeout_ms)[tp]
+        first, end = self._offsets.get(tp, (0, 0))
         if not first <= frame.offset < end:
-            raise FrameGone(f"{frame.topic}/{frame.partition} holds offsets {first} to {end - 1}, not {frame.offset}")
+            # asked only for a frame outside what the partition held when last asked. Within it, a frame
+            # retention has deleted since is found below all the same: the fetch then starts elsewhere.
+            timeout_ms = int(timeout_s * 1000)
+            first = self.consumer.beginning_offsets([tp], timeout_ms=timeout_ms)[tp]
+            end = self.consumer.end_offsets([tp], timeout_ms=timeout_ms)[tp]
+            self._offsets[tp] = (first, end)
+            if not first <= frame.offset < end:
+                raise FrameGone(
+                    f"{frame.topic}/{frame.partition} holds offsets {first} to {end - 1}, not {frame.offset}")
         self.consumer.assign([tp])
         self.consumer.seek(tp, frame.offset)
         deadline = time.monotonic() + timeout_s

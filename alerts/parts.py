@@ -55,6 +55,14 @@ NO_OBSERVATION_SKIPS = ("stale",)
 EVIDENCE_FRAMES_PER_PART = AlertSettings.model_fields["evidence_frames_per_part"].default
 
 
+KeptFrame = tuple[int, str, int, int, tuple[int, int, int, int] | None]  # seq, topic, partition, offset, box
+
+
+def _evidence_frame(camera_id: str, kept: KeptFrame) -> EvidenceFrame:
+    seq, topic, partition, offset, box = kept
+    return EvidenceFrame(camera_id=camera_id, seq=seq, topic=topic, partition=partition, offset=offset, box=box)
+
+
 class Peak(BaseModel):
     """A question's highest-scoring frame of the part, and where it lies on the frames topic."""
 
@@ -92,12 +100,13 @@ class OpenPart(BaseModel):
     last_capture_ns: int
     model_id: str
     questions: dict[str, QuestionPart] = Field(default_factory=dict)
-    # the scored frames the worker said where to find, every ``stride``-th of them (``keep_frame``)
-    frames: list[EvidenceFrame] = Field(default_factory=list)
+    # the scored frames the worker said where to find, every ``stride``-th of them (``keep_frame``), as
+    # (seq, topic, partition, offset, box): plain tuples, as the state is copied and stored on every result
+    frames: list[KeptFrame] = Field(default_factory=list)
     frames_offered: int = 0
     stride: int = 1
 
-    def keep_frame(self, frame: EvidenceFrame, cap: int) -> None:
+    def keep_frame(self, frame: KeptFrame, cap: int) -> None:
         """Keep the part's scored frames as evidence, at most ``cap``: all of them while they fit, then every
         second, fourth, ... one, so that a part held long in view (a stopped belt) keeps frames spread over
         its whole pass, and its state stays small."""
@@ -222,13 +231,13 @@ def _evidence(part: OpenPart, camera_id: str, scores: dict[str, float], threshol
     chosen = flagged or ({max(closeness, key=lambda qid: (closeness[qid], qid))} if closeness else set())
     peaks = sorted((q.peak for qid, q in part.questions.items() if qid in chosen and q.peak is not None),
                    key=lambda peak: (-peak.score, peak.seq))
-    kept = {frame.seq: frame for frame in part.frames}
     frames: dict[int, EvidenceFrame] = {}
     for peak in peaks:
-        frames.setdefault(peak.seq, kept.get(peak.seq) or EvidenceFrame(
-            camera_id=camera_id, seq=peak.seq, box=peak.box, **peak.frame.model_dump()))
-    for frame in part.frames:
-        frames.setdefault(frame.seq, frame)
+        frames.setdefault(peak.seq, EvidenceFrame(camera_id=camera_id, seq=peak.seq, box=peak.box,
+                                                  **peak.frame.model_dump()))
+    for kept in part.frames:
+        if kept[0] not in frames:
+            frames[kept[0]] = _evidence_frame(camera_id, kept)
     return {"evidence": tuple(frames.values()),
             "closeness": min(max(closeness.values()), 1e6) if closeness else None}
 
@@ -287,8 +296,8 @@ def decide_part(state: PartState, result: InspectionResult, line: LineConfig | N
         return decision
 
     if result.frame is not None and result.scores:
-        part.keep_frame(EvidenceFrame(camera_id=camera_id, seq=result.seq, box=obs.box, **result.frame.model_dump()),
-                        evidence_frames)
+        ref = result.frame
+        part.keep_frame((result.seq, ref.topic, ref.partition, ref.offset, obs.box), evidence_frames)
     _add_scores(part, result, obs, new.epoch, decision,
                 result.thumbnail_jpeg_b64 is not None if has_thumbnail is None else has_thumbnail)
     return decision

@@ -1,12 +1,12 @@
 """What keeping evidence costs the alert service's results loop: results/s with and without frame refs.
 
-    .venv/bin/python bench/alert_evidence.py [--parts 300] [--rounds 2]
+    .venv/bin/python bench/alert_evidence.py [--parts 300] [--rounds 2] [--frames-per-part 15]
 
-Publishes one stream of part results (3 tracked cameras, 5 frames per part, every fifth part
+Publishes one stream of part results (3 tracked cameras, 15 frames per part, every fifth part
 flagged) twice to fresh topics of the local broker and Redis (`patchsight infra up`): once as a
-worker before result v3 would send them (``frame`` unset: no peak frames tracked, no evidence
+worker before result v3 would send them (``frame`` unset: no frames tracked, no evidence
 wanted), once with every result naming its frame (``frame`` set, the frames really on the frames
-topic, 2 KB each), so the service tracks each question's peak frame in the part state, asks for
+topic, 2 KB each), so the service tracks the part's frames in its part state, asks for
 the flagged parts' frames in the alert's own Redis step, and its evidence thread reads them back
 from Kafka while the loop runs. Each variant runs in a fresh alert service in this process,
 alternated ``--rounds`` times; reports results/s over the drain (first poll to last result
@@ -42,7 +42,7 @@ from schemas.part import PartObservation  # noqa: E402
 from schemas.result import FrameRef, InspectionResult, QuestionScore, ResultStatus  # noqa: E402
 
 CAMERAS = ("cam-1", "cam-2", "cam-3")
-FRAMES_PER_PART = 5
+FRAMES_PER_PART = 15  # a part passing a camera at 10 fps (make demo: 15.0 frames per part)
 T0 = 1_700_000_000_000_000_000
 
 
@@ -74,13 +74,13 @@ def config() -> PatchsightConfig:
     )
 
 
-def stream(parts: int, refs: dict[tuple[str, int], FrameRef] | None) -> list[InspectionResult]:
+def stream(parts: int, frames: int, refs: dict[tuple[str, int], FrameRef] | None) -> list[InspectionResult]:
     out = []
     for camera in CAMERAS:
         seq = 0
         for part in range(parts):
             flagged = part % 5 == 0
-            for _ in range(FRAMES_PER_PART):
+            for _ in range(frames):
                 scratch = 0.9 if flagged else 0.2 + 0.01 * (seq % 7)
                 out.append(
                     InspectionResult(
@@ -126,11 +126,12 @@ def stream(parts: int, refs: dict[tuple[str, int], FrameRef] | None) -> list[Ins
     return out
 
 
-def publish_frames(cfg: PatchsightConfig, producer: KafkaProducer, parts: int) -> dict[tuple[str, int], FrameRef]:
+def publish_frames(cfg: PatchsightConfig, producer: KafkaProducer, parts: int,
+                   frames: int) -> dict[tuple[str, int], FrameRef]:
     payload = b"\xff\xd8" + os.urandom(2044) + b"\xff\xd9"
     futures = {}
     for camera in CAMERAS:
-        for seq in range(parts * FRAMES_PER_PART):
+        for seq in range(parts * frames):
             msg = FrameMessage(
                 line_id="line-a", camera_id=camera, seq=seq, capture_ns=T0 + seq, width=8, height=8, payload=payload
             )
@@ -144,12 +145,12 @@ def publish_frames(cfg: PatchsightConfig, producer: KafkaProducer, parts: int) -
     return refs
 
 
-def run(variant: str, parts: int) -> dict:
+def run(variant: str, parts: int, frames: int) -> dict:
     cfg = config()
     ensure_topics(cfg.kafka)
     producer = KafkaProducer(**cfg.kafka.client_kwargs(), linger_ms=5)
-    refs = publish_frames(cfg, producer, parts) if variant == "evidence" else None
-    results = stream(parts, refs)
+    refs = publish_frames(cfg, producer, parts, frames) if variant == "evidence" else None
+    results = stream(parts, frames, refs)
     for r in results:
         key, value, headers = r.to_record()
         producer.send(cfg.kafka.topics.results, key=key, value=value, headers=headers)
@@ -195,13 +196,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", type=int, default=300, help="parts per camera")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--frames-per-part", type=int, default=FRAMES_PER_PART,
+                        help="scored frames per part, each kept as evidence of a flagged part")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "alert_evidence.json")
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     runs: dict[str, list[dict]] = {"no_frame_refs": [], "evidence": []}
     for _ in range(args.rounds):
         for variant in runs:
-            runs[variant].append(run(variant, args.parts))
+            runs[variant].append(run(variant, args.parts, args.frames_per_part))
             print(variant, json.dumps(runs[variant][-1]), flush=True)
     ratios = [e["results_per_s"] / n["results_per_s"] for n, e in zip(runs["no_frame_refs"], runs["evidence"])]
     report = {
@@ -213,7 +216,7 @@ def main() -> None:
             "machine": platform.machine(),
             "parts_per_camera": args.parts,
             "cameras": len(CAMERAS),
-            "frames_per_part": FRAMES_PER_PART,
+            "frames_per_part": args.frames_per_part,
         },
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -166,14 +166,22 @@ def test_the_reader_tells_a_frame_retention_deleted_from_one_it_holds(alert_conf
     try:
         frame = {seq: EvidenceFrame(camera_id=CAMERA, seq=seq, **ref.model_dump()) for seq, ref in refs.items()}
         assert reader.read(frame[3]).payload == payloads[3]
-        # retention deletes the partition's oldest records: what it took is gone, the rest is read as before
+        # retention deletes the partition's oldest records: what it took is gone, the rest is read as before;
+        # the reader, which knew the partition's offsets from before, finds out by fetching
         partition = frame[3].partition
         same = sorted(seq for seq, f in frame.items() if f.partition == partition)
         tp = TopicPartition(cfg.kafka.topics.frames, partition)
         admin.delete_records({tp: frame[same[-1]].offset})
-        with pytest.raises(FrameGone, match=f"holds offsets {frame[same[-1]].offset} to"):
+        with pytest.raises(FrameGone, match=f"offset {frame[same[0]].offset} of .* is no longer kept"):
             reader.read(frame[same[0]])
         assert reader.read(frame[same[-1]]).payload == payloads[same[-1]]
+        # a reader that asks for the offsets (it knew none of the partition) is told so by them
+        fresh = FrameReader(cfg.kafka, "evidence-test-2")
+        try:
+            with pytest.raises(FrameGone, match=f"holds offsets {frame[same[-1]].offset} to"):
+                fresh.read(frame[same[0]])
+        finally:
+            fresh.close()
         with pytest.raises(FrameGone, match="holds offsets"):
             reader.read(frame[3].model_copy(update={"offset": frame[same[-1]].offset + 1000}))
         # a topic that is no more: gone, and asking does not create it again
