@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from ingest.recording import FrameTruth, RecordingMeta
-from ingest.synth import noise_bank, stable_hash, vignette_map, write_recording
+from ingest.synth import line_ids, noise_bank, stable_hash, vignette_map, write_recording
 from schemas.config import Question, QuestionCategory
 
 PRODUCT = "fabric"
@@ -383,10 +383,6 @@ def truth_for(spec: SheetSpec, sheet_id: int) -> FrameTruth:
                       answers={q.id: bool(spec.defects) for q in FABRIC_QUESTIONS})
 
 
-def fabric_line_ids(count: int) -> list[str]:
-    return [f"fabric-{chr(ord('a') + i)}" if i < 26 else f"fabric-{i}" for i in range(count)]
-
-
 def write_fabric_recordings(
     out: str | Path,
     *,
@@ -410,7 +406,7 @@ def write_fabric_recordings(
     types = parse_defect_types(",".join(defect_types))
     paths: list[Path] = []
     start_ns = 1_700_000_000_000_000_000 + seed * 10**12
-    for li, line_id in enumerate(fabric_line_ids(lines)):
+    for li, line_id in enumerate(line_ids(lines, prefix="fabric")):
         kind = LINE_KINDS[li % len(LINE_KINDS)]
         for ci in range(cameras):
             camera_id = f"{line_id}-cam{ci + 1}"

@@ -818,8 +818,8 @@ def part_types_for(line_id: str, index: int) -> list[str]:
     return pairs[index % len(pairs)]
 
 
-def line_ids(count: int) -> list[str]:
-    return [f"line-{chr(ord('a') + i)}" if i < 26 else f"line-{i}" for i in range(count)]
+def line_ids(count: int, prefix: str = "line") -> list[str]:
+    return [f"{prefix}-{chr(ord('a') + i)}" if i < 26 else f"{prefix}-{i}" for i in range(count)]
 
 
 def write_recordings(
