@@ -21,9 +21,9 @@ def synth(
     seed: int = typer.Option(0, help="same seed, same recordings, byte for byte"),
     fps: float = typer.Option(10.0, min=0.1, help="frame rate the recordings claim"),
     defect_rate: float = typer.Option(0.25, min=0.0, max=1.0, help="fraction of parts with a defect"),
-    width: int = typer.Option(None, min=160, help="frame width [default: 640 for parts, 512 for fabric]",
+    width: int = typer.Option(None, min=160, help="frame width (default: 640 for parts, 512 for fabric)",
                               show_default=False),
-    height: int = typer.Option(None, min=120, help="frame height [default: 480 for parts, 384 for fabric]",
+    height: int = typer.Option(None, min=120, help="frame height (default: 480 for parts, 384 for fabric)",
                                show_default=False),
     jpeg_quality: int = typer.Option(90, min=10, max=100),
     close_together: bool = typer.Option(
@@ -31,11 +31,11 @@ def synth(
         "and the entering one (default: one part at a time, with gaps of empty belt)"),
     spacing: str = typer.Option(
         None, help="parts close together with MIN-MAX pixels (of a 640-wide frame) of empty belt between "
-        "them; implies --close-together [default: 40-160]", show_default=False),
+        "them; implies --close-together (default: 40-160)", show_default=False),
     drift: str = typer.Option(
         None, help="inject drift from --drift-start on: lighting (the light dims), blur (focus lost) or shift "
         "(the camera was knocked); see docs/drift.md", show_default=False),
-    drift_start: int = typer.Option(None, min=0, help="first drifted frame of each camera [default: half of --frames]",
+    drift_start: int = typer.Option(None, min=0, help="first drifted frame of each camera (default: half of --frames)",
                                     show_default=False),
     drift_strength: float = typer.Option(0.6, min=0.01, max=1.0, help="how strong the drift is, 0-1"),
     product: str = typer.Option(
@@ -43,7 +43,7 @@ def synth(
         "kept out of all training to measure transfer (docs/synth.md)"),
     defect_types: str = typer.Option(
         None, "--defect-types", help="fabric: the defects drawn: small (hole, pulled_thread, knot), large (stain, "
-        "weave_fault), all, or a comma-separated list [default: all]", show_default=False),
+        "weave_fault), all, or a comma-separated list (default: all)", show_default=False),
 ) -> None:
     """Render parts passing cameras on a conveyor (or sheets of fabric) and record them with per-frame ground truth."""
     from ingest.synth import CLOSE_SPACING, SynthDrift, write_recordings

@@ -50,6 +50,13 @@ def test_a_defect_changes_the_sheet_inside_its_box_only(defect):
             assert 10 < changed < 600 and max(x1 - x0, y1 - y0) <= 62, (changed, (x0, y0, x1, y1))
         else:
             assert changed > 1500, changed
+        # what a 128 px encoder sees of a frame (shortest edge to 128, central square): the defect is still there
+        assert np.abs(encoder_view(clean.replace(defects=(defect,))) - encoder_view(clean)).max() > 60
+
+
+def encoder_view(spec: SheetSpec) -> np.ndarray:
+    frame = np.clip(render_sheet(spec), 0, 255).astype(np.uint8)[:, 20 : 20 + SIZE[0]]
+    return cv2.resize(frame, (171, 128), interpolation=cv2.INTER_CUBIC)[:, 21:149].astype(int)
 
 
 def test_defects_stay_inside_the_inspected_square_at_every_frame_of_the_sheet():
