@@ -15,8 +15,8 @@ preprocessor keeps, at every frame of the sheet):
 
 * small local ones, a few pixels: ``hole`` (5-8 px across), ``pulled_thread`` (a thread lifted
   out of the weave, 2-3 px wide and 25-45 long, with the dark gap it left) and ``knot`` (a slub
-  on a thread, 7-10 px);
-* larger texture changes: ``stain`` (an irregular translucent blot, 50-90 px) and
+  on a thread, 9-12 by 6-8 px);
+* larger texture changes: ``stain`` (an irregular translucent blot, about 30-95 px) and
   ``weave_fault`` (a band 24-40 px high across the field woven in the other pattern, looser).
 
 Determinism, as for parts: ``SheetSpec`` holds everything that decides how a sheet looks,
