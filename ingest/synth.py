@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -461,14 +461,14 @@ def _draw_defects(
 
 
 @functools.lru_cache(maxsize=8)
-def _noise_bank(height: int, width: int) -> np.ndarray:
+def noise_bank(height: int, width: int) -> np.ndarray:
     # One fixed field of unit noise; each frame reads it at a random offset. Drawing fresh
     # Gaussian noise for every 640x480 frame would cost more than all the drawing.
     return np.random.default_rng(0x5EED).standard_normal((height + 64, width + 64, 3), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=8)
-def _vignette_map(height: int, width: int) -> np.ndarray:
+def vignette_map(height: int, width: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     r2 = ((x - width / 2) / (width / 2)) ** 2 + ((y - height / 2) / (height / 2)) ** 2
     return (r2 / 2)[..., None]
@@ -531,9 +531,9 @@ def render_parts_frame(
     gain = np.array(look.tint, np.float32) * look.brightness
     out = frame.astype(np.float32) * gain
     if look.vignette > 0:
-        out *= 1.0 - look.vignette * _vignette_map(height, width)
+        out *= 1.0 - look.vignette * vignette_map(height, width)
     if look.noise_sigma > 0:
-        bank = _noise_bank(height, width)
+        bank = noise_bank(height, width)
         oy, ox = rng.integers(0, 64, size=2)
         out += look.noise_sigma * bank[oy : oy + height, ox : ox + width]
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -659,7 +659,7 @@ class SynthCamera:
                 raise ValueError(f"unknown part type {t!r}; known: {sorted(PART_TYPES)}")
         if not 0.0 <= self.defect_rate <= 1.0:
             raise ValueError(f"defect_rate must be in [0, 1], got {self.defect_rate}")
-        self.rng = np.random.default_rng([self.seed, _stable_hash(self.line_id), _stable_hash(self.camera_id)])
+        self.rng = np.random.default_rng([self.seed, stable_hash(self.line_id), stable_hash(self.camera_id)])
         r = self.rng
         # What makes this camera itself: mounting height, belt, light, sensor.
         self.scale = float(r.uniform(0.92, 1.04))
@@ -770,7 +770,7 @@ class SynthCamera:
     def frames(self, count: int) -> Iterator[tuple[np.ndarray, FrameTruth]]:
         """``count`` consecutive BGR frames with their ground truth."""
         # noise has its own stream, so scenes() alone replays the same parts and positions
-        noise = np.random.default_rng([self.seed, _stable_hash(self.camera_id), 1])
+        noise = np.random.default_rng([self.seed, stable_hash(self.camera_id), 1])
         for n, scene in enumerate(self.scenes(count)):
             if scene.parts is None:
                 image = render_part_frame(scene.spec, noise, scene.position, scene.look, self.size)
@@ -803,7 +803,7 @@ def truth_for(spec: PartSpec | None, part_id: int | None = None) -> FrameTruth:
     return FrameTruth(part_id=part_id, part_type=spec.part_type, defects=spec.defects, answers=spec.answers())
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
     # Python's hash() is salted per process; seeds must not be.
     h = 2166136261
     for ch in text.encode():
@@ -818,8 +818,8 @@ def part_types_for(line_id: str, index: int) -> list[str]:
     return pairs[index % len(pairs)]
 
 
-def line_ids(count: int) -> list[str]:
-    return [f"line-{chr(ord('a') + i)}" if i < 26 else f"line-{i}" for i in range(count)]
+def line_ids(count: int, prefix: str = "line") -> list[str]:
+    return [f"{prefix}-{chr(ord('a') + i)}" if i < 26 else f"{prefix}-{i}" for i in range(count)]
 
 
 def write_recordings(
@@ -860,17 +860,27 @@ def write_recordings(
                 source=source, created_ns=start_ns,
                 part_types=cam.part_types, questions=[q.model_dump(mode="json") for q in SYNTH_QUESTIONS],
             )
-            path = out / line_id / camera_id
-            with RecordingWriter(path, meta) as writer:
-                for seq, (image, truth) in enumerate(cam.frames(frames)):
-                    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-                    if not ok:
-                        raise RuntimeError("JPEG encoding failed")
-                    writer.append(seq, start_ns + int(seq * 1e9 / fps), jpeg.tobytes(), truth)
-                    if on_frame is not None:
-                        on_frame()
-            paths.append(path)
+            paths.append(write_recording(out / line_id / camera_id, meta, cam.frames(frames), jpeg_quality, on_frame))
     return paths
+
+
+def write_recording(
+    path: Path,
+    meta: RecordingMeta,
+    frames: Iterable[tuple[np.ndarray, FrameTruth]],
+    jpeg_quality: int = 90,
+    on_frame: "callable[[], None] | None" = None,  # type: ignore[valid-type]
+) -> Path:
+    """Write ``frames`` as JPEG to a labelled recording at ``path``, captured every ``1 / meta.fps`` s from ``meta.created_ns``."""
+    with RecordingWriter(path, meta) as writer:
+        for seq, (image, truth) in enumerate(frames):
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            writer.append(seq, meta.created_ns + int(seq * 1e9 / meta.fps), jpeg.tobytes(), truth)
+            if on_frame is not None:
+                on_frame()
+    return path
 
 
 def benchmark(frames: int = 300, size: tuple[int, int] = (640, 480)) -> dict[str, float]:

@@ -69,6 +69,7 @@ from training.finetune import WITHOUT_ENCODER_POSITIONS
 from training.metrics import auroc, head_margins, reportable, served_scores
 from training.output import check_writable, filled_on_success
 from training.parts import group_parts, part_report
+from training.validation import part_resamples, percentile_interval
 from training.views import part_views
 
 Log = Callable[[str], None]
@@ -120,6 +121,12 @@ def question_metrics(s: Scored, labels: np.ndarray, j: int) -> dict[str, float]:
         "pair_accuracy": float(pair_ok.mean()) if len(pair_ok) else float("nan"),
         "pairs": int(len(pair_ok)),
     }
+
+
+def frame_auroc_interval(scores: np.ndarray, labels: np.ndarray, resamples: Sequence[np.ndarray]) -> list[float] | None:
+    """The 95% bootstrap interval of the frames' AUROC of one question (``labels`` -1: not answered, left out)."""
+    known = labels >= 0
+    return percentile_interval([auroc(scores[d][known[d]], labels[d][known[d]]) for d in resamples])
 
 
 def _mean(values: list[float]) -> float:
@@ -191,6 +198,8 @@ def evaluate(
     log(f"evaluating {bundle.model_id} on {len(recordings)} recordings, {len(questions)} questions")
     pieces = recording_pieces(bundle.encoder, recordings, questions, 1, None, log)  # one per recording: part keys
     part_keys = frame_part_keys(pieces)
+    # the bootstrap's unit: a part (its frames are near duplicates), a frame where there is none
+    resamples = part_resamples([k or f"frame {i}" for i, k in enumerate(part_keys)])
     views = tracked_views(bundle, pieces, recordings, questions, log)
     data = LabelledSet(EncoderOutput.cat([p.tokens for p in pieces]), torch.cat([p.labels for p in pieces]),
                        [g for p in pieces for g in p.groups], list(questions), [s for p in pieces for s in p.sources])
@@ -275,6 +284,7 @@ def evaluate(
             if np.isnan(s.frames[:, j]).all():
                 continue  # a probe has no answer to a question it never had labels for
             per_q[q.id] = question_metrics(s, labels, j)
+            per_q[q.id]["auroc_frames_interval"] = frame_auroc_interval(s.frames[:, j], labels[:, j], resamples)
         report["scorers"][name] = {"per_question": per_q, "per_category": summarise(per_q, questions)}
     report["parts"], report["part_verdict"] = part_reports(bundle, questions, served_frames(scorers, questions),
                                                            labels, part_keys)
@@ -528,6 +538,15 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {q['id']} | {cat_of[q['id']]} | {LABELS.get(k, k)} | {m['threshold']:.3f} | "
                              f"{_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | {_pct(m['pair_accuracy'])} | "
                              f"{_auc(m['auroc'])} | {m['positives']}/{m['frames']} |")
+    lines += ["", "## Frame AUROC with its 95% interval (1000 bootstrap draws of the parts)", "",
+              "| question | scorer | frame AUROC | 95% interval |", "|---|---|---|---|"]
+    for q in report["questions"]:
+        for k in main + abl:
+            m = sc[k]["per_question"].get(q["id"])
+            if m:
+                span = m.get("auroc_frames_interval")
+                shown = "n/a" if span is None else f"{span[0]:.3f}-{span[1]:.3f}"
+                lines.append(f"| {q['id']} | {LABELS.get(k, k)} | {_auc(m['auroc_frames'])} | {shown} |")
     lines += part_markdown(report)
     lines += ["", "## Targets (MLLM head)", "", "| target | value | required | met |", "|---|---|---|---|"]
     for name, t in report["targets"].items():

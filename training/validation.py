@@ -120,28 +120,41 @@ def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def part_resamples(groups: Sequence[str], seed: int = 0, count: int = BOOTSTRAP) -> list[np.ndarray]:
+    """``count`` bootstrap resamples of the frames: each draws the parts (``groups``, one per frame) with replacement
+    and takes every frame of each part drawn, as frame indices."""
+    names = sorted(set(groups))
+    index = {g: i for i, g in enumerate(names)}
+    code = np.array([index[g] for g in groups])
+    rows = [np.flatnonzero(code == i) for i in range(len(names))]
+    rng = np.random.default_rng([seed, 0xB007])
+    return [np.concatenate([rows[i] for i in rng.integers(len(names), size=len(names))]) for _ in range(count)]
+
+
+def percentile_interval(values: Sequence[float]) -> list[float] | None:
+    """The 95% interval (2.5th and 97.5th percentiles, rounded to 4 places) of the resampled values that are
+    not nan (a resample without both answers has no AUROC); None when none is."""
+    kept = np.array([v for v in values if not math.isnan(v)])
+    if not len(kept):
+        return None
+    return [round(float(np.percentile(kept, 2.5)), 4), round(float(np.percentile(kept, 97.5)), 4)]
+
+
 def validation_report(held: HeldOut, questions: Sequence[Question], seed: int = 0) -> dict:
     """Each scorer's mean AUROC with a 95% bootstrap interval over the held-out parts, and its AUROC per question.
 
     Each resample draws the parts with replacement, the same draw for every scorer.
     """
-    names = sorted(set(held.groups))
-    index = {g: i for i, g in enumerate(names)}
-    code = np.array([index[g] for g in held.groups])
-    rows = [np.flatnonzero(code == i) for i in range(len(names))]
-    rng = np.random.default_rng([seed, 0xB007])
-    draws = [np.concatenate([rows[i] for i in rng.integers(len(names), size=len(names))]) for _ in range(BOOTSTRAP)]
-    report: dict = {"frames": len(held.groups), "parts": len(names),
+    draws = part_resamples(held.groups, seed)
+    report: dict = {"frames": len(held.groups), "parts": len(set(held.groups)),
                     "positives": {q.id: int((held.labels[:, j] == 1).sum()) for j, q in enumerate(questions)},
                     "scorers": {}}
     for name, scores in held.scores.items():
         point = mean_auroc(scores, held.labels)
-        resampled = np.array([mean_auroc(scores[d], held.labels[d]) for d in draws])
-        resampled = resampled[~np.isnan(resampled)]
-        interval = [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))] if len(resampled) else None
+        interval = percentile_interval([mean_auroc(scores[d], held.labels[d]) for d in draws])
         per_question = {q.id: reportable(auroc(scores[held.labels[:, j] >= 0, j], held.labels[held.labels[:, j] >= 0, j]))
                         for j, q in enumerate(questions)}
-        report["scorers"][name] = {"auroc": reportable(point), "interval": interval and [round(v, 4) for v in interval],
+        report["scorers"][name] = {"auroc": reportable(point), "interval": interval,
                                    "per_question": per_question}
     return report
 

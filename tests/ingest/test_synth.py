@@ -206,6 +206,18 @@ def test_recordings_are_labelled_and_reproducible(tmp_path):
     assert {Recording(p).meta.line_id for p in a} == {"line-a", "line-b"}
 
 
+def test_part_recordings_are_the_bytes_they_were(tmp_path):
+    # the part family's recordings before the fabric family existed (OpenCV of requirements.lock): the
+    # caches and encoded sets of earlier rounds are keyed by these bytes
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in synth.write_recordings(tmp_path, lines=2, cameras=1, frames=12, seed=5, size=(320, 240)):
+        for name in ("meta.json", "index.jsonl", "frames.bin"):
+            digest.update((path / name).read_bytes())
+    assert digest.hexdigest() == "afd6032b31d76be52039a7c3ec5ab0ed0eb83b7e4a072ce72774030e63b5750a"
+
+
 def test_synth_command_writes_one_recording_per_camera(tmp_path):
     from ingest.synth_cli import app
 
@@ -327,7 +339,7 @@ def test_parts_close_together_follow_each_other_across_the_view():
 def test_close_together_draws_what_it_labels():
     cam = SynthCamera("line-c", "line-c-cam2", 5, ["panel", "bracket"], spacing=(20.0, 40.0))
     scenes = list(SynthCamera("line-c", "line-c-cam2", 5, ["panel", "bracket"], spacing=(20.0, 40.0)).scenes(30))
-    noise = np.random.default_rng([5, synth._stable_hash("line-c-cam2"), 1])  # the camera's noise stream
+    noise = np.random.default_rng([5, synth.stable_hash("line-c-cam2"), 1])  # the camera's noise stream
     half = (synth.PART_WIDTH / 2 + 12) * cam.scale
     for sc, (image, _) in zip(scenes, cam.frames(30)):
         state = noise.bit_generator.state

@@ -81,12 +81,15 @@ def test_eval_reports_a_custom_question_without_rendered_pairs(defect_bundle, de
         assert row["frames"] == frames and row["pairs"] == 0 and row["positives"] > 0
         assert 0.0 <= row["auroc"] <= 1.0 and row["auroc"] == row["auroc_frames"]  # the frames' alone
         assert row["pair_accuracy"] != row["pair_accuracy"]  # nan: not measured
+        low, high = row["auroc_frames_interval"]  # bootstrap over the recording's parts
+        assert 0.0 <= low <= row["auroc_frames"] <= high <= 1.0
     # per part: the recording's part ids group the frames
     part = report["part_verdict"]["per_question"]["defect"]
     assert report["parts"]["overall"]["parts"] == 16 and 0 < part["defective"] < 16 and part["part_auroc"] is not None
     md = (out / "report.md").read_text()
     assert "No rendered pairs for `defect`: the synthetic line's parts cannot show it" in md
     assert "| defect | fine_detail | MLLM head |" in md
+    assert "## Frame AUROC with its 95% interval" in md and "| defect | CLIP linear probe |" in md
 
 
 def test_eval_without_pairs_and_with_ablations(tiny_clip, defect_bundle, defect_recordings, workdir):
