@@ -58,6 +58,7 @@ finishes the frames in flight, publishes, commits and exits.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -256,6 +257,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.log = get_logger("inference.worker", worker=self.worker_id, model=bundle.model_id)
         self.lines = {line.id: line for line in config.lines}
+        self.cameras_of = {line.id: {camera.id for camera in line.cameras} for line in config.lines}
         self.runner = ModelRunner(bundle, self.lines, self.settings, self.worker_id)
         self.metrics = WorkerMetrics()
         self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
@@ -468,7 +470,7 @@ class Worker:
         if line is None:
             self._dead_letter(record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
             return
-        if all(camera.id != msg.camera_id for camera in line.cameras):
+        if msg.camera_id not in self.cameras_of[line.id]:
             self._dead_letter(record, epoch, "unknown-camera",
                               f"camera {msg.camera_id!r} is not a camera of line {msg.line_id!r}")
             return
@@ -733,6 +735,18 @@ class _Rebalance(ConsumerRebalanceListener):
 # --- process entry point ------------------------------------------------------------------
 
 
+def freeze_loaded_objects() -> None:
+    """Leave what the process has loaded so far (torch, transformers, the bundle) out of garbage collection.
+
+    About 470,000 objects that live as long as the process: every full collection walked them all,
+    0.2 s of CPU each, one every few seconds at 500 frames/s (0.07 ms a frame, BENCHMARKS.md "Worker
+    host ceiling"). Frozen, a full collection walks only what the worker made since. Garbage first,
+    so none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
     """Load the model, run one worker until SIGTERM/SIGINT, exit after draining."""
     log = get_logger("inference.worker")
@@ -740,6 +754,7 @@ def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
         torch.set_num_threads(config.inference.torch_threads)
     bundle = load_model(config)
     worker = Worker(config, bundle, worker_id)
+    freeze_loaded_objects()
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -221,8 +221,9 @@ class FramePreprocessor:
             interp = cv2.INTER_AREA if scale / reduction < 0.5 else cv2.INTER_CUBIC
             frame = cv2.resize(frame, (nw, nh), interpolation=interp)
         top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
-        # contiguous: a batch is then stacked with plain copies, where the model thread waits for it
-        return np.ascontiguousarray(frame[top : top + self.image_size, left : left + self.image_size, ::-1])  # BGR->RGB
+        # contiguous, so a batch is stacked with plain copies where the model thread waits for it; cvtColor
+        # swaps the channels in one vectorised pass (numpy's copy of a reversed channel axis took 5x longer)
+        return cv2.cvtColor(frame[top : top + self.image_size, left : left + self.image_size], cv2.COLOR_BGR2RGB)
 
     def crop_tensor(self, frame: torch.Tensor) -> torch.Tensor:
         """One (3, H, W) RGB uint8 frame, decoded at full size on any device -> its (S, S, 3) RGB uint8 square there.
