@@ -1,7 +1,8 @@
 """The worker's host ceiling: the real worker through the real broker with the model taken out (issue #34).
 
     python bench/host_ceiling.py [--frames 2000] [--sizes 320x240 640x480] [--models noop gpu]
-        [--gpu-ms 9] [--spreads even uneven] [--before /work/main] [--out bench/results/host_ceiling.json]
+        [--gpu-ms 9] [--spreads even uneven] [--repeat 1] [--before /work/main]
+        [--out bench/results/host_ceiling.json]
 
 Each case is one worker (``inference.worker.Worker``, the default bundle's preprocessing, cameras
 without part tracking so every frame is scored) draining a backlog of synthetic frames through
@@ -16,11 +17,14 @@ stacking the batch's inputs (into what would be the pinned staging buffer), then
 Frames come from ``SynthCamera`` (100 distinct frames cycled), keyed by camera: ``even`` puts
 two cameras on each of the 2 partitions, ``uneven`` six on one and two on the other (3:1 of the
 frames). Measured from the 10th percent of the results to the last: frames/s, process CPU per
-frame, how busy the usable cores were (process CPU / wall / cores), and CPU per frame by thread
+frame (less the bench's own thread that watches the results counter), how busy the usable cores were (process CPU / wall / cores), and CPU per frame by thread
 (the stage it runs: main loop = poll, parse, intake, commit; decode; model = batching, stand-in
 host work, results; kafka-io frames/results = the clients' network threads). ``--before DIR``
 runs every case a second time with the worker code of another checkout (e.g. main before this
-change), so before and after come from one run. Writes bench/results/host_ceiling.json.
+change), so before and after come from one run; each is run as its ``serve()`` would run it (with
+or without ``freeze_loaded_objects``). ``--repeat N`` runs N rounds of every case, interleaved, and
+``paired`` in the output holds per round and as medians: after / before and uneven / even, each
+ratio from cases of one round. Writes bench/results/host_ceiling.json.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ def stage_of(thread_name: str) -> str:
     """The stage a worker thread runs, by its name."""
     if thread_name == "worker":
         return "main loop"
+    if thread_name == "MainThread":
+        return "bench watcher (not in cpu_ms_per_frame)"
     if thread_name.startswith("decode") or thread_name in ("model", "results"):
         return thread_name.rstrip("_0123456789")
     if thread_name.startswith("kafka-io") and thread_name.endswith("-frames"):
@@ -105,6 +111,10 @@ def child(spec: dict) -> dict:
     cfg = validate_config(spec["config"])
     bundle = load_bundle(Path(spec["repo"]) / "models" / "default", "cpu")
     worker = Worker(cfg, bundle, worker_id="bench")
+    import inference.worker
+
+    if hasattr(inference.worker, "freeze_loaded_objects"):  # as serve() does it, in the code that has it
+        inference.worker.freeze_loaded_objects()
     worker.runner.score = stand_in(spec["gpu_ms"], len(cfg.lines[0].questions))
     bare = None
     if spec["gpu_ms"]:
@@ -114,8 +124,9 @@ def child(spec: dict) -> dict:
         bare = MAX_BATCH * 50 / (time.perf_counter() - start)  # the stand-in alone, as this machine sleeps
 
     def done() -> float:
-        return sum(worker.metrics.registry.get_sample_value("patchsight_inference_frames_out_total", {"status": s})
-                   or 0.0 for s in ("ok", "skipped"))
+        # this counter alone: collecting the whole registry every 5 ms cost more CPU than some of the stages measured
+        return sum(sample.value for metric in worker.metrics.frames_out.collect() for sample in metric.samples
+                   if sample.name.endswith("_total"))
 
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="worker", daemon=True)
@@ -129,17 +140,21 @@ def child(spec: dict) -> dict:
         return get("patchsight_inference_batch_size_count") or 0.0, get("patchsight_inference_batch_size_sum") or 0.0
 
     t0, cpu0, threads0, n0, b0 = time.monotonic(), time.process_time(), thread_times(), done(), batches()
+    own0 = time.thread_time()
     while done() < frames and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.005)
+    own1 = time.thread_time()
     t1, cpu1, threads1, n1, b1 = time.monotonic(), time.process_time(), thread_times(), done(), batches()
     stop.set()
     thread.join(60)
-    wall, cpu, n = t1 - t0, cpu1 - cpu0, n1 - n0
+    # the process's CPU less this thread's (the bench watching the counter): the worker's own
+    wall, cpu, n = t1 - t0, cpu1 - cpu0 - (own1 - own0), n1 - n0
     on_cpu = {k: threads1[k][0] - threads0.get(k, (0.0, 0.0))[0] for k in threads1}
     waiting = sum(threads1[k][1] - threads0.get(k, (0.0, 0.0))[1] for k in threads1)
     cores = len(os.sched_getaffinity(0))
     return {
         "frames_measured": int(n), "fps": round(n / wall, 1), "cpu_ms_per_frame": round(cpu * 1e3 / n, 3),
+        "bench_thread_ms_per_frame": round((own1 - own0) * 1e3 / n, 3),  # not in cpu_ms_per_frame
         "cores": cores, "cores_busy": round(cpu / wall / cores, 3),
         # on a core or runnable and waiting for one: over the cores, >= 1 means CPU-bound (on a shared
         # machine the process gets less than every core, so cores_busy alone cannot show it)
@@ -222,6 +237,34 @@ def run_case(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def paired_ratios(cases: list[dict]) -> dict:
+    """Per size and model, the medians over rounds of fps and CPU per frame, and of the ratios within a round:
+    after / before (same spread) and uneven / even (same code). Ratios from one round share the machine's load."""
+    import statistics
+
+    def key(c: dict) -> tuple:
+        return c["size"], c["model"], c["spread"], c["code"], c["round"]
+
+    at = {key(c): c for c in cases}
+    out: dict[str, dict] = {}
+    for size, model, spread, code, round_ in at:
+        entry = out.setdefault(f"{size} {model}", {})
+        c = at[size, model, spread, code, round_]
+        for name, value in ((f"{spread} {code} fps", c["fps"]), (f"{spread} {code} cpu_ms_per_frame",
+                                                                 c["cpu_ms_per_frame"])):
+            entry.setdefault(name, []).append(value)
+        before = at.get((size, model, spread, "before", round_))
+        if code == "after" and before:
+            entry.setdefault(f"{spread} fps after / before", []).append(round(c["fps"] / before["fps"], 3))
+            entry.setdefault(f"{spread} cpu after / before", []).append(
+                round(c["cpu_ms_per_frame"] / before["cpu_ms_per_frame"], 3))
+        even = at.get((size, model, "even", code, round_))
+        if spread == "uneven" and even:
+            entry.setdefault(f"{code} fps uneven / even", []).append(round(c["fps"] / even["fps"], 3))
+    return {case: {name: {"median": round(statistics.median(v), 3), "runs": v} for name, v in entry.items()}
+            for case, entry in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000, help="frames per case")
@@ -229,6 +272,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=["noop", "gpu"], default=["noop", "gpu"])
     parser.add_argument("--gpu-ms", type=float, default=9.0, help="the GPU stand-in's time per batch of 8")
     parser.add_argument("--spreads", nargs="+", choices=sorted(SPREADS), default=["even", "uneven"])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every case, interleaved; medians reported")
     parser.add_argument("--before", type=Path, default=None, help="also run each case with this checkout's worker")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "host_ceiling.json")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -242,21 +286,26 @@ def main() -> None:
     cases = []
     for size_text in args.sizes:
         size = tuple(int(v) for v in size_text.split("x"))
+        backlogs = {}  # one per spread, read by every case's group
         for spread in args.spreads:
             cameras = cameras_on(SPREADS[spread])
-            topic = publish_backlog(kafka, size, cameras, args.frames)  # one backlog, read by every case's group
-            for model in args.models:
-                for code, repo in codes:
-                    spec = {"repo": str(repo), "frames": args.frames, "gpu_ms": args.gpu_ms if model == "gpu" else 0,
-                            "config": case_config(kafka, topic, cameras)}
-                    got = run_case(spec)
-                    cases.append({"size": size_text, "spread": spread, "model": model, "code": code, **got})
-                    print(json.dumps(cases[-1]), flush=True)
+            backlogs[spread] = (cameras, publish_backlog(kafka, size, cameras, args.frames))
+        for round_ in range(args.repeat):  # rounds interleave the cases: what the machine's load does, it does to all
+            for spread, (cameras, topic) in backlogs.items():
+                for model in args.models:
+                    for code, repo in codes:
+                        spec = {"repo": str(repo), "frames": args.frames,
+                                "gpu_ms": args.gpu_ms if model == "gpu" else 0,
+                                "config": case_config(kafka, topic, cameras)}
+                        got = run_case(spec)
+                        cases.append({"size": size_text, "spread": spread, "model": model, "code": code,
+                                      "round": round_, **got})
+                        print(json.dumps(cases[-1]), flush=True)
     report = {
         "command": "python bench/host_ceiling.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "frames_per_case": args.frames, "gpu_ms_per_batch": args.gpu_ms, "max_batch": MAX_BATCH,
-        "cases": cases,
+        "cases": cases, "paired": paired_ratios(cases),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

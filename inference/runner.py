@@ -6,7 +6,11 @@ its model runner)::
 
     decode threads  ModelRunner.decode     JPEG -> BGR (OpenCV, at 1/2, 1/4 or 1/8 size when the encoder
                                            reads no more) -> the encoder's uint8 square (resize, crop)
-    model thread    ModelRunner.find_part  the camera's tracker (model/tracker.py), frame by frame in order:
+    model thread    ModelRunner.decode_batch  on CUDA with torchvision (``inference.gpu_jpeg_decode``), instead of
+                                           ``decode``: the batch's JPEGs in one nvJPEG call, resized and
+                                           cropped on the GPU (inference/jpeg_batch.py); the CPU path for
+                                           a frame nvJPEG should not or will not take
+                    ModelRunner.find_part  the camera's tracker (model/tracker.py), frame by frame in order:
                                            the part in the zone, or none (the frame is not scored)
                     ModelRunner.part_view  the part cut out of the frame (its square), when the bundle reads it
                     ModelRunner.score      the batch's squares normalised at once, on the model's device ->
@@ -38,12 +42,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
+from inference.jpeg_batch import select_batch_decoder
 from model.tracker import PartTracker, largest_reduction
 from schemas.config import CameraConfig, InferenceSettings, LineConfig, PatchsightConfig
 from schemas.frame import FrameMessage
@@ -65,7 +70,9 @@ class Decoded:
 
     image: np.ndarray  # BGR, the frame at 1/reduction of its size
     reduction: int  # 1: the frame itself
-    square: np.ndarray  # the encoder's (S, S, 3) RGB uint8 input, normalised per batch in ``score``
+    # the encoder's (S, S, 3) RGB uint8 input, normalised per batch in ``score``; a tensor on the model's
+    # device when decoded there (``decode_batch``)
+    square: np.ndarray | torch.Tensor
     decode_s: float
 
 
@@ -87,6 +94,8 @@ class ModelRunner:
         self.device = bundle.encoder.device
         self.preprocess = bundle.encoder.preprocess
         self._staging: torch.Tensor | None = None  # pinned host buffer for host -> GPU copies
+        # JPEGs decoded a batch at a time on the GPU (None: one frame at a time by the decode threads)
+        self.batch_decoder, self.jpeg_decode_path = select_batch_decoder(settings.gpu_jpeg_decode, self.device)
 
     # --- decode threads ------------------------------------------------------------
 
@@ -129,6 +138,35 @@ class ModelRunner:
         return Decoded(image, reduction, square, time.perf_counter() - start)
 
     # --- the model thread ------------------------------------------------------------
+
+    def decode_batch(self, msgs: list[FrameMessage]) -> list[Decoded | str]:
+        """``decode`` for a batch's frames at once on the model's device (``batch_decoder``: nvJPEG on CUDA).
+
+        The squares stay on the device; each frame's image (what the tracker, the part view and the
+        thumbnail read) comes back to the host at the size ``decode`` gives it, box-averaged from the
+        full decode where ``decode`` lets libjpeg scale in the DCT (within a grey level of it). A
+        frame the batched decoder should not or will not take (not baseline, CMYK, an Exif
+        orientation, refused by nvJPEG) goes through ``decode`` instead: no frame is lost to it.
+        """
+        assert self.batch_decoder is not None, "decode_batch needs a batch decoder (gpu_jpeg_decode on CUDA)"
+        out: list[Decoded | str] = [""] * len(msgs)
+        batched = []
+        for i, msg in enumerate(msgs):
+            header = jpeg_header(msg.payload)
+            if header is not None and (header.width, header.height) == (msg.width, msg.height) and header.nvjpeg_decodable:
+                batched.append(i)
+            else:
+                out[i] = self.decode(msg)  # also says why a frame is not a JPEG of its declared size
+        start = time.perf_counter()
+        made = {}
+        for i, rgb in zip(batched, self.batch_decoder.decode([msgs[i].payload for i in batched])):
+            if rgb is not None:
+                reduction = self.reduction(msgs[i])
+                made[i] = (host_image(rgb, reduction), reduction, self.preprocess.crop_tensor(rgb))
+        share = (time.perf_counter() - start) / max(len(made), 1)  # one call for the batch: a share each
+        for i in batched:
+            out[i] = Decoded(*made[i], share) if i in made else self.decode(msgs[i])
+        return out
 
     def tracks_parts(self, msg: FrameMessage) -> bool:
         """Whether the frame's camera is judged per part (else every frame on its own, k-of-n)."""
@@ -191,6 +229,9 @@ class ModelRunner:
 
     def _to_device(self, squares: list[np.ndarray]) -> torch.Tensor:
         """The batch's uint8 squares -> normalised pixels on the model's device (a quarter of float32's bytes cross)."""
+        if any(isinstance(square, torch.Tensor) for square in squares):  # decoded on the device (decode_batch)
+            on_device = [s if isinstance(s, torch.Tensor) else torch.from_numpy(s).to(self.device) for s in squares]
+            return self.preprocess.normalise(torch.stack(on_device))
         if self.device.type != "cuda":
             return self.preprocess.normalise(torch.from_numpy(np.stack(squares)))
         # Page-locked staging lets the copy run asynchronously; the next batch reuses the
@@ -241,11 +282,36 @@ class ModelRunner:
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+class JpegHeader(NamedTuple):
+    """What a JPEG's markers say before its scan: its size, its coding process and its colour channels."""
+
+    width: int
+    height: int
+    sof: int  # the start-of-frame marker: 0xC0 baseline, 0xC2 progressive, ...
+    components: int  # 1 grey, 3 YCbCr (or RGB), 4 CMYK/YCCK
+    exif: bool  # an Exif segment: it may carry an orientation, which OpenCV applies
+
+    @property
+    def nvjpeg_decodable(self) -> bool:
+        """Baseline or extended Huffman, grey or colour, no Exif: what the batched GPU path decodes as OpenCV would.
+
+        Others (progressive, CMYK, an orientation to apply) go to the CPU path: nvJPEG's batched
+        decoder does not promise them and torchvision applies no Exif orientation on the GPU.
+        """
+        return self.sof in (0xC0, 0xC1) and self.components in (1, 3) and not self.exif
+
+
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's frame header, without decoding; None if there is none before the scan."""
+    header = jpeg_header(data)
+    return None if header is None else (header.width, header.height)
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """The frame header of a JPEG, without decoding; None if there is none before the scan."""
     if data[:2] != b"\xff\xd8":
         return None
-    i = 2
+    i, exif = 2, False
     while i + 4 <= len(data):
         if data[i] != 0xFF:
             return None
@@ -261,14 +327,29 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         length = int.from_bytes(data[i + 2 : i + 4], "big")
         if length < 2:
             return None
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            exif = True
         if marker in _JPEG_SOF:
-            if i + 9 > len(data) or length < 7:
+            if i + 10 > len(data) or length < 8:
                 return None
             height = int.from_bytes(data[i + 5 : i + 7], "big")
             width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return width, height
+            return JpegHeader(width, height, marker, data[i + 9], exif)
         i += 2 + length
     return None
+
+
+def host_image(rgb: torch.Tensor, reduction: int) -> np.ndarray:
+    """A (3, H, W) RGB uint8 frame on a device -> the BGR array ``cv2.imdecode`` gives at 1/``reduction``, on the host.
+
+    Box-averaged (torch's ``area``) where libjpeg would scale in the DCT: both average each
+    reduction x reduction block; they differ by about 0.2 grey levels on average.
+    """
+    if reduction > 1:
+        _, h, w = rgb.shape
+        size = (-(-h // reduction), -(-w // reduction))  # libjpeg rounds a scaled size up
+        rgb = torch.nn.functional.interpolate(rgb[None].float(), size=size, mode="area")[0].round_().to(torch.uint8)
+    return rgb.flip(0).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def thumbnail_jpeg_b64(image: np.ndarray, px: int) -> str:

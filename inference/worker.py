@@ -6,6 +6,8 @@ Read top to bottom, a frame goes through::
                     -> hand the JPEG to a decode thread -> commit what the broker acknowledged
                     (every ``commit_interval_ms``)
     decode threads  JPEG -> BGR (OpenCV, reduced when the encoder reads less) -> uint8 square
+                    (with the model on CUDA and ``inference.gpu_jpeg_decode: auto``: not used; the
+                    model thread decodes each batch's JPEGs on the GPU in one nvJPEG call)
     model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
                     without a part in the zone is not scored -> squares normalised per batch
                     -> encoder once per view (whole frame; the part view too when the bundle
@@ -56,6 +58,7 @@ finishes the frames in flight, publishes, commits and exits.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -65,7 +68,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from queue import SimpleQueue
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -125,7 +128,8 @@ class Frame:
     record: ConsumerRecord
     msg: FrameMessage
     line: LineConfig
-    decoded: "Future[Decoded | str]"  # the decoded frame, or why it cannot be decoded
+    # the decoded frame, or why it cannot be decoded; None: decoded with its batch on the GPU (decode_batch)
+    decoded: "Future[Decoded | str] | None"
 
     @property
     def ref(self) -> FrameRef:
@@ -253,6 +257,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.log = get_logger("inference.worker", worker=self.worker_id, model=bundle.model_id)
         self.lines = {line.id: line for line in config.lines}
+        self.cameras_of = {line.id: {camera.id for camera in line.cameras} for line in config.lines}
         self.runner = ModelRunner(bundle, self.lines, self.settings, self.worker_id)
         self.metrics = WorkerMetrics()
         self.batcher: DynamicBatcher[Frame] = DynamicBatcher(self.settings.max_batch, self.settings.max_delay_ms / 1e3)
@@ -330,6 +335,7 @@ class Worker:
         self.log.info("worker started", frames=topics.frames, group=self.settings.group_id,
                       max_batch=self.settings.max_batch, max_delay_ms=self.settings.max_delay_ms,
                       decode_threads=self.decode_threads, reduced_decode=self.settings.reduced_decode,
+                      jpeg_decode=self.runner.jpeg_decode_path,
                       device=str(self.runner.device), metrics_port=self.metrics_port)
         warn_without_c_crc32c(self.log)
         lag_at = commit_at = 0.0
@@ -464,7 +470,7 @@ class Worker:
         if line is None:
             self._dead_letter(record, epoch, "unknown-line", f"line {msg.line_id!r} is not configured")
             return
-        if all(camera.id != msg.camera_id for camera in line.cameras):
+        if msg.camera_id not in self.cameras_of[line.id]:
             self._dead_letter(record, epoch, "unknown-camera",
                               f"camera {msg.camera_id!r} is not a camera of line {msg.line_id!r}")
             return
@@ -477,7 +483,7 @@ class Worker:
             self.metrics.frames_skipped.labels("stale").inc()
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
-        decoded = decoder.submit(self.runner.decode, msg)
+        decoded = None if self.runner.batch_decoder is not None else decoder.submit(self.runner.decode, msg)
         self.batcher.put(Frame(tp, record.offset, epoch, record, msg, line, decoded))
 
     def _commit(self, consumer: KafkaConsumer) -> None:
@@ -596,10 +602,9 @@ class Worker:
     def _run_batch(self, batch: Batch[Frame]) -> "Finished":
         """Decoded frames -> the tracker, in stream order -> the model, for frames with something to inspect."""
         outcomes, scored = [], []
-        for frame, waited in zip(batch.items, batch.queue_s):
-            if not self.in_flight.is_current(frame.tp, frame.epoch):
-                continue  # revoked while queued: the new owner redoes it
-            decoded = frame.decoded.result()
+        current = [(frame, waited) for frame, waited in zip(batch.items, batch.queue_s)
+                   if self.in_flight.is_current(frame.tp, frame.epoch)]  # else revoked while queued: the new owner redoes it
+        for (frame, waited), decoded in zip(current, self._decoded([frame for frame, _ in current])):
             if isinstance(decoded, str):
                 outcomes.append(Outcome(frame, waited, undecodable=decoded))
                 continue
@@ -624,6 +629,13 @@ class Worker:
         for outcome, row in zip(scored, rows):
             outcome.scores = row
         return Finished(outcomes, len(scored), model_s)
+
+    def _decoded(self, frames: list[Frame]) -> Iterator[Decoded | str]:
+        """The frames decoded, in order: by the decode threads (each waited for as it comes), or here, as one
+        batch on the GPU."""
+        if self.runner.batch_decoder is None:
+            return (frame.decoded.result() for frame in frames)  # type: ignore[union-attr]
+        return iter(self.runner.decode_batch([frame.msg for frame in frames]) if frames else [])
 
     def _results_loop(self, finished: "SimpleQueue[Finished | None]", producer: KafkaProducer) -> None:
         """Results built and sent while the model runs the next batch (on a GPU, the model thread mostly waits)."""
@@ -723,6 +735,18 @@ class _Rebalance(ConsumerRebalanceListener):
 # --- process entry point ------------------------------------------------------------------
 
 
+def freeze_loaded_objects() -> None:
+    """Leave what the process has loaded so far (torch, transformers, the bundle) out of garbage collection.
+
+    About 470,000 objects that live as long as the process: every full collection walked them all,
+    0.2 s of CPU each, one every few seconds at 500 frames/s (0.07 ms a frame, BENCHMARKS.md "Worker
+    host ceiling"). Frozen, a full collection walks only what the worker made since. Garbage first,
+    so none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
     """Load the model, run one worker until SIGTERM/SIGINT, exit after draining."""
     log = get_logger("inference.worker")
@@ -730,6 +754,7 @@ def serve(config: PatchsightConfig, worker_id: str | None = None) -> None:
         torch.set_num_threads(config.inference.torch_threads)
     bundle = load_model(config)
     worker = Worker(config, bundle, worker_id)
+    freeze_loaded_objects()
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -282,6 +282,9 @@ class ModelSettings(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks CUDA when present")
 
 
+GpuJpegDecode = Literal["auto", "off"]
+
+
 class InferenceSettings(Section):
     """Inference workers: consumer group, dynamic batching, staleness."""
 
@@ -295,6 +298,11 @@ class InferenceSettings(Section):
     reduced_decode: bool = Field(
         True, description="decode a JPEG at 1/2, 1/4 or 1/8 size when the encoder reads no more (640x480 -> 320x240 "
         "for a 128 px encoder): about half the decoding cost"
+    )
+    gpu_jpeg_decode: GpuJpegDecode = Field(
+        "auto", description="auto: with the model on CUDA and torchvision installed, decode each batch's JPEGs on "
+        "the GPU in one call (nvJPEG) and resize there; a frame it refuses, and every frame otherwise, goes through "
+        "the CPU decode threads. off: always the CPU decode threads"
     )
     max_in_flight_mb: float = Field(
         64.0, gt=0, description="frames polled and not yet acknowledged may hold this much memory (JPEG and decoded "

@@ -251,6 +251,40 @@ def test_bad_frames_are_dead_lettered_and_the_worker_goes_on(config, bundle: Bun
     assert committed_total(cfg) == 2 + len(bad)
 
 
+def test_frames_decoded_in_batches_by_the_model_thread_each_get_one_result(config, bundle: Bundle) -> None:
+    """The worker's side of the GPU decoding path (``inference.gpu_jpeg_decode`` on CUDA): no decode thread, each
+    batch decoded at once. torchvision's CPU decoder stands in for nvJPEG (no GPU here)."""
+    pytest.importorskip("torchvision")
+    from inference.jpeg_batch import BatchJpegDecoder
+
+    cfg = config(max_batch=4, max_delay_ms=20)
+    frames = replay_frames(6)
+    image = cv2.imdecode(np.frombuffer(jpeg(7), np.uint8), cv2.IMREAD_COLOR)
+    progressive = frame("cam-a2", "line-a", 100, payload=cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes())
+    truncated = frame("cam-a1", "line-a", 100, payload=jpeg(8)[:300])  # a frame header, half a scan
+    publish(cfg, [f.to_record() for f in (*frames, progressive, truncated)])
+    batches: list[int] = []
+
+    class Counted(BatchJpegDecoder):
+        def decode(self, payloads: list[bytes]) -> list:
+            batches.append(len(payloads))
+            return super().decode(payloads)
+
+    worker = Worker(cfg, bundle, worker_id="w-test")
+    worker.runner.batch_decoder = Counted(torch.device("cpu"))
+    with running(worker):
+        got = results(cfg, lambda rs: len(rs) >= len(frames) + 1)
+        letters = read_topic(cfg, cfg.kafka.topics.dead_letter, lambda rs: len(rs) >= 1)
+        wait_until_committed(cfg, len(frames) + 2, timeout=10)
+    keys = Counter((r.camera_id, r.seq) for r in got)
+    assert set(keys) == {(f.camera_id, f.seq) for f in (*frames, progressive)} and max(keys.values()) == 1
+    assert all(r.status == ResultStatus.ok and r.timing.decode_ms > 0 for r in got)
+    assert [DeadLetter.from_record(r.key, r.value, r.headers).reason for r in letters] == ["undecodable"]
+    assert committed_total(cfg) == len(frames) + 2
+    # every baseline frame went to the batched decoder (the truncated one too: it fails there, then on the CPU)
+    assert sum(batches) == len(frames) + 1 and max(batches) > 1
+
+
 def topic_limit(cfg: PatchsightConfig, topic: str) -> int:
     """The broker's max.message.bytes for the topic (its message.max.bytes unless the topic overrides it)."""
     admin = KafkaAdminClient(**cfg.kafka.client_kwargs())
