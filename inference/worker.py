@@ -134,7 +134,11 @@ class Frame:
     @property
     def ref(self) -> FrameRef:
         """Where this frame lies on the frames topic; its result carries it (evidence is read back by it)."""
-        return FrameRef(topic=self.tp.topic, partition=self.tp.partition, offset=self.offset)
+        return frame_ref(self.tp, self.offset)
+
+
+def frame_ref(tp: TopicPartition, offset: int) -> FrameRef:
+    return FrameRef(topic=tp.topic, partition=tp.partition, offset=offset)
 
 
 @dataclass
@@ -479,7 +483,7 @@ class Worker:
             # The part has left the camera: an answer is worthless, but the frame still gets its result.
             reason = f"stale: {age_s:.1f}s old, live limit {self.settings.max_frame_age_s:g}s"
             result = self.runner.result(msg, ResultStatus.skipped, skip_reason=reason,
-                                        frame=FrameRef(topic=tp.topic, partition=tp.partition, offset=record.offset))
+                                        frame=frame_ref(tp, record.offset))
             self.metrics.frames_skipped.labels("stale").inc()
             self._publish(producer, result, tp, record.offset, epoch, msg.capture_ns)
             return
