@@ -95,7 +95,6 @@ def export_feedback(store: RedisAlertStore, line: LineConfig, out: Path) -> Feed
             if judged is None:
                 continue
             names = store.evidence_frames(subject, subject_id)
-            boxes = store.evidence_boxes(subject, subject_id)
             if not names:
                 done.skipped_no_evidence += 1
                 continue
@@ -103,6 +102,7 @@ def export_feedback(store: RedisAlertStore, line: LineConfig, out: Path) -> Feed
             if truth is None:
                 done.skipped_unasked += 1
                 continue
+            boxes = store.evidence_boxes(subject, subject_id)
             done.parts["defective" if judged.verdict.defective else "good"] += 1
             for n, name in enumerate(names):
                 jpeg = store.evidence(subject, subject_id, name)
