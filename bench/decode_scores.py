@@ -1,6 +1,7 @@
 """Does a cheaper decoding path move the model's scores? The worker's own paths, one against another.
 
-    python bench/decode_scores.py --data DIR [DIR ...] [--compare reduced|batch] [--bundle models/default] [--out FILE]
+    python bench/decode_scores.py --data DIR [DIR ...] [--compare reduced|batch] [--device cpu|cuda]
+        [--bundle models/default] [--out FILE]
 
 For every recording under ``--data`` (labelled, as ``patchsight synth`` writes them), each frame goes
 through the worker's ``ModelRunner`` as a tracking camera's frame does, in recording order: decode,
@@ -11,8 +12,9 @@ the synthetic catalog. Twice, by two decoding paths (``--compare``):
   both by the decode threads (OpenCV).
 * ``batch``: the decode threads (OpenCV, reduced) against ``ModelRunner.decode_batch``, the path a
   worker takes on CUDA (``inference.gpu_jpeg_decode``): one ``decode_jpeg`` call a batch, the square
-  resized and cropped by torch. Here torchvision's CPU decoder stands in for nvJPEG, so this checks
-  everything of that path but the GPU's own decoder.
+  resized and cropped by torch. With ``--device cpu`` (the default) torchvision's CPU decoder stands
+  in for nvJPEG, which checks everything of that path but the GPU's own decoder; with ``--device
+  cuda`` it is nvJPEG.
 
 Reported (the names say which path: ``full``/``reduced``, or ``pool``/``batch``): how many frames each path scores (a frame without a part in the zone is not scored) and on
 how many they disagree about the part, the score differences on frames both score, per question
@@ -89,14 +91,15 @@ def score_recording(runner: ModelRunner, rec: Recording) -> dict[int, tuple[np.n
 
 
 def runner_for(bundle, reduced: bool, batched: bool = False) -> ModelRunner:  # type: ignore[no-untyped-def]
-    """A runner decoding full-size or reduced; ``batched``: through ``decode_batch`` with torchvision on the CPU."""
+    """A runner decoding full-size or reduced; ``batched``: through ``decode_batch``, torchvision decoding on the
+    bundle's device (nvJPEG on CUDA)."""
     cfg = validate_config({
         "inference": {"reduced_decode": reduced},
         "lines": [{"id": "line", "cameras": [{"id": "cam"}], "questions": [q.model_dump() for q in ALERT_QUESTIONS]}],
     })
     runner = ModelRunner(bundle, {line.id: line for line in cfg.lines}, cfg.inference, "bench")
     if batched:
-        runner.batch_decoder = BatchJpegDecoder(torch.device("cpu"))  # what select_batch_decoder gives on CUDA
+        runner.batch_decoder = BatchJpegDecoder(runner.device)  # on the CPU too, where a worker would not batch
     return runner
 
 
@@ -107,6 +110,8 @@ def main() -> None:
                         help="reduced: full-size against reduced decoding; batch: the decode threads against the "
                              "batched (CUDA) decoding path, torchvision's CPU decoder standing in for nvJPEG")
     parser.add_argument("--bundle", type=Path, default=REPO / "models" / "default")
+    parser.add_argument("--device", default="cpu", help="the model's device; with --compare batch on cuda, "
+                        "the batched path decodes with nvJPEG")
     parser.add_argument("--out", type=Path, help="default: bench/results/decode_scores.json (reduced), "
                                                    "decode_scores_batch.json (batch)")
     args = parser.parse_args()
@@ -117,7 +122,7 @@ def main() -> None:
         else (("pool", True, False), ("batch", True, True))
     one, two = first[0], second[0]
     torch.set_num_threads(1)
-    bundle = load_bundle(args.bundle, "cpu")
+    bundle = load_bundle(args.bundle, args.device)
     qids = [q.id for q in ALERT_QUESTIONS]
     first_rows, second_rows, labels, sides, parts = [], [], [], [], []
     counts = {"frames": 0, f"scored_{one}": 0, f"scored_{two}": 0, "part_disagreements": 0, "part_id_differences": 0}
@@ -163,7 +168,8 @@ def main() -> None:
         "compare": {"reduced": "full: OpenCV full-size decode; reduced: OpenCV reduced decode",
                     "batch": "pool: OpenCV reduced decode (the decode threads); batch: decode_batch, torchvision's "
                              "decode_jpeg on the CPU standing in for nvJPEG"}[args.compare],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread", "bundle": str(args.bundle),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread", "device": args.device,
+        "bundle": str(args.bundle),
         "seconds": round(time.perf_counter() - started, 1), **counts,
         "mean_abs_score_diff": round(float(diff.mean()), 5), "p99_abs_score_diff": round(float(np.quantile(diff, 0.99)), 4),
         "max_abs_score_diff": round(float(diff.max()), 4),

@@ -9,6 +9,8 @@ Layout::
                           (LLaVA: llava/, or the hub id in head_config.json)
     probe.safetensors     optional LinearProbe on the pooled CLIP embedding
     part-head/            optional second head that reads the part view (model/views.py): spec.part_view
+    part-readout.safetensors  optional linear readout of the part view's patch tokens (model/readout.py):
+                          spec.part_view.readout; mixed with the part head per question
     anomaly/              optional memory of good parts' patch tokens (model/anomaly.py): spec.anomaly;
                           it scores every question of kind "anomaly"
 
@@ -29,6 +31,8 @@ Public API
 ``bundle.score_encoded(enc: EncoderOutput, questions, scorer="head") -> np.ndarray (B, Q)``
     scorer "part_head": the part view's head, on encoded part views
 ``bundle.with_part_view(frame_scores, encoded_part_views, questions) -> np.ndarray``  both views' P(yes)
+``bundle.part_view_scores(encoded_part_views, questions) -> np.ndarray``  the part view's P(yes): the part head,
+    mixed with the part readout where the bundle has one
 ``combine_views(frame_scores, part_scores, weights) -> np.ndarray``  P(yes) from both views
 ``bundle.part_view_weights(questions) -> np.ndarray (Q,)``  the part view's share of each question's log-odds
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
@@ -58,6 +62,7 @@ from model.encoder import (
     EncoderConfig, EncoderOutput, FrameEncoder, FramePreprocessor, hub_kwargs, load_clip, resolve_device,
 )
 from model.head import MLLMHead
+from model.readout import PatchReadout
 from model.views import PART_MARGIN, Box, part_crop
 from schemas.config import Question
 from schemas.drift import DriftReference
@@ -90,6 +95,11 @@ class PartViewSpec(BaseModel):
     weights: dict[str, float] = Field(
         default_factory=dict, description="question id -> the part view's share of the score's log-odds "
         "(chosen by `model calibrate`; 0.5 where unset: both views alike)")
+    readout: str | None = Field(None, description="file of the linear readout of the part view's patch tokens "
+                                "(model/readout.py; `model fit-readout`); None: the part head alone")
+    readout_weights: dict[str, float] = Field(
+        default_factory=dict, description="question id -> the readout's share of the part view's log-odds "
+        "(chosen by `model calibrate`; 0.5 where unset; 0 for a question the readout was not fitted for)")
 
 
 class PartVerdictSpec(BaseModel):
@@ -144,11 +154,14 @@ class Bundle:
         directory: Path | None = None,
         part_head: MLLMHead | None = None,
         anomaly: AnomalyMemory | None = None,
+        part_readout: PatchReadout | None = None,
     ) -> None:
         if head.encoder is not None and head.encoder is not encoder:
             raise ValueError("the head must read the bundle's encoder")
         if (part_head is None) != (spec.part_view is None):
             raise ValueError("a part view needs its head, and a part head its spec.part_view")
+        if (part_readout is None) != (spec.part_view is None or spec.part_view.readout is None):
+            raise ValueError("a part readout needs a part view naming it (spec.part_view.readout), and that name its readout")
         if (anomaly is None) != (spec.anomaly is None):
             raise ValueError("an anomaly memory needs its spec.anomaly folder, and spec.anomaly its memory")
         if clip is not None and clip.encoder is not encoder:
@@ -161,6 +174,7 @@ class Bundle:
         self.probe = probe
         self.directory = directory
         self.part_head = part_head
+        self.part_readout = part_readout
         self.anomaly = anomaly
 
     @classmethod
@@ -216,6 +230,8 @@ class Bundle:
             # a part head started from the whole-frame head words the questions with its tokenizer: kept once
             own = self.part_head.tokenizer.get_vocab() != self.head.tokenizer.get_vocab()
             self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype, tokenizer=own)
+        if self.part_readout is not None:
+            self.part_readout.save(directory / self.spec.part_view.readout)
         if self.probe is not None:
             self.probe.save(directory / "probe.safetensors")
         if self.anomaly is not None:
@@ -304,8 +320,38 @@ class Bundle:
         asked = [j for j, q in enumerate(questions) if not self.is_anomaly(q)]
         part = frame_scores.copy()
         if asked:
-            part[:, asked] = self._score_questions(part_views, [questions[j] for j in asked], "part_head")
+            part[:, asked] = self.part_view_scores(part_views, [questions[j] for j in asked])
         return combine_views(frame_scores, part, self.part_view_weights(questions))
+
+    def part_view_scores(self, part_views: EncoderOutput, questions: Sequence[Question | str]) -> np.ndarray:
+        """The part view's P(yes) (B, Q) for yes/no questions: the part head's, mixed in log-odds with the part
+        readout's for the questions it was fitted for (``readout_scores``, ``readout_weights``)."""
+        head = self._score_questions(part_views, questions, "part_head")
+        readout = self.readout_scores(part_views, questions)
+        return head if readout is None else combine_views(head, readout, self.readout_weights(questions))
+
+    def readout_scores(self, part_views: EncoderOutput, questions: Sequence[Question | str]) -> np.ndarray | None:
+        """The part readout's P(yes) (B, Q) of encoded part views, 0.5 for a question it was not fitted for;
+        None without a readout."""
+        if self.part_readout is None:
+            return None
+        ids = [q if isinstance(q, str) else q.id for q in questions]
+        known = [j for j, q in enumerate(ids) if q in self.part_readout.question_ids]
+        scores = np.full((len(part_views), len(ids)), 0.5, dtype=np.float32)
+        for s in range(0, len(part_views) if known else 0, 1024):  # the tokens may be a memory map: a slice at a time
+            tokens = part_views.feature_tokens[s : s + 1024]
+            scores[s : s + 1024, known] = self.part_readout.scores(tokens, [ids[j] for j in known]).cpu().numpy()
+        return scores
+
+    def readout_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
+        """The part readout's share of each question's part-view log-odds (0: the part head alone, 1: the readout
+        alone); 0 for a question the readout was not fitted for, and for all of them without a readout."""
+        if self.part_readout is None:
+            return np.zeros(len(questions), dtype=np.float32)
+        weights = self.spec.part_view.readout_weights
+        ids = [q if isinstance(q, str) else q.id for q in questions]
+        return np.asarray([weights.get(q, 0.5) if q in self.part_readout.question_ids else 0.0 for q in ids],
+                          dtype=np.float32)
 
     def part_view_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
         """The part view's share of each question's log-odds (0: the whole frame alone, 1: the part view alone).
@@ -436,17 +482,22 @@ def load_bundle(path: str | Path, device: str | torch.device = "auto", dtype: to
     probe = None
     if (directory / "probe.safetensors").is_file():
         probe = LinearProbe.load(directory / "probe.safetensors").to(device)
-    part_head = None
+    part_head = part_readout = None
     if spec.part_view is not None:
         part_head = MLLMHead.from_pretrained(directory / spec.part_view.head, encoder=encoder, device=device,
                                              dtype=dtype, tokenizer_from=directory / spec.head / "lm")
+        if spec.part_view.readout is not None:
+            try:
+                part_readout = PatchReadout.load(directory / spec.part_view.readout, device)
+            except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: tensors of the wrong shapes
+                raise BundleError(f"cannot load the part readout: {exc}") from None
     anomaly = None
     if spec.anomaly is not None:
         try:
             anomaly = AnomalyMemory.load(directory / spec.anomaly, device)
         except ValueError as exc:
             raise BundleError(str(exc)) from None
-    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head, anomaly)
+    return Bundle(spec, encoder, head, baseline, clip_model, probe, directory, part_head, anomaly, part_readout)
 
 
 def bundle_from_llava(

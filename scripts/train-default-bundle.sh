@@ -31,7 +31,8 @@
 # MORE_SEEDS4: the v17 stage, the same again; v17 used 373-500), MORE_SEEDS6 (with MORE_SEEDS5: the
 # v18 stage; v18 used 509-700, past the calibration seeds), PART_VIEW_SEEDS (the v19 stage: a part-view
 # head; v19 used 49-120), PART_VIEW_STEPS2 (with PART_VIEW_SEEDS: the v20 stage, that head trained on; v20
-# used 1200), CALIB_SEEDS (501-508), PART_CALIB_SEEDS (v19 and v20: 2001-2012),
+# used 1200), PART_READOUT (any value, with PART_VIEW_SEEDS: the v21 stage, a linear readout of the part
+# view beside the part head), CALIB_SEEDS (501-508), PART_CALIB_SEEDS (v19 to v21: 2001-2012),
 # SKIP_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -297,6 +298,12 @@ if [ -n "${PART_VIEW_SEEDS:-}" ]; then
       --select-by auroc --val-frames 1500 --eval-every 150 --patience 20 --time-limit-min 100 --seed 0 \
       --threads "$THREADS" --model-id patchsight-compact-v20 --out "$RUNS/part-view2" >"$RUNS/finetune-part-view2.log" 2>&1
     rm -rf "$BUNDLE" && cp -r "$RUNS/part-view2" "$BUNDLE"
+  fi
+  # v21: a linear readout of the part view's patch tokens beside the part head, fitted on the same
+  # seeds (seconds from the cached part views); calibrate below chooses each question's share of it.
+  if [ -n "${PART_READOUT:-}" ]; then
+    patchsight model fit-readout "$BUNDLE" "${part_data[@]}" --cache "$RUNS/cache" --epochs 4 --seed 0 \
+      --threads "$THREADS" >"$RUNS/fit-readout.log" 2>&1
   fi
 fi
 

@@ -23,7 +23,9 @@ labelled frame on which the camera's tracker boxes a part is scored from both vi
 whole-frame head on the frame, the part head on the part view; ``training.views``), and the
 parts are made of those frames only. First each question's view weight is chosen from
 ``training.views.WEIGHT_CHOICES`` for the best part AUROC (ties: nearest 0.5) and written to
-``spec.part_view.weights``; then the part thresholds for the budget, on the combined scores.
+``spec.part_view.weights`` (with a part readout, ``model.readout``, the readout's share of the
+part view is chosen with it: ``spec.part_view.readout_weights``); then the part thresholds for
+the budget, on the combined scores.
 The frame thresholds stay the whole-frame head's, on every labelled frame.
 
 A question of kind ``anomaly`` is scored by the bundle's anomaly memory (``model.anomaly``) and
@@ -48,7 +50,7 @@ from schemas.part import PART_AGGREGATES
 from training.data import LabelledSet, Log, frame_part_keys, recording_pieces
 from training.metrics import MIN_EACH, auroc, best_threshold, head_margins, served_scores
 from training.parts import budgeted_thresholds, cross_validate, group_parts
-from training.views import choose_view_weights, part_views
+from training.views import choose_readout_weights, choose_view_weights, part_views
 
 
 def part_aurocs(scores: np.ndarray, labels: np.ndarray, question_ids: Sequence[str]) -> dict[str, float | None]:
@@ -145,11 +147,19 @@ def _combined_views(bundle, views, questions: Sequence[Question], frame_scores: 
     part = frame.copy()  # an anomaly question reads the whole frame alone: any weight leaves its score as it is
     part[:, asked] = torch.sigmoid(head_margins(bundle.part_head, views.data.tokens, [questions[j] for j in asked])).numpy()
     labels = views.data.labels.numpy()
-    weights, by_weight = choose_view_weights(frame, part, labels, views.keys, qids, aggregate)
+    readout = bundle.readout_scores(views.data.tokens, questions)
+    record = {"margin": bundle.spec.part_view.margin, "tracked_frames": len(views), "frames": len(frame_scores)}
+    if readout is None:
+        weights, by_weight = choose_view_weights(frame, part, labels, views.keys, qids, aggregate)
+        record.update(weights=weights, part_auroc_by_weight=by_weight)
+    else:
+        fitted = [q.kind != "anomaly" and q.id in bundle.part_readout.question_ids for q in questions]
+        weights, readout_weights, by_pair = choose_readout_weights(frame, part, readout, fitted, labels, views.keys,
+                                                                   qids, aggregate)
+        part = combine_views(part, readout, np.array([readout_weights.get(q, 0.0) for q in qids], dtype=np.float32))
+        record.update(weights=weights, readout_weights=readout_weights, part_auroc_by_readout_and_view_weight=by_pair)
     combined = combine_views(frame, part, np.array([weights[q] for q in qids], dtype=np.float32))
     folds = None if fold_of is None else [fold_of[s] for s in views.sources]
-    record = {"margin": bundle.spec.part_view.margin, "tracked_frames": len(views), "frames": len(frame_scores),
-              "weights": weights, "part_auroc_by_weight": by_weight}
     return combined, labels, views.keys, folds, record
 
 
@@ -228,7 +238,9 @@ def calibrate(
               "provenance": {**bundle.spec.provenance, "calibration": record}}
     if view_record is not None:
         weights = {**bundle.spec.part_view.weights, **view_record["weights"]}
-        update["part_view"] = bundle.spec.part_view.model_copy(update={"weights": weights})
+        readout_weights = {**bundle.spec.part_view.readout_weights, **view_record.get("readout_weights", {})}
+        update["part_view"] = bundle.spec.part_view.model_copy(update={"weights": weights,
+                                                                       "readout_weights": readout_weights})
     if parts is not None:
         update["parts"] = PartVerdictSpec(aggregate=aggregate, thresholds=parts["thresholds"],  # type: ignore[arg-type]
                                           max_false_alarm_rate=budget, calibration=parts["report"])

@@ -400,6 +400,53 @@ def fit_anomaly_command(
     typer.echo(str(bundle))
 
 
+@model_app.command("fit-readout")
+def fit_readout_command(
+    bundle: Path = typer.Argument(..., help="bundle directory with a part view; gains part-readout.safetensors"),
+    data: list[Path] = typer.Option(..., "--data", help="labelled recordings (or folders) the head was trained on, "
+                                    "not the calibration ones; repeat"),
+    epochs: int = typer.Option(4, min=1, help="passes over the training frames"),
+    val_fraction: float = typer.Option(0.15, min=0.01, max=0.9, help="share of the parts held out to report the "
+                                       "readout's AUROC on"),
+    seed: int = typer.Option(0, help="the split (as finetune's --seed) and the fit"),
+    frame_stride: int = typer.Option(1, min=1, help="use every n-th labelled frame"),
+    cache: Path = typer.Option(None, "--cache", help="keep encoded part views here (shared with finetune and calibrate)"),
+    threads: int = typer.Option(2, min=1),
+) -> None:
+    """Fit a linear readout of the part view's patch tokens, one logistic regression per question.
+
+    It reads each patch at its place, beside the part head, which reads small local defects
+    (a missing screw) faintly. Run `model calibrate` after it: calibrate chooses how much of each
+    question's part-view score comes from the readout, and the part thresholds. Nothing is
+    written to the bundle unless all of it is.
+    """
+    import torch
+
+    from model.bundle import BundleError
+    from training.readout import fit_readout
+
+    _quiet_transformers()
+    torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    try:
+        record = fit_readout(bundle, _recordings(data), frame_stride, cache, epochs, val_fraction, seed,
+                             log=console.print)
+    except (BundleError, FileNotFoundError, ValueError, OSError) as exc:
+        console.print(f"[red]fit-readout failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"part readout, held-out parts ({record['validation_frames']} frames)")
+    for col in ("question", "frame AUROC", "part AUROC", "defective parts / parts"):
+        table.add_column(col)
+    for qid, r in record["validation"].items():
+        table.add_row(qid, *("-" if r[k] is None else f"{r[k]:.3f}" for k in ("frame_auroc", "part_auroc")),
+                      f"{r['defective_parts']} / {r['parts']}")
+    console.print(table)
+    if record["skipped"]:
+        console.print(f"not fitted (too few yes or no frames): {', '.join(record['skipped'])}")
+    console.print("next: `patchsight model calibrate` chooses the readout's share and the part thresholds")
+    typer.echo(str(bundle))
+
+
 @model_app.command("eval")
 def eval_command(
     bundle: Path = typer.Argument(..., help="bundle directory"),

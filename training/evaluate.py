@@ -263,8 +263,9 @@ def evaluate(
             scorers[f"ablation_{variant}"] = run_head(head, data.tokens, enc_pos, enc_neg, thr)
 
     scorers.update(memory_scorer(bundle, data.tokens, questions, head_thr, log))
-    read, part_keys, view_info = score_part_views(bundle, views, questions, scorers, part_keys,
-                                                  lambda tok: head_scores(bundle.part_head, tok), clip, log)
+    read, part_keys, view_info = score_part_views(
+        bundle, views, questions, scorers, part_keys,
+        lambda tok: with_readout(bundle, tok, questions, head_scores(bundle.part_head, tok)), clip, log)
     report: dict = {
         "bundle": str(bundle_path),
         "model_id": bundle.model_id,
@@ -366,6 +367,15 @@ def tracked_views(bundle, pieces: Sequence[LabelledSet], recordings: Sequence[st
     return None if bundle.part_head is None else part_views(bundle, pieces, recordings, questions, 1, None, log)
 
 
+def with_readout(bundle, tokens: EncoderOutput, questions: Sequence[Question],  # type: ignore[no-untyped-def]
+                 head: np.ndarray) -> np.ndarray:
+    """The part view's scores from the part head's ``head``: mixed with the part readout's where the bundle has one."""
+    from model.bundle import combine_views
+
+    readout = bundle.readout_scores(tokens, questions)
+    return head if readout is None else combine_views(head, readout, bundle.readout_weights(questions))
+
+
 def score_part_views(bundle, views, questions: Sequence[Question], scorers: dict[str, Scored],  # type: ignore[no-untyped-def]
                      keys: Sequence[str | None], part_head: Callable, clip: Callable,
                      log: Log = print) -> tuple[dict[str, str], list, dict]:
@@ -386,12 +396,15 @@ def score_part_views(bundle, views, questions: Sequence[Question], scorers: dict
     head[rows] = combine_views(head[rows], part_head(views.data.tokens), bundle.part_view_weights(questions))
     zero_shot = scorers["clip_zero_shot"].frames
     zero_shot[rows] = combine_views(zero_shot[rows], clip(views.data.tokens), 0.5)
-    read.update(mllm_head=f"{both} (part head, log-odds mixed by spec.part_view.weights)",
+    readout = " and part readout, mixed by spec.part_view.readout_weights" if bundle.part_readout is not None else ""
+    read.update(mllm_head=f"{both} (part head{readout}; log-odds mixed by spec.part_view.weights)",
                 clip_zero_shot=f"{both} (log-odds mixed 50/50)")
     tracked = np.zeros(len(keys), dtype=bool)
     tracked[rows] = True
     info = {"margin": bundle.spec.part_view.margin, "tracked_frames": len(views), "frames": len(keys),
             "weights": dict(zip([q.id for q in questions], map(float, bundle.part_view_weights(questions))))}
+    if bundle.part_readout is not None:
+        info["readout_weights"] = dict(zip([q.id for q in questions], map(float, bundle.readout_weights(questions))))
     return read, [k if t else None for k, t in zip(keys, tracked)], {"part_view": info}
 
 

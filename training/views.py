@@ -9,7 +9,9 @@ frame with its whole frame; the per-part grouping runs over those tracked frames
 
 ``choose_view_weights`` picks each question's share from ``WEIGHT_CHOICES``: the one whose part
 scores (aggregated as the bundle's parts are) separate defective from good parts best (AUROC),
-ties to the one nearest 0.5.
+ties to the one nearest 0.5. With a part readout (``model.readout``), ``choose_readout_weights``
+picks each question's pair of shares the same way: the readout's share of the part view, and the
+part view's share of the whole.
 """
 
 from __future__ import annotations
@@ -85,3 +87,43 @@ def choose_view_weights(frame_scores: np.ndarray, part_scores: np.ndarray, label
     table = {qid: {str(w): None if np.isnan(aucs[i, j]) else round(float(aucs[i, j]), 4) for i, w in enumerate(choices)}
              for j, qid in enumerate(question_ids)}
     return weights, table
+
+
+def choose_readout_weights(frame_scores: np.ndarray, head_scores: np.ndarray, readout_scores: np.ndarray,
+                           fitted: Sequence[bool], labels: np.ndarray, keys: Sequence[str | None],
+                           question_ids: Sequence[str], aggregate: str = "mean",
+                           choices: Sequence[float] = WEIGHT_CHOICES) -> tuple[dict[str, float], dict[str, float], dict]:
+    """Each question's readout share of the part view and the part view's share of the whole, chosen together.
+
+    The part view's score is the part head's and the readout's log-odds mixed at the readout share
+    (``fitted[j]`` False: the readout does not answer question j, its share stays 0); the pair
+    with the best part AUROC wins, ties to the one nearest (0.5, 0.5). Returns the view weights,
+    the readout weights (fitted questions only) and, per question, the part AUROC at each pair
+    (``{readout share: {view weight: AUROC}}``).
+    """
+    shares = list(choices)
+    grid = np.stack([view_aurocs(frame_scores, combine_views(head_scores, readout_scores, r), labels, keys,
+                                 question_ids, aggregate, choices) for r in shares])  # (R, W, Q)
+    pairs = sorted(((a, b) for a in range(len(shares)) for b in range(len(choices))),
+                   key=lambda ab: (abs(shares[ab[0]] - 0.5) + abs(choices[ab[1]] - 0.5), shares[ab[0]], choices[ab[1]]))
+    weights: dict[str, float] = {}
+    readout_weights: dict[str, float] = {}
+    for j, qid in enumerate(question_ids):
+        allowed = pairs if fitted[j] else [(a, b) for a, b in pairs if shares[a] == 0.0]
+        best, best_auc = None, -math.inf
+        for a, b in allowed:
+            if not np.isnan(grid[a, b, j]) and grid[a, b, j] > best_auc + 1e-12:
+                best, best_auc = (a, b), float(grid[a, b, j])
+        if best is None:  # nothing measurable: both views alike, the readout as much as the head
+            weights[qid] = 0.5
+            if fitted[j]:
+                readout_weights[qid] = 0.5
+            continue
+        weights[qid] = float(choices[best[1]])
+        if fitted[j]:
+            readout_weights[qid] = float(shares[best[0]])
+    table = {qid: {str(r): {str(w): None if np.isnan(grid[a, b, j]) else round(float(grid[a, b, j]), 4)
+                            for b, w in enumerate(choices)}
+                   for a, r in enumerate(shares) if fitted[j] or r == 0.0}
+             for j, qid in enumerate(question_ids)}
+    return weights, readout_weights, table

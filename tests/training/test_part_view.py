@@ -236,3 +236,95 @@ def test_cli_finetune_view_part(part_bundle, recordings, workdir):
     assert load_bundle(out, device="cpu").spec.part_view.margin == 0.1
     bad = CliRunner().invoke(model_app, [*args[:8], "sideways"])
     assert bad.exit_code != 0 and "--view" in bad.output
+
+
+@pytest.fixture(scope="session")
+def readout_calibrated(view_bundle, recordings, seed_dirs, workdir):
+    from training.readout import fit_readout
+
+    out = workdir / "readout-calibrated"
+    shutil.copytree(view_bundle[0], out)
+    fitted = fit_readout(out, recordings, cache_dir=workdir / "view-cache", epochs=2, log=lambda m: None)
+    recs = find_recordings(seed_dirs)
+    record = calibrate(out, recs, max_fpr=0.1, log=lambda m: None, max_false_alarm_rate=0.25,
+                       folds=[str(r.parents[1]) for r in recs])
+    return out, fitted, record
+
+
+def test_fit_readout_then_calibrate_chooses_the_readout_share_and_the_worker_path_serves_it(readout_calibrated, seed_dirs):
+    from model.bundle import combine_views, load_bundle
+
+    path, fitted, record = readout_calibrated
+    bundle = load_bundle(path, device="cpu")
+    assert bundle.part_readout is not None and bundle.part_readout.question_ids == fitted["questions"]
+    assert fitted["validation"] and set(fitted["validation"]) <= set(fitted["questions"])
+    shares = bundle.spec.part_view.readout_weights
+    assert shares == record["part_view"]["readout_weights"] and set(shares) == set(fitted["questions"])
+    assert set(shares.values()) <= set(WEIGHT_CHOICES)
+    by_pair = record["part_view"]["part_auroc_by_readout_and_view_weight"]
+    measured = 0
+    for qid, share in shares.items():  # the chosen pair is the best one calibrate measured
+        aurocs = [a for row in by_pair[qid].values() for a in row.values() if a is not None]
+        if aurocs:  # (a question whose calibration parts are all good or all defective has none)
+            measured += 1
+            assert by_pair[qid][str(share)][str(bundle.spec.part_view.weights[qid])] == max(aurocs)
+    assert measured
+
+    # a frame as the worker scores it: the whole frame, the part head and the readout on the part view
+    questions = [q for q in bundle.spec.questions if q.category != "relation"]
+    rec = Recording(find_recordings(seed_dirs)[0])
+    tracker = PartTracker(rec.meta.camera_id, None, (rec.meta.width, rec.meta.height))
+    for entry, jpeg in rec.frames():
+        image = td.decode(jpeg)
+        box = tracker.update(image, entry.seq).box
+        if box is not None:
+            break
+    view = bundle.encode(bundle.part_views([image], [box]))
+    frame = bundle.score_frames([image], questions)
+    head = bundle.score_encoded(view, questions, "part_head")
+    part = combine_views(head, bundle.readout_scores(view, questions), bundle.readout_weights(questions))
+    expected = combine_views(frame, part, bundle.part_view_weights(questions))
+    np.testing.assert_allclose(bundle.score_frames([image], questions, boxes=[box]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_readout_shares_are_chosen_with_the_view_weights_ties_nearest_half():
+    from training.views import choose_readout_weights
+
+    keys = ["a", "a", "b", "b", "c", "c"]
+    labels = np.array([[1, 1], [1, 1], [0, 0], [0, 0], [0, 0], [0, 0]])
+    frame = np.array([[0.5, 0.5]] * 6)  # says nothing
+    head = np.array([[0.2, 0.2]] * 2 + [[0.9, 0.9]] * 2 + [[0.1, 0.1]] * 2)  # wrong about part b
+    readout = np.array([[0.7, 0.7]] * 2 + [[0.1, 0.1]] * 2 + [[0.2, 0.2]] * 2)  # right
+    weights, shares, table = choose_readout_weights(frame, head, readout, [True, False], labels, keys, ["q0", "q1"])
+    # q0: only a readout share of 0.75 or 1 separates the parts, at any view weight above 0: nearest (0.5, 0.5) wins
+    assert shares == {"q0": 0.75} and weights["q0"] == 0.5
+    assert table["q0"]["0.75"]["0.5"] == 1.0 and table["q0"]["0.5"]["0.5"] == 0.5
+    # q1: the readout was not fitted for it, so its share stays 0 and only the view weight is chosen
+    assert "q1" not in shares and list(table["q1"]) == ["0.0"] and weights["q1"] == 0.5
+
+
+def test_cli_fit_readout_refuses_a_bundle_without_a_part_view(part_bundle, recordings, workdir):
+    from typer.testing import CliRunner
+
+    from training.cli import model_app
+
+    before = sorted(p.name for p in part_bundle.iterdir())
+    result = CliRunner().invoke(model_app, ["fit-readout", str(part_bundle), "--data", str(recordings[0]),
+                                            "--threads", "1"])
+    assert result.exit_code == 1 and "reads the whole frame only" in " ".join(result.output.split())
+    assert sorted(p.name for p in part_bundle.iterdir()) == before
+
+
+def test_eval_of_a_bundle_with_a_part_readout_says_so_and_applies_its_shares(readout_calibrated, seed_dirs, workdir):
+    from training.evaluate import evaluate
+
+    path, _, record = readout_calibrated
+    report = evaluate(path, find_recordings(seed_dirs), workdir / "readout-eval", pairs_per_question=1, threads=1,
+                      log=lambda m: None)
+    assert "part readout" in report["views"]["mllm_head"]
+    shares = report["part_view"]["readout_weights"]
+    assert {q: w for q, w in shares.items() if q in record["part_view"]["readout_weights"]} == \
+        record["part_view"]["readout_weights"]
+    counts = ("parts", "defective", "good", "caught", "flagged")
+    # the same frames, scores and thresholds as calibrate's own report on these recordings
+    assert [report["parts"]["overall"][k] for k in counts] == [record["parts"]["report"]["overall"][k] for k in counts]
