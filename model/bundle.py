@@ -231,7 +231,7 @@ class Bundle:
             own = self.part_head.tokenizer.get_vocab() != self.head.tokenizer.get_vocab()
             self.part_head.save_pretrained(directory / self.spec.part_view.head, dtype=dtype, tokenizer=own)
         if self.part_readout is not None:
-            self.part_readout.save(directory / self.spec.part_view.readout)
+            self.part_readout.save(directory / self.spec.part_view.readout, dtype=dtype)
         if self.probe is not None:
             self.probe.save(directory / "probe.safetensors")
         if self.anomaly is not None:

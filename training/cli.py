@@ -411,6 +411,8 @@ def fit_readout_command(
     seed: int = typer.Option(0, help="the split (as finetune's --seed) and the fit"),
     frame_stride: int = typer.Option(1, min=1, help="use every n-th labelled frame"),
     cache: Path = typer.Option(None, "--cache", help="keep encoded part views here (shared with finetune and calibrate)"),
+    model_id: str = typer.Option(None, "--model-id", help="the bundle's new model id, carried by every result "
+                                 "(default: kept)"),
     threads: int = typer.Option(2, min=1),
 ) -> None:
     """Fit a linear readout of the part view's patch tokens, one logistic regression per question.
@@ -430,7 +432,7 @@ def fit_readout_command(
     console = Console(stderr=True)
     try:
         record = fit_readout(bundle, _recordings(data), frame_stride, cache, epochs, val_fraction, seed,
-                             log=console.print)
+                             model_id=model_id, log=console.print)
     except (BundleError, FileNotFoundError, ValueError, OSError) as exc:
         console.print(f"[red]fit-readout failed:[/] {exc}")
         raise typer.Exit(1) from None

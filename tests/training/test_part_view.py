@@ -328,3 +328,21 @@ def test_eval_of_a_bundle_with_a_part_readout_says_so_and_applies_its_shares(rea
     counts = ("parts", "defective", "good", "caught", "flagged")
     # the same frames, scores and thresholds as calibrate's own report on these recordings
     assert [report["parts"]["overall"][k] for k in counts] == [record["parts"]["report"]["overall"][k] for k in counts]
+
+
+def test_cli_fit_readout_writes_the_readout_and_the_new_model_id(view_bundle, recordings, workdir):
+    from typer.testing import CliRunner
+
+    from model.bundle import load_bundle
+    from training.cli import model_app
+
+    out = workdir / "cli-readout"
+    shutil.copytree(view_bundle[0], out)
+    result = CliRunner().invoke(model_app, ["fit-readout", str(out), "--data", str(recordings[0]), "--data",
+                                            str(recordings[1]), "--epochs", "1", "--model-id", "tiny-v2",
+                                            "--cache", str(workdir / "view-cache"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "part readout, held-out parts" in result.output and "model calibrate" in result.output
+    bundle = load_bundle(out, device="cpu")
+    assert bundle.model_id == "tiny-v2" and bundle.part_readout is not None
+    assert bundle.spec.provenance["part_readout"]["epochs"] == 1 and bundle.spec.part_view.readout_weights == {}

@@ -1,0 +1,115 @@
+"""Fit a bundle's part readout on labelled recordings (``patchsight model fit-readout``).
+
+The readout (``model.readout.PatchReadout``) is a logistic regression per question on the part
+view's patch tokens, each patch at its place. It reads the same part views the part head reads:
+the labelled frames on which the camera's tracker boxes a part, cut as the bundle's part view
+cuts them (``training.data.view_frames``), encoded by the frozen encoder (cached with
+``cache_dir``, shared with finetune and calibrate). The parts are split as finetune splits
+them (``val_fraction`` of them, by ``seed``); the readout is fitted on the rest and its AUROC on
+the held-out parts' frames, and on the parts themselves (the mean of a part's frames), reported.
+
+A question is fitted when the training parts' frames answer it both ways at least ``MIN_EACH``
+times. The bundle gains ``part-readout.safetensors`` and ``spec.part_view.readout``; the readout
+weights set before are dropped (they were chosen for another readout), so run ``patchsight model
+calibrate`` next: it chooses each question's share of the readout and the part thresholds.
+Nothing is written unless all of it is (``training.output``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from model.readout import READOUT_FILE, PatchReadout
+from schemas.config import QuestionCategory
+from training.data import Log, group_names, held_out_groups, recording_pieces, split_groups
+from training.metrics import MIN_EACH, auroc
+from training.output import filled_on_success
+from training.parts import group_parts
+
+
+def fit_readout(
+    bundle_dir: str | Path,
+    recordings: Sequence[str | Path],
+    stride: int = 1,
+    cache_dir: str | Path | None = None,
+    epochs: int = 4,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    model_id: str | None = None,
+    log: Log = print,
+) -> dict:
+    """Fit the part readout on the recordings' part views and write it into the bundle; returns what was recorded.
+
+    ``model_id``: the bundle's new model id (None: kept), as a new head's would be."""
+    from model.bundle import BUNDLE_FILE, load_bundle
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if epochs < 1 or stride < 1:
+        raise ValueError(f"epochs ({epochs}) and stride ({stride}) must be 1 or more")
+    t0 = time.time()
+    bundle = load_bundle(bundle_dir, device="cpu", dtype=torch.float32)
+    if bundle.spec.part_view is None:
+        raise ValueError(f"{bundle_dir} reads the whole frame only: a part readout reads the part view "
+                         "(make one with `patchsight model finetune --view part`)")
+    questions = [q for q in bundle.spec.questions if q.kind == "yes_no" and q.category != QuestionCategory.relation]
+    pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log, "part",
+                              bundle.spec.part_view.margin)
+    val_names = held_out_groups(group_names(pieces), val_fraction, seed)  # finetune's split
+    train, val = split_groups(pieces, val_names)
+    # each validation frame's part (its recording and part), in the order split_groups joins them
+    val_keys = [f"{p.sources[0]}|{g}" if "#part" in g else None for p in pieces for g in p.groups if g in val_names]
+    labels = train.labels
+    counts = [(int((labels[:, j] == 1).sum()), int((labels[:, j] == 0).sum())) for j in range(len(questions))]
+    fitted = [j for j, (yes, no) in enumerate(counts) if min(yes, no) >= MIN_EACH]
+    skipped = {questions[j].id: {"yes": yes, "no": no} for j, (yes, no) in enumerate(counts) if j not in fitted}
+    if not fitted:
+        raise ValueError(f"no question is answered yes and no {MIN_EACH} times or more by the training parts' "
+                         f"tracked frames: {skipped}")
+    patches, dim = train.tokens.feature_tokens.shape[1:]
+    readout = PatchReadout(patches, dim, [questions[j].id for j in fitted])
+    log(f"fitting the part readout: {len(train)} frames, {len(fitted)} questions, {epochs} epochs")
+    losses = readout.fit(train.tokens.feature_tokens, labels[:, fitted], epochs=epochs, seed=seed)
+    validation = _validation(readout, val, [questions[j] for j in fitted], val_keys)
+    record = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": [str(p) for p in recordings], "frame_stride": stride, "margin": bundle.spec.part_view.margin,
+        "training_frames": len(train), "validation_frames": len(val), "val_fraction": val_fraction, "seed": seed,
+        "epochs": epochs, "epoch_losses": [round(x, 5) for x in losses],
+        "questions": readout.question_ids, "skipped": skipped, "validation": validation,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    bundle.part_readout = readout
+    part_view = bundle.spec.part_view.model_copy(update={"readout": READOUT_FILE, "readout_weights": {}})
+    spec = bundle.spec.model_copy(update={"part_view": part_view, "model_id": model_id or bundle.spec.model_id,
+                                          "provenance": {**bundle.spec.provenance, "part_readout": record}})
+    with filled_on_success(bundle_dir) as staging:
+        readout.save(staging / READOUT_FILE)
+        (staging / BUNDLE_FILE).write_text(spec.model_dump_json(indent=2))
+    return record
+
+
+def _validation(readout: PatchReadout, val, questions, keys) -> dict:  # type: ignore[no-untyped-def]
+    """Per question, the readout's AUROC on the held-out parts' frames and on the parts (mean of their frames)."""
+    if len(val) == 0:
+        return {}
+    qids = [q.id for q in questions]
+    cols = [val.questions.index(q) for q in questions]
+    labels = val.labels.numpy()[:, cols]
+    scores = np.concatenate([readout.scores(val.tokens.feature_tokens[s : s + 1024], qids).numpy()
+                             for s in range(0, len(val), 1024)])
+    parts = group_parts(scores, keys, labels, qids, "mean")
+    out = {}
+    for j, qid in enumerate(qids):
+        frame_known, part_known = labels[:, j] >= 0, parts.labels[:, j] >= 0
+        frame_auc = auroc(scores[frame_known, j], labels[frame_known, j])
+        part_auc = auroc(parts.scores[part_known, j], parts.labels[part_known, j])
+        out[qid] = {"frame_auroc": None if np.isnan(frame_auc) else round(float(frame_auc), 4),
+                    "part_auroc": None if np.isnan(part_auc) else round(float(part_auc), 4),
+                    "defective_parts": int((parts.labels[:, j] == 1).sum()), "parts": int(part_known.sum())}
+    return out
