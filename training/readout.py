@@ -17,6 +17,7 @@ Nothing is written unless all of it is (``training.output``).
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -77,6 +78,7 @@ def fit_readout(
     losses = readout.fit(train.tokens.feature_tokens, labels[:, fitted], epochs=epochs, seed=seed)
     validation = _validation(readout, val, [questions[j] for j in fitted], val_keys)
     record = {
+        "command": " ".join(sys.argv),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": [str(p) for p in recordings], "frame_stride": stride, "margin": bundle.spec.part_view.margin,
         "training_frames": len(train), "validation_frames": len(val), "val_fraction": val_fraction, "seed": seed,
