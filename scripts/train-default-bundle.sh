@@ -303,7 +303,7 @@ if [ -n "${PART_VIEW_SEEDS:-}" ]; then
   # seeds (seconds from the cached part views); calibrate below chooses each question's share of it.
   if [ -n "${PART_READOUT:-}" ]; then
     patchsight model fit-readout "$BUNDLE" "${part_data[@]}" --cache "$RUNS/cache" --epochs 4 --seed 0 \
-      --threads "$THREADS" >"$RUNS/fit-readout.log" 2>&1
+      --threads "$THREADS" --model-id patchsight-compact-v21 >"$RUNS/fit-readout.log" 2>&1
   fi
 fi
 
