@@ -27,7 +27,7 @@ import torch
 
 from model.readout import READOUT_FILE, PatchReadout
 from schemas.config import QuestionCategory
-from training.data import Log, group_names, held_out_groups, recording_pieces, split_groups
+from training.data import Log, NoLabelledFrames, group_names, held_out_groups, recording_pieces, split_groups
 from training.metrics import MIN_EACH, auroc
 from training.output import filled_on_success
 from training.parts import group_parts
@@ -59,8 +59,13 @@ def fit_readout(
         raise ValueError(f"{bundle_dir} reads the whole frame only: a part readout reads the part view "
                          "(make one with `patchsight model finetune --view part`)")
     questions = [q for q in bundle.spec.questions if q.kind == "yes_no" and q.category != QuestionCategory.relation]
-    pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log, "part",
-                              bundle.spec.part_view.margin)
+    try:
+        pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log, "part",
+                                  bundle.spec.part_view.margin)
+    except NoLabelledFrames:
+        raise ValueError("no labelled frame of these recordings shows a part the tracker boxes: the readout reads "
+                         "part views, cut from frames whose labels name their part (part_id; `patchsight label` "
+                         "names none, docs/recording-format.md) where the camera's tracker finds it") from None
     val_names = held_out_groups(group_names(pieces), val_fraction, seed)  # finetune's split
     train, val = split_groups(pieces, val_names)
     # each validation frame's part (its recording and part), in the order split_groups joins them

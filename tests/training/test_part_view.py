@@ -346,3 +346,17 @@ def test_cli_fit_readout_writes_the_readout_and_the_new_model_id(view_bundle, re
     bundle = load_bundle(out, device="cpu")
     assert bundle.model_id == "tiny-v2" and bundle.part_readout is not None
     assert bundle.spec.provenance["part_readout"]["epochs"] == 1 and bundle.spec.part_view.readout_weights == {}
+
+
+def test_fit_readout_on_recordings_whose_labels_name_no_part_says_why_and_writes_nothing(view_bundle, recordings,
+                                                                                        workdir):
+    from training.readout import fit_readout
+    from training_helpers import relabelled
+
+    partless = relabelled(recordings[0], workdir / "readout-partless", answer="scratch", keep_part_ids=False)
+    out = workdir / "readout-partless-bundle"
+    shutil.copytree(view_bundle[0], out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ValueError, match="no labelled frame of these recordings shows a part the tracker boxes"):
+        fit_readout(out, [partless], log=lambda m: None)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
