@@ -641,7 +641,9 @@ def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, ou
     """The ``--encoder`` bundle with ``head`` as its part head (``spec.part_view``), as ``model_id``, written to ``out``.
 
     Its view weights are left unset (0.5: both views alike) for ``model calibrate`` to choose;
-    the provenance keeps the part round under ``part_view``.
+    the provenance keeps the part round under ``part_view``. A part readout of the ``--encoder``
+    bundle (``model.readout``) reads the encoder's part-view tokens, not the head: it is kept when
+    the part view is cut at the same margin (its shares unset too), and dropped when not.
     """
     from model.bundle import PartViewSpec
 
@@ -658,8 +660,13 @@ def write_part_bundle(base, head: MLLMHead, record: dict, start: dict | None, ou
     provenance = {**base.spec.provenance, "part_view": part_round}
     if isinstance(provenance.get("finetune"), dict):
         provenance["finetune"] = earlier_round({"finetune": provenance["finetune"]})["finetune"]
+    readout = None
+    if base.part_readout is not None and base.spec.part_view.margin == margin:
+        readout = base.spec.part_view.readout
+    else:
+        base.part_readout = None  # fitted on part views cut at another margin
     base.spec = base.spec.model_copy(update={
-        "model_id": model_id, "part_view": PartViewSpec(margin=margin), "provenance": provenance})
+        "model_id": model_id, "part_view": PartViewSpec(margin=margin, readout=readout), "provenance": provenance})
     base.save(Path(out), dtype=torch.float16)
 
 

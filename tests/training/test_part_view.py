@@ -360,3 +360,17 @@ def test_fit_readout_on_recordings_whose_labels_name_no_part_says_why_and_writes
     with pytest.raises(ValueError, match="no labelled frame of these recordings shows a part the tracker boxes"):
         fit_readout(out, [partless], log=lambda m: None)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_new_part_round_keeps_the_readout_at_the_same_margin_and_drops_it_at_another(readout_calibrated,
+                                                                                      recordings, workdir):
+    from model.bundle import load_bundle
+
+    start = readout_calibrated[0]
+    for margin, kept in ((0.08, True), (0.12, False)):
+        out = workdir / f"part-round-from-readout-{margin}"
+        ft.finetune(tiny_config(max_steps=2, view="part", margin=margin), start, recordings, out,
+                    log=lambda m: None, cache_dir=workdir / "view-cache")
+        bundle = load_bundle(out, device="cpu")
+        assert (bundle.part_readout is not None) == kept and bundle.spec.part_view.readout_weights == {}
+        assert (out / "part-readout.safetensors").is_file() == kept
