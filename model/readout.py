@@ -87,8 +87,10 @@ class PatchReadout(nn.Module):
             for _ in range(epochs):
                 total, seen = 0.0, 0
                 for rows in torch.randperm(len(tokens), generator=generator).split(batch):
-                    logits = self(tokens[rows])
                     mask = known[rows]
+                    if not mask.any():  # a batch that answers nothing (sparse labels) teaches nothing
+                        continue
+                    logits = self(tokens[rows])
                     loss = F.binary_cross_entropy_with_logits(
                         logits, y[rows].clamp(min=0), pos_weight=pos_weight, reduction="none")[mask].mean()
                     opt.zero_grad()
@@ -96,7 +98,7 @@ class PatchReadout(nn.Module):
                     opt.step()
                     total += float(loss.detach()) * len(rows)
                     seen += len(rows)
-                losses.append(total / seen)
+                losses.append(total / max(seen, 1))
         return losses
 
     def save(self, path: str | Path, dtype: torch.dtype | None = torch.float16) -> None:

@@ -40,6 +40,11 @@ def test_unknown_labels_are_left_out_and_a_question_without_yes_is_refused():
     tokens, labels = tokens_with_a_mark(300, 0)
     labels[::2, 0] = -1  # half unknown: still fits
     PatchReadout(PATCHES, DIM, ["a", "b"]).fit(tokens, labels, epochs=1)
+    sparse = torch.full_like(labels, -1.0)
+    sparse[:4] = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(2, 1)  # batches of 2: most answer nothing at all
+    readout = PatchReadout(PATCHES, DIM, ["a", "b"])
+    losses = readout.fit(tokens, sparse, epochs=1, batch=2)
+    assert all(np.isfinite(losses)) and torch.isfinite(readout.weight).all()
     labels[:, 1] = 0
     with pytest.raises(ValueError, match=r"\['b'\] have no yes or no frames"):
         PatchReadout(PATCHES, DIM, ["a", "b"]).fit(tokens, labels, epochs=1)
