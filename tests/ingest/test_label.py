@@ -74,3 +74,43 @@ def test_cli(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "patchsight.cli", "label", str(rec), "-q", "stain", "--yes", "7-1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "backwards" in bad.stderr
+
+
+def test_parts_are_named_as_the_tracker_follows_them_one_id_per_physical_part(tmp_path: Path) -> None:
+    from ingest.label import label_parts
+    from ingest.recording import find_recordings
+
+    made = subprocess.run([sys.executable, "-m", "patchsight.cli", "synth", "--out", str(tmp_path / "synth"),
+                           "--lines", "1", "--cameras", "1", "--frames", "80", "--seed", "5"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    source = Recording(find_recordings([tmp_path / "synth"])[0])
+    with pytest.raises(RecordingError, match="already names the parts"):
+        label_parts(source.path)
+    # the same frames and answers as a plant's labelled recording has them: no part ids
+    stripped = tmp_path / "stripped"
+    with RecordingWriter(stripped, source.meta.model_copy()) as writer:
+        for entry, jpeg in source.frames():
+            truth = entry.truth.model_copy(update={"part_id": None}) if entry.truth else None
+            writer.append(entry.seq, entry.capture_ns, jpeg, truth)
+    named = label_parts(stripped)
+    truth_of = {e.seq: e.truth.part_id for e in source.entries if e.truth is not None}
+    ids = {e.seq: e.truth.part_id for e in Recording(stripped).entries if e.truth and e.truth.part_id is not None}
+    assert named == {"parts": len(set(ids.values())), "frames": len(ids)} and named["parts"] >= 3
+    # every named frame shows a real part, and each name is one physical part and each part one name
+    assert all(truth_of[seq] is not None for seq in ids)
+    pairs = {(ids[seq], truth_of[seq]) for seq in ids}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    answers = {e.seq: e.truth.answers for e in Recording(stripped).entries if e.truth}
+    assert answers == {e.seq: e.truth.answers for e in source.entries if e.truth}  # answers kept
+
+
+def test_cli_parts_alone_and_neither(tmp_path: Path) -> None:
+    rec = make_recording(tmp_path / "rec")
+    neither = subprocess.run([sys.executable, "-m", "patchsight.cli", "label", str(rec)], capture_output=True, text=True)
+    assert neither.returncode == 2 and "--question" in neither.stderr and "--parts" in neither.stderr
+    # 4x4 frames that are not JPEGs a decoder reads: no part is seen, nothing is named, the answers stay
+    out = subprocess.run([sys.executable, "-m", "patchsight.cli", "label", str(rec), "--parts"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "0 parts on 0 frames" in out.stdout and Recording(rec).truth()[0].answers == {"crack": False}
