@@ -171,30 +171,18 @@ def replay(
 @app.command("label")
 def label(
     recording: Annotated[Path, typer.Argument(help="Recording folder to label.", exists=True, file_okay=False)],
-    question: Annotated[
-        Optional[str], typer.Option("--question", "-q", help="Question id, as in the line config.")] = None,
+    question: Annotated[str, typer.Option("--question", "-q", help="Question id, as in the line config.")],
     yes: Annotated[Optional[list[str]], typer.Option("--yes", help="Seq or seq range showing the defect.")] = None,
     no: Annotated[Optional[list[str]], typer.Option("--no", help="Seq or seq range without it.")] = None,
     no_rest: Annotated[bool, typer.Option("--no-rest", help="Answer 'no' for frames not answered yet.")] = False,
-    parts: Annotated[bool, typer.Option(
-        "--parts", help="Name the part each frame shows, as the camera's part tracker follows it (for per-part "
-        "validation and calibration and the part view).")] = False,
 ) -> None:
-    """Write ground truth into a recording, for finetuning and evaluation: yes/no answers for one question
-    (--question), and/or which part each frame shows (--parts)."""
-    from ingest.label import label_parts, label_recording, parse_ranges
+    """Write yes/no ground truth for one question into a recording, for finetuning and evaluation."""
+    from ingest.label import label_recording, parse_ranges
     from ingest.recording import RecordingError
 
-    if question is None and not parts:
-        typer.secho("label: give --question (answers), --parts (part ids), or both", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
     try:
-        if parts:
-            named = label_parts(recording)
-            typer.echo(f"{recording}: {named['parts']} parts on {named['frames']} frames")
-        if question is not None:
-            counts = label_recording(recording, question, parse_ranges(yes or []), parse_ranges(no or []), no_rest)
-            typer.echo(f"{recording}: {question}: {counts['yes']} yes, {counts['no']} no")
+        counts = label_recording(recording, question, parse_ranges(yes or []), parse_ranges(no or []), no_rest)
     except (ValueError, RecordingError) as exc:
         typer.secho(f"label: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    typer.echo(f"{recording}: {question}: {counts['yes']} yes, {counts['no']} no")

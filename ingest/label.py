@@ -6,11 +6,8 @@ After ``patchsight record``, an engineer marks which frames show a defect::
     patchsight label REC --question scratch --no-rest
 
 ``--yes``/``--no`` take seq ranges; ``--no-rest`` answers "no" for every frame
-of that question not answered yet. ``--parts`` names the part each frame shows
-(``truth.part_id``) as the camera's part tracker follows it, so that the recording
-can be grouped by part and read through the part view (docs/recording-format.md,
-"Part ids"). The index is rewritten atomically (a temp file renamed over it), so
-an interrupted label run never corrupts a recording.
+of that question not answered yet. The index is rewritten atomically (a temp
+file renamed over it), so an interrupted label run never corrupts a recording.
 """
 
 from __future__ import annotations
@@ -75,51 +72,15 @@ def label_recording(
         entry.truth = truth
         counts["yes" if answer else "no"] += 1
 
-    _write_index(rec)
+    write_index(rec)
     if counts["yes"] or counts["no"]:
         rec.meta.labelled = True
         (rec.path / "meta.json").write_text(rec.meta.model_dump_json(indent=2) + "\n")
     return counts
 
 
-def label_parts(path: str | Path) -> dict[str, int]:
-    """Name the part each frame shows as the camera's tracker follows it; returns the parts and frames named.
-
-    A ``PartTracker`` for the recording's camera (its default zone, as ``model finetune --view
-    part``, ``calibrate`` and ``eval`` run one over a recording) sees every frame in order; a frame
-    on which it finds a part wholly inside the zone gets that part's number (1, 2, ... in order of
-    arrival) as ``truth.part_id``, every other frame none. A recording that already names its
-    parts (the synth's do) is refused: its ids would be replaced.
-    """
-    import cv2
-    import numpy as np
-
-    from model.tracker import PartTracker
-
-    rec = Recording(path)
-    named = [entry.seq for entry in rec.entries if entry.truth is not None and entry.truth.part_id is not None]
-    if named:
-        raise RecordingError(f"{rec.path} already names the parts of {len(named)} frames (the first: seq "
-                             f"{named[0]}); --parts would replace them")
-    tracker = PartTracker(rec.meta.camera_id, None, (rec.meta.width, rec.meta.height))
-    numbers: dict[str, int] = {}
-    frames = 0
-    for entry, jpeg in rec.frames():
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:  # an undecodable frame shows no part the tracker can see; the belt moves on
-            continue
-        part = tracker.update(image, entry.seq).part_id
-        if part is None:
-            continue
-        truth = entry.truth or FrameTruth()
-        truth.part_id = numbers.setdefault(part, len(numbers) + 1)
-        entry.truth = truth
-        frames += 1
-    _write_index(rec)
-    return {"parts": len(numbers), "frames": frames}
-
-
-def _write_index(rec: Recording) -> None:
+def write_index(rec: Recording) -> None:
+    """Rewrite the recording's index from its entries as they are now, atomically (a temp file renamed over it)."""
     index = rec.path / "index.jsonl"
     tmp = index.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as out:

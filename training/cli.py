@@ -400,6 +400,29 @@ def fit_anomaly_command(
     typer.echo(str(bundle))
 
 
+@model_app.command("label-parts")
+def label_parts_command(
+    recordings: list[Path] = typer.Argument(..., help="recordings (or folders of them) whose frames name no part"),
+) -> None:
+    """Name the part each frame shows, as the camera's part tracker follows it (truth.part_id).
+
+    For recordings of your own (`patchsight record`, `patchsight label`): finetune then validates
+    by part, calibrate sets part thresholds, and the part view and its readout can be trained.
+    A recording that already names its parts is refused.
+    """
+    from ingest.recording import RecordingError
+    from training.part_labels import label_parts
+
+    console = Console(stderr=True)
+    try:
+        for rec in _recordings(recordings):
+            named = label_parts(rec)
+            typer.echo(f"{rec}: {named['parts']} parts on {named['frames']} frames")
+    except (RecordingError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]label-parts failed:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
 @model_app.command("fit-readout")
 def fit_readout_command(
     bundle: Path = typer.Argument(..., help="bundle directory with a part view; gains part-readout.safetensors"),
