@@ -32,7 +32,7 @@ Public API
     scorer "part_head": the part view's head, on encoded part views
 ``bundle.with_part_view(frame_scores, encoded_part_views, questions) -> np.ndarray``  both views' P(yes)
 ``bundle.part_view_scores(encoded_part_views, questions) -> np.ndarray``  the part view's P(yes): the part head,
-    mixed with the part readout where the bundle has one
+    mixed with the part readout where the bundle has one (``bundle.with_readout(head_scores, ...)``)
 ``combine_views(frame_scores, part_scores, weights) -> np.ndarray``  P(yes) from both views
 ``bundle.part_view_weights(questions) -> np.ndarray (Q,)``  the part view's share of each question's log-odds
 ``bundle.thresholds_for(questions) -> np.ndarray (Q,)``  Question.threshold, else the bundle's, else default
@@ -326,9 +326,14 @@ class Bundle:
     def part_view_scores(self, part_views: EncoderOutput, questions: Sequence[Question | str]) -> np.ndarray:
         """The part view's P(yes) (B, Q) for yes/no questions: the part head's, mixed in log-odds with the part
         readout's for the questions it was fitted for (``readout_scores``, ``readout_weights``)."""
-        head = self._score_questions(part_views, questions, "part_head")
+        return self.with_readout(self._score_questions(part_views, questions, "part_head"), part_views, questions)
+
+    def with_readout(self, head_scores: np.ndarray, part_views: EncoderOutput,
+                     questions: Sequence[Question | str]) -> np.ndarray:
+        """The part head's P(yes) of encoded part views mixed with the part readout's, per question (as they are
+        without a readout)."""
         readout = self.readout_scores(part_views, questions)
-        return head if readout is None else combine_views(head, readout, self.readout_weights(questions))
+        return head_scores if readout is None else combine_views(head_scores, readout, self.readout_weights(questions))
 
     def readout_scores(self, part_views: EncoderOutput, questions: Sequence[Question | str]) -> np.ndarray | None:
         """The part readout's P(yes) (B, Q) of encoded part views, 0.5 for a question it was not fitted for;

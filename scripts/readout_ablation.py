@@ -24,9 +24,8 @@ from ingest.recording import find_recordings  # noqa: E402
 from model.bundle import load_bundle  # noqa: E402
 from model.readout import PatchReadout  # noqa: E402
 from schemas.config import QuestionCategory  # noqa: E402
-from training.data import group_names, held_out_groups, recording_pieces, split_groups  # noqa: E402
-from training.metrics import auroc  # noqa: E402
-from training.parts import group_parts  # noqa: E402
+from training.data import recording_pieces  # noqa: E402
+from training.readout import held_out_aurocs, held_out_split  # noqa: E402
 
 
 def main() -> None:
@@ -45,9 +44,7 @@ def main() -> None:
     recordings = find_recordings(args.data)
     pieces = recording_pieces(bundle.encoder, recordings, questions, 1, args.cache, lambda m: None, "part",
                               bundle.spec.part_view.margin)
-    val_names = held_out_groups(group_names(pieces), args.val_fraction, args.seed)
-    train, val = split_groups(pieces, val_names)
-    keys = [f"{p.sources[0]}|{g}" if "#part" in g else None for p in pieces for g in p.groups if g in val_names]
+    train, val, keys = held_out_split(pieces, args.val_fraction, args.seed)
     labels = val.labels.numpy()
     print(f"{len(train)} training frames, {len(val)} held-out frames; AUROC frame / part")
     print(f"{'readout':28s}" + "".join(f"{q[:14]:>16s}" for q in qids))
@@ -56,14 +53,9 @@ def main() -> None:
         train_tokens = tokens_of(train.tokens.feature_tokens)
         readout = PatchReadout(*train_tokens.shape[1:], qids)
         readout.fit(train_tokens, train.labels, epochs=args.epochs, seed=args.seed)
-        scores = readout.scores(tokens_of(val.tokens.feature_tokens), qids).numpy()
-        parts = group_parts(scores, keys, labels, qids, "mean")
-        cells = []
-        for j in range(len(qids)):
-            frame_known, part_known = labels[:, j] >= 0, parts.labels[:, j] >= 0
-            frame_auc = auroc(scores[frame_known, j], labels[frame_known, j])
-            cells.append(f"{frame_auc:.3f} / {auroc(parts.scores[part_known, j], parts.labels[part_known, j]):.3f}")
-        print(f"{name:28s}" + "".join(f"{c:>16s}" for c in cells))
+        aurocs = held_out_aurocs(readout.scores(tokens_of(val.tokens.feature_tokens), qids).numpy(), labels, keys, qids)
+        print(f"{name:28s}" + "".join(f"{aurocs[q]['frame_auroc']:.3f} / {aurocs[q]['part_auroc']:.3f}".rjust(16)
+                                      for q in qids))
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def evaluate(
     scorers.update(memory_scorer(bundle, data.tokens, questions, head_thr, log))
     read, part_keys, view_info = score_part_views(
         bundle, views, questions, scorers, part_keys,
-        lambda tok: with_readout(bundle, tok, questions, head_scores(bundle.part_head, tok)), clip, log)
+        lambda tok: bundle.with_readout(head_scores(bundle.part_head, tok), tok, questions), clip, log)
     report: dict = {
         "bundle": str(bundle_path),
         "model_id": bundle.model_id,
@@ -365,15 +365,6 @@ def tracked_views(bundle, pieces: Sequence[LabelledSet], recordings: Sequence[st
                   questions: Sequence[Question], log: Log = print):
     """The part views of the frames the tracker boxes (``training.views.part_views``); None without a part view."""
     return None if bundle.part_head is None else part_views(bundle, pieces, recordings, questions, 1, None, log)
-
-
-def with_readout(bundle, tokens: EncoderOutput, questions: Sequence[Question],  # type: ignore[no-untyped-def]
-                 head: np.ndarray) -> np.ndarray:
-    """The part view's scores from the part head's ``head``: mixed with the part readout's where the bundle has one."""
-    from model.bundle import combine_views
-
-    readout = bundle.readout_scores(tokens, questions)
-    return head if readout is None else combine_views(head, readout, bundle.readout_weights(questions))
 
 
 def score_part_views(bundle, views, questions: Sequence[Question], scorers: dict[str, Scored],  # type: ignore[no-untyped-def]

@@ -27,8 +27,11 @@ import torch
 
 from model.readout import READOUT_FILE, PatchReadout
 from schemas.config import QuestionCategory
-from training.data import Log, NoLabelledFrames, group_names, held_out_groups, recording_pieces, split_groups
-from training.metrics import MIN_EACH, auroc
+from training.calibrate import part_aurocs
+from training.data import (
+    LabelledSet, Log, NoLabelledFrames, group_names, held_out_groups, recording_pieces, split_groups,
+)
+from training.metrics import MIN_EACH
 from training.output import filled_on_success
 from training.parts import group_parts
 
@@ -66,10 +69,7 @@ def fit_readout(
         raise ValueError("no labelled frame of these recordings shows a part the tracker boxes: the readout reads "
                          "part views, cut from frames whose labels name their part (part_id; `patchsight label` "
                          "names none, docs/recording-format.md) where the camera's tracker finds it") from None
-    val_names = held_out_groups(group_names(pieces), val_fraction, seed)  # finetune's split
-    train, val = split_groups(pieces, val_names)
-    # each validation frame's part (its recording and part), in the order split_groups joins them
-    val_keys = [f"{p.sources[0]}|{g}" if "#part" in g else None for p in pieces for g in p.groups if g in val_names]
+    train, val, val_keys = held_out_split(pieces, val_fraction, seed)
     labels = train.labels
     counts = [(int((labels[:, j] == 1).sum()), int((labels[:, j] == 0).sum())) for j in range(len(questions))]
     fitted = [j for j, (yes, no) in enumerate(counts) if min(yes, no) >= MIN_EACH]
@@ -101,22 +101,32 @@ def fit_readout(
     return record
 
 
-def _validation(readout: PatchReadout, val, questions, keys) -> dict:  # type: ignore[no-untyped-def]
+def held_out_split(pieces: Sequence[LabelledSet], val_fraction: float,
+                   seed: int) -> tuple[LabelledSet, LabelledSet, list[str | None]]:
+    """finetune's split of the pieces by part: (training frames, held-out frames, each held-out frame's part)."""
+    val_names = held_out_groups(group_names(pieces), val_fraction, seed)
+    train, val = split_groups(pieces, val_names)
+    # a held-out frame's part is its recording and part id, in the order split_groups joins the frames
+    keys = [f"{p.sources[0]}|{g}" if "#part" in g else None for p in pieces for g in p.groups if g in val_names]
+    return train, val, keys
+
+
+def held_out_aurocs(scores: np.ndarray, labels: np.ndarray, keys: Sequence[str | None],
+                    question_ids: Sequence[str]) -> dict[str, dict]:
+    """Per question, the AUROC of held-out frames' scores, and of their parts' (the mean of a part's frames)."""
+    parts = group_parts(scores, keys, labels, question_ids, "mean")
+    frame, part = part_aurocs(scores, labels, question_ids), part_aurocs(parts.scores, parts.labels, question_ids)
+    return {qid: {"frame_auroc": frame[qid], "part_auroc": part[qid],
+                  "defective_parts": int((parts.labels[:, j] == 1).sum()), "parts": int((parts.labels[:, j] >= 0).sum())}
+            for j, qid in enumerate(question_ids)}
+
+
+def _validation(readout: PatchReadout, val: LabelledSet, questions, keys) -> dict:  # type: ignore[no-untyped-def]
     """Per question, the readout's AUROC on the held-out parts' frames and on the parts (mean of their frames)."""
     if len(val) == 0:
         return {}
     qids = [q.id for q in questions]
     cols = [val.questions.index(q) for q in questions]
-    labels = val.labels.numpy()[:, cols]
     scores = np.concatenate([readout.scores(val.tokens.feature_tokens[s : s + 1024], qids).numpy()
                              for s in range(0, len(val), 1024)])
-    parts = group_parts(scores, keys, labels, qids, "mean")
-    out = {}
-    for j, qid in enumerate(qids):
-        frame_known, part_known = labels[:, j] >= 0, parts.labels[:, j] >= 0
-        frame_auc = auroc(scores[frame_known, j], labels[frame_known, j])
-        part_auc = auroc(parts.scores[part_known, j], parts.labels[part_known, j])
-        out[qid] = {"frame_auroc": None if np.isnan(frame_auc) else round(float(frame_auc), 4),
-                    "part_auroc": None if np.isnan(part_auc) else round(float(part_auc), 4),
-                    "defective_parts": int((parts.labels[:, j] == 1).sum()), "parts": int(part_known.sum())}
-    return out
+    return held_out_aurocs(scores, val.labels.numpy()[:, cols], keys, qids)
