@@ -5,7 +5,7 @@ Read top to bottom, a frame goes through::
     main thread     poll frames -> parse headers -> dead-letter / skip stale live frames
                     -> hand the JPEG to a decode thread -> commit what the broker acknowledged
                     (every ``commit_interval_ms``)
-    decode threads  JPEG -> BGR (OpenCV, reduced when the encoder reads less) -> uint8 square
+    decode threads  JPEG -> BGR (libjpeg-turbo, reduced when the encoder reads less) -> uint8 square
                     (with the model on CUDA and ``inference.gpu_jpeg_decode: auto``: not used; the
                     model thread decodes each batch's JPEGs on the GPU in one nvJPEG call)
     model thread    dynamic batcher -> the camera's part tracker (in stream order): a frame
@@ -18,8 +18,8 @@ Read top to bottom, a frame goes through::
                     main thread wakes if it waits for room
 
 Kafka I/O, decoding, the model and building results never wait for each other:
-decoding runs in a thread pool (one thread per core by default) because OpenCV
-releases the GIL, and results are built while the model runs the next batch (on a
+decoding runs in a thread pool (one thread per core by default) because the JPEG
+decoder and OpenCV release the GIL, and results are built while the model runs the next batch (on a
 GPU the model thread mostly waits for the device, with the GIL released). This module
 decides what runs and when; what the decode and model threads run (decode,
 preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.

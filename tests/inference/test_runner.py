@@ -1,14 +1,17 @@
-"""The model runner scores tracked frames as the bundle does: both views, mixed per question."""
+"""The model runner scores tracked frames as the bundle does: both views, mixed per question; its JPEG decoder gives
+OpenCV's pixels."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from inference.runner import ModelRunner
+from inference.runner import ModelRunner, decode_jpeg, jpeg_header
 from ingest.synth import ALERT_QUESTIONS, SynthCamera
 from model.bundle import load_bundle
 from model.tracker import PartTracker
@@ -126,3 +129,53 @@ def test_a_line_asking_an_anomaly_question_needs_a_bundle_with_a_memory() -> Non
                                {"id": "odd", "text": "Is this part odd?", "defect_type": "anomaly", "kind": "anomaly"}]}]})
     with pytest.raises(ModelLoadError, match="no anomaly memory for the anomaly questions line-a/odd"):
         load_model(cfg)
+
+
+def camera_like_frame(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A frame with texture and edges (smooth noise, a disc): what a JPEG decoder's IDCT and upsampling differ on."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), (0, 0), 2)
+    cv2.circle(image, (size[0] // 2, size[1] // 2), min(size) // 4, (20, 200, 90), -1)
+    return image
+
+
+@pytest.mark.parametrize("size", [(640, 480), (641, 479), (1280, 720), (100, 80)])
+def test_decode_jpeg_gives_opencvs_pixels_at_every_reduction(size: tuple[int, int]) -> None:
+    image = camera_like_frame(size, seed=size[0])
+    encodings = {
+        "4:2:0 q85": [cv2.IMWRITE_JPEG_QUALITY, 85],
+        "4:4:4 q95": [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+        "4:2:2 q70": [cv2.IMWRITE_JPEG_QUALITY, 70, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422],
+        "progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+        "restart markers": [cv2.IMWRITE_JPEG_RST_INTERVAL, 4],
+    }
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}
+    for name, params in encodings.items():
+        for grey in (False, True):
+            data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if grey else image, params)[1].tobytes()
+            header = jpeg_header(data)
+            for reduction, flag in flags.items():
+                opencv = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+                np.testing.assert_array_equal(decode_jpeg(data, header, reduction), opencv,
+                                              err_msg=f"{name}, grey {grey}, 1/{reduction}")
+
+
+def test_decode_jpeg_leaves_orientation_cmyk_and_damage_to_opencv() -> None:
+    from PIL import Image
+
+    image = camera_like_frame((160, 120), seed=3)
+    rotated, cmyk = io.BytesIO(), io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: OpenCV turns the picture back
+    Image.fromarray(image[:, :, ::-1]).save(rotated, "JPEG", exif=exif)
+    Image.fromarray(image[:, :, ::-1]).convert("CMYK").save(cmyk, "JPEG")
+    baseline = cv2.imencode(".jpg", image)[1].tobytes()
+    cut_short = baseline[: len(baseline) * 3 // 4] + b"\xff\xd9"  # the scan ends early: OpenCV decodes what is there
+    for data in (rotated.getvalue(), cmyk.getvalue(), cut_short):
+        opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert opencv is not None
+        np.testing.assert_array_equal(decode_jpeg(data, jpeg_header(data)), opencv)
+    assert decode_jpeg(rotated.getvalue(), jpeg_header(rotated.getvalue())).shape == (160, 120, 3)
+    truncated = baseline[: len(baseline) // 2]  # no end of image: neither decoder reads it
+    assert decode_jpeg(truncated, jpeg_header(truncated)) is None
