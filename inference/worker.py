@@ -27,7 +27,9 @@ preprocess, encoder, head, the result) is ``inference.runner.ModelRunner``.
 The main thread never sleeps while work waits: frames are fetched ahead until what is
 in flight (polled, not yet acknowledged) holds ``max_in_flight_mb`` of memory; then every
 partition is paused, ``poll(0)`` keeps the group's protocol going, and the thread waits
-for an acknowledgement (which frees room) rather than a timer. ``fetch_max_wait_ms`` is
+for acknowledgements to free a quarter of the cap (``REFILL_SHARE``) rather than a timer,
+and refills it in one poll: each poll is a round trip to the consumer's IO thread, too
+dear to make for every frame acknowledged. ``fetch_max_wait_ms`` is
 low so a drained partition's empty fetch does not hold up a busy one's.
 
 At-least-once: an offset is committed only when the result (or dead letter)
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
 
 POLL_TIMEOUT_MS = 50  # also the longest a stop request or a commit waits for the main loop
 MAX_POLL_RECORDS = 500  # one poll's most; the memory cap sets fewer when it has less room
+REFILL_SHARE = 0.25  # when full, poll again once this share of max_in_flight_mb is free
 LAG_REFRESH_S = 1.0
 LIVENESS_S = 30.0  # /healthz fails when the main loop has not turned for this long
 SESSION_TIMEOUT_MS = 15_000
@@ -170,7 +173,8 @@ class InFlight:
     past the highest offset polled when everything is acknowledged): committing
     it can never skip a frame whose result the broker does not have. Each offset
     also counts the memory its frame holds until acknowledged (``nbytes``), and
-    every acknowledgement sets ``acknowledged``: the main loop waits on it for room.
+    acknowledgements set ``acknowledged`` once it holds no more than ``wait_for_room`` asked
+    for: the main loop waits on it for room.
     """
 
     def __init__(self) -> None:
@@ -180,6 +184,7 @@ class InFlight:
         self._committed: dict[TopicPartition, int] = {}
         self._epoch: dict[TopicPartition, int] = defaultdict(int)
         self._bytes = 0
+        self._wake_at_bytes = 0  # acknowledgements set ``acknowledged`` once no more than this is held
         self.acknowledged = threading.Event()
 
     def add(self, tp: TopicPartition, offset: int, nbytes: int = 0) -> int:
@@ -195,8 +200,19 @@ class InFlight:
             if self._epoch[tp] != epoch:
                 return False
             self._bytes -= self._pending[tp].pop(offset, 0)
-        self.acknowledged.set()
+            room_made = self._bytes <= self._wake_at_bytes
+        if room_made:
+            self.acknowledged.set()
         return True
+
+    def wait_for_room(self, at_most: int, timeout: float) -> bool:
+        """Wait until the frames in flight hold at most ``at_most`` bytes, or ``timeout`` seconds; whether they do."""
+        with self._lock:
+            if self._bytes <= at_most:
+                return True
+            self._wake_at_bytes = at_most
+            self.acknowledged.clear()  # under the lock: an acknowledgement that makes the room sets it after
+        return self.acknowledged.wait(timeout)
 
     @property
     def nbytes(self) -> int:
@@ -382,13 +398,12 @@ class Worker:
             self.metrics.ready.set(0)
 
     def _poll(self, consumer: KafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
-        """Frames while there is room for them; else stay in the group and wait for an acknowledgement.
+        """Frames while there is room for them; else stay in the group and wait for acknowledgements to make room.
 
         Only an acknowledgement makes room or moves a commit point, so while full nothing else is worth waking for.
         """
-        self.in_flight.acknowledged.clear()  # before measuring the room: an ack from now on ends the wait
         room = self.max_in_flight_bytes - self.in_flight.nbytes
-        if room > 0:
+        if room >= self.max_in_flight_bytes * REFILL_SHARE:
             if consumer.paused():
                 consumer.resume(*consumer.paused())
             wanted = min(max(room // self._frame_bytes, 1), MAX_POLL_RECORDS)
@@ -397,7 +412,7 @@ class Worker:
         # in poll()); a partition assigned meanwhile is not paused yet, so what it returns is taken.
         consumer.pause(*consumer.assignment())
         polled = consumer.poll(timeout_ms=0)
-        self.in_flight.acknowledged.wait(POLL_TIMEOUT_MS / 1e3)
+        self.in_flight.wait_for_room(int(self.max_in_flight_bytes * (1 - REFILL_SHARE)), POLL_TIMEOUT_MS / 1e3)
         return polled
 
     def _open_consumer(self) -> tuple[KafkaConsumer, threading.Event]:

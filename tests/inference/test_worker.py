@@ -168,20 +168,28 @@ def running(worker: Worker) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop"
 
 
-def test_in_flight_counts_the_memory_of_unacknowledged_frames_and_signals_each_acknowledgement() -> None:
+def test_in_flight_counts_the_memory_of_unacknowledged_frames_and_signals_when_there_is_room() -> None:
     from inference.worker import InFlight
 
     flight, a, b = InFlight(), TopicPartition("frames", 0), TopicPartition("frames", 1)
     epoch = flight.add(a, 10, 300)
     flight.add(a, 11, 200)
     flight.add(b, 5, 1000)
-    assert flight.nbytes == 1500 and len(flight) == 3 and not flight.acknowledged.is_set()
-    assert flight.done(a, 11, epoch) and flight.acknowledged.is_set()
+    assert flight.nbytes == 1500 and len(flight) == 3
+    assert not flight.wait_for_room(1000, timeout=0.01)  # nothing acknowledged: no room made
+    assert flight.done(a, 11, epoch) and not flight.acknowledged.is_set()  # 1300 held: not yet room for the waiter
     assert flight.nbytes == 1300 and flight.commit_points() == {a: 10, b: 5}  # 10 is not acknowledged yet
-    flight.acknowledged.clear()
     assert flight.revoke({b}) == 1 and flight.nbytes == 300
-    assert not flight.done(b, 5, epoch) and not flight.acknowledged.is_set()  # revoked: the ack no longer counts
+    assert not flight.done(b, 5, epoch)  # revoked: the ack no longer counts
+    assert flight.wait_for_room(300, timeout=0)  # already room: no wait
+
+    waiter = threading.Thread(target=lambda: woke.append(flight.wait_for_room(100, timeout=10)))
+    woke: list[bool] = []
+    waiter.start()
+    time.sleep(0.05)
     assert flight.done(a, 10, epoch) and flight.nbytes == 0 and flight.commit_points() == {a: 12}
+    waiter.join(5)
+    assert woke == [True]
 
 
 def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bundle: Bundle) -> None:
