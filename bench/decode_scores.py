@@ -9,8 +9,8 @@ the part tracker, the part view, the batch's squares normalised, the encoder and
 the synthetic catalog. Twice, by two decoding paths (``--compare``):
 
 * ``reduced`` (default): the full-size JPEG against the reduced one (``inference.reduced_decode``),
-  both by the decode threads (OpenCV).
-* ``batch``: the decode threads (OpenCV, reduced) against ``ModelRunner.decode_batch``, the path a
+  both by the decode threads (``decode_jpeg``: simplejpeg, OpenCV's pixels).
+* ``batch``: the decode threads (reduced) against ``ModelRunner.decode_batch``, the path a
   worker takes on CUDA (``inference.gpu_jpeg_decode``): one ``decode_jpeg`` call a batch, the square
   resized and cropped by torch. With ``--device cpu`` (the default) torchvision's CPU decoder stands
   in for nvJPEG, which checks everything of that path but the GPU's own decoder; with ``--device
@@ -165,8 +165,8 @@ def main() -> None:
                              "part_decisions_changed": int(sum(x != z for x, z in zip(*flagged)))}
     report = {
         "command": "python bench/decode_scores.py " + " ".join(f"--data {d}" for d in args.data) + f" --compare {args.compare}",
-        "compare": {"reduced": "full: OpenCV full-size decode; reduced: OpenCV reduced decode",
-                    "batch": "pool: OpenCV reduced decode (the decode threads); batch: decode_batch, torchvision's "
+        "compare": {"reduced": "full: the decode threads, full size; reduced: the decode threads, reduced",
+                    "batch": "pool: the decode threads, reduced; batch: decode_batch, torchvision's "
                              "decode_jpeg on the CPU standing in for nvJPEG"}[args.compare],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread", "device": args.device,
         "bundle": str(args.bundle),

@@ -173,8 +173,7 @@ class InFlight:
     past the highest offset polled when everything is acknowledged): committing
     it can never skip a frame whose result the broker does not have. Each offset
     also counts the memory its frame holds until acknowledged (``nbytes``), and
-    acknowledgements set ``acknowledged`` once it holds no more than ``wait_for_room`` asked
-    for: the main loop waits on it for room.
+    the main loop waits in ``wait_for_room`` until acknowledgements have freed what it asks for.
     """
 
     def __init__(self) -> None:
@@ -184,8 +183,8 @@ class InFlight:
         self._committed: dict[TopicPartition, int] = {}
         self._epoch: dict[TopicPartition, int] = defaultdict(int)
         self._bytes = 0
-        self._wake_at_bytes = 0  # acknowledgements set ``acknowledged`` once no more than this is held
-        self.acknowledged = threading.Event()
+        self._wake_at_bytes = 0  # acknowledgements wake ``wait_for_room`` once no more than this is held
+        self._room_made = threading.Event()
 
     def add(self, tp: TopicPartition, offset: int, nbytes: int = 0) -> int:
         with self._lock:
@@ -202,7 +201,7 @@ class InFlight:
             self._bytes -= self._pending[tp].pop(offset, 0)
             room_made = self._bytes <= self._wake_at_bytes
         if room_made:
-            self.acknowledged.set()
+            self._room_made.set()
         return True
 
     def wait_for_room(self, at_most: int, timeout: float) -> bool:
@@ -211,8 +210,8 @@ class InFlight:
             if self._bytes <= at_most:
                 return True
             self._wake_at_bytes = at_most
-            self.acknowledged.clear()  # under the lock: an acknowledgement that makes the room sets it after
-        return self.acknowledged.wait(timeout)
+            self._room_made.clear()  # under the lock: an acknowledgement that makes the room sets it after
+        return self._room_made.wait(timeout)
 
     @property
     def nbytes(self) -> int:

@@ -177,19 +177,21 @@ def test_in_flight_counts_the_memory_of_unacknowledged_frames_and_signals_when_t
     flight.add(b, 5, 1000)
     assert flight.nbytes == 1500 and len(flight) == 3
     assert not flight.wait_for_room(1000, timeout=0.01)  # nothing acknowledged: no room made
-    assert flight.done(a, 11, epoch) and not flight.acknowledged.is_set()  # 1300 held: not yet room for the waiter
-    assert flight.nbytes == 1300 and flight.commit_points() == {a: 10, b: 5}  # 10 is not acknowledged yet
-    assert flight.revoke({b}) == 1 and flight.nbytes == 300
-    assert not flight.done(b, 5, epoch)  # revoked: the ack no longer counts
-    assert flight.wait_for_room(300, timeout=0)  # already room: no wait
 
-    waiter = threading.Thread(target=lambda: woke.append(flight.wait_for_room(100, timeout=10)))
     woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(flight.wait_for_room(100, timeout=10)))
     waiter.start()
     time.sleep(0.05)
+    assert flight.done(a, 11, epoch)
+    assert flight.nbytes == 1300 and flight.commit_points() == {a: 10, b: 5}  # 10 is not acknowledged yet
+    time.sleep(0.05)
+    assert waiter.is_alive() and not woke  # 1300 held: not the room the waiter asked for
+    assert flight.revoke({b}) == 1 and flight.nbytes == 300
+    assert not flight.done(b, 5, epoch)  # revoked: the ack no longer counts
     assert flight.done(a, 10, epoch) and flight.nbytes == 0 and flight.commit_points() == {a: 12}
     waiter.join(5)
     assert woke == [True]
+    assert flight.wait_for_room(0, timeout=0)  # already room: no wait
 
 
 def test_replay_gives_every_frame_exactly_one_result_and_commits_them(config, bundle: Bundle) -> None:
