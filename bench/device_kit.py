@@ -48,7 +48,7 @@ JRE_MODULES = ("java.base,java.compiler,java.desktop,java.logging,java.managemen
 # open-clip-torch only for the CLIP BPE vocabulary file it ships (model.clip_baseline reads the
 # file and never imports the package, so its own dependencies can stay behind).
 WHEELS = ("kafka-python", "crc32c", "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
-          "typing_extensions", "structlog", "open-clip-torch")
+          "typing_extensions", "structlog", "simplejpeg", "open-clip-torch")
 NATIVE = re.compile(r"\.(so|dll|dylib|jnilib)$", re.IGNORECASE)
 THIS_PLATFORM = re.compile(r"linux.*(amd64|x86_64)|(amd64|x86_64).*linux", re.IGNORECASE)
 CARRY_LIMIT = 64 * 2**20
