@@ -340,12 +340,11 @@ class Bundle:
         None without a readout."""
         if self.part_readout is None:
             return None
-        ids = [q if isinstance(q, str) else q.id for q in questions]
+        ids = _question_ids(questions)
         known = [j for j, q in enumerate(ids) if q in self.part_readout.question_ids]
         scores = np.full((len(part_views), len(ids)), 0.5, dtype=np.float32)
-        for s in range(0, len(part_views) if known else 0, 1024):  # the tokens may be a memory map: a slice at a time
-            tokens = part_views.feature_tokens[s : s + 1024]
-            scores[s : s + 1024, known] = self.part_readout.scores(tokens, [ids[j] for j in known]).cpu().numpy()
+        if known:
+            scores[:, known] = self.part_readout.scores(part_views.feature_tokens, [ids[j] for j in known]).cpu().numpy()
         return scores
 
     def readout_weights(self, questions: Sequence[Question | str]) -> np.ndarray:
@@ -354,7 +353,7 @@ class Bundle:
         if self.part_readout is None:
             return np.zeros(len(questions), dtype=np.float32)
         weights = self.spec.part_view.readout_weights
-        ids = [q if isinstance(q, str) else q.id for q in questions]
+        ids = _question_ids(questions)
         return np.asarray([weights.get(q, 0.5) if q in self.part_readout.question_ids else 0.0 for q in ids],
                           dtype=np.float32)
 
@@ -364,8 +363,8 @@ class Bundle:
         An anomaly question reads the whole frame alone: the memory holds whole frames' patches.
         """
         weights = self.spec.part_view.weights if self.spec.part_view is not None else {}
-        return np.asarray([0.0 if self.is_anomaly(q) else weights.get(q if isinstance(q, str) else q.id, 0.5)
-                           for q in questions], dtype=np.float32)
+        return np.asarray([0.0 if self.is_anomaly(q) else weights.get(qid, 0.5)
+                           for q, qid in zip(questions, _question_ids(questions))], dtype=np.float32)
 
     def part_views(self, frames: Sequence[np.ndarray], boxes: Sequence[Box], scale: float = 1.0) -> list[np.ndarray]:
         """The part view of each frame: its part cut out around the box (the encoder resizes it).
@@ -378,7 +377,7 @@ class Bundle:
     def _probe_scores(self, enc: EncoderOutput, questions: Sequence[Question | str]) -> torch.Tensor:
         if self.probe is None:
             raise ValueError(f"bundle {self.model_id} has no linear probe")
-        ids = [q if isinstance(q, str) else q.id for q in questions]
+        ids = _question_ids(questions)
         unknown = [i for i in ids if i not in self.probe.question_ids]
         if unknown:
             raise ValueError(f"the linear probe was not trained for questions {unknown}")
@@ -445,6 +444,11 @@ class Bundle:
             "device": str(self.encoder.device),
             "dtype": str(self.encoder.dtype).removeprefix("torch."),
         }
+
+
+def _question_ids(questions: Sequence[Question | str]) -> list[str]:
+    """Each question's id (a question may be given as its id)."""
+    return [q if isinstance(q, str) else q.id for q in questions]
 
 
 def combine_views(frame_scores: np.ndarray, part_scores: np.ndarray, weights: np.ndarray | float = 0.5) -> np.ndarray:

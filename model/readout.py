@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 READOUT_FILE = "part-readout.safetensors"
+SCORE_ROWS = 1024  # frames scored at once
 
 
 class PatchReadout(nn.Module):
@@ -53,13 +54,17 @@ class PatchReadout(nn.Module):
         return x.flatten(1) @ self.weight.T + self.bias
 
     def scores(self, tokens: torch.Tensor, question_ids: Sequence[str]) -> torch.Tensor:
-        """P(yes) (B, len(question_ids)) for questions it was fitted for; ValueError for any other."""
+        """P(yes) (B, len(question_ids)) for questions it was fitted for; ValueError for any other.
+
+        ``tokens`` are read ``SCORE_ROWS`` frames at a time: a float16 memory map of a whole set stays one.
+        """
         unknown = [q for q in question_ids if q not in self.question_ids]
         if unknown:
             raise ValueError(f"the part readout was not fitted for questions {unknown}")
         cols = [self.question_ids.index(q) for q in question_ids]
         with torch.no_grad():
-            return torch.sigmoid(self(tokens)[:, cols])
+            chunks = [torch.sigmoid(self(tokens[s : s + SCORE_ROWS])[:, cols]) for s in range(0, len(tokens), SCORE_ROWS)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, len(cols), device=self.weight.device)
 
     def fit(self, tokens: torch.Tensor, labels: torch.Tensor, epochs: int = 4, lr: float = 1e-3,
             weight_decay: float = 1e-3, batch: int = 256, seed: int = 0) -> list[float]:

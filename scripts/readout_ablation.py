@@ -23,9 +23,8 @@ sys.path.insert(0, str(ROOT))
 from ingest.recording import find_recordings  # noqa: E402
 from model.bundle import load_bundle  # noqa: E402
 from model.readout import PatchReadout  # noqa: E402
-from schemas.config import QuestionCategory  # noqa: E402
 from training.data import recording_pieces  # noqa: E402
-from training.readout import held_out_aurocs, held_out_split  # noqa: E402
+from training.readout import held_out_aurocs, held_out_split, readout_questions  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     bundle = load_bundle(args.bundle, device="cpu", dtype=torch.float32)
-    questions = [q for q in bundle.spec.questions if q.kind == "yes_no" and q.category != QuestionCategory.relation]
+    questions = readout_questions(bundle.spec.questions)
     qids = [q.id for q in questions]
     recordings = find_recordings(args.data)
     pieces = recording_pieces(bundle.encoder, recordings, questions, 1, args.cache, lambda m: None, "part",

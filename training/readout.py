@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from model.readout import READOUT_FILE, PatchReadout
-from schemas.config import QuestionCategory
+from schemas.config import Question, QuestionCategory
 from training.calibrate import part_aurocs
 from training.data import (
     LabelledSet, Log, NoLabelledFrames, group_names, held_out_groups, recording_pieces, split_groups,
@@ -61,7 +61,7 @@ def fit_readout(
     if bundle.spec.part_view is None:
         raise ValueError(f"{bundle_dir} reads the whole frame only: a part readout reads the part view "
                          "(make one with `patchsight model finetune --view part`)")
-    questions = [q for q in bundle.spec.questions if q.kind == "yes_no" and q.category != QuestionCategory.relation]
+    questions = readout_questions(bundle.spec.questions)
     try:
         pieces = recording_pieces(bundle.encoder, recordings, questions, stride, cache_dir, log, "part",
                                   bundle.spec.part_view.margin)
@@ -101,6 +101,11 @@ def fit_readout(
     return record
 
 
+def readout_questions(questions: Sequence[Question]) -> list[Question]:
+    """The questions a part readout is fitted for: the yes/no ones, relations left out (as calibrate leaves them)."""
+    return [q for q in questions if q.kind == "yes_no" and q.category != QuestionCategory.relation]
+
+
 def held_out_split(pieces: Sequence[LabelledSet], val_fraction: float,
                    seed: int) -> tuple[LabelledSet, LabelledSet, list[str | None]]:
     """finetune's split of the pieces by part: (training frames, held-out frames, each held-out frame's part)."""
@@ -127,6 +132,5 @@ def _validation(readout: PatchReadout, val: LabelledSet, questions, keys) -> dic
         return {}
     qids = [q.id for q in questions]
     cols = [val.questions.index(q) for q in questions]
-    scores = np.concatenate([readout.scores(val.tokens.feature_tokens[s : s + 1024], qids).numpy()
-                             for s in range(0, len(val), 1024)])
+    scores = readout.scores(val.tokens.feature_tokens, qids).numpy()
     return held_out_aurocs(scores, val.labels.numpy()[:, cols], keys, qids)

@@ -79,11 +79,8 @@ def choose_view_weights(frame_scores: np.ndarray, part_scores: np.ndarray, label
     order = sorted(range(len(choices)), key=lambda i: (abs(choices[i] - 0.5), choices[i]))
     weights: dict[str, float] = {}
     for j, qid in enumerate(question_ids):
-        best, best_auc = 0.5, -math.inf
-        for i in order:
-            if not np.isnan(aucs[i, j]) and aucs[i, j] > best_auc + 1e-12:
-                best, best_auc = float(choices[i]), float(aucs[i, j])
-        weights[qid] = best
+        best = _best_measured(order, aucs[:, j])
+        weights[qid] = 0.5 if best is None else float(choices[best])
     table = {qid: {str(w): None if np.isnan(aucs[i, j]) else round(float(aucs[i, j]), 4) for i, w in enumerate(choices)}
              for j, qid in enumerate(question_ids)}
     return weights, table
@@ -110,10 +107,7 @@ def choose_readout_weights(frame_scores: np.ndarray, head_scores: np.ndarray, re
     readout_weights: dict[str, float] = {}
     for j, qid in enumerate(question_ids):
         allowed = pairs if fitted[j] else [(a, b) for a, b in pairs if shares[a] == 0.0]
-        best, best_auc = None, -math.inf
-        for a, b in allowed:
-            if not np.isnan(grid[a, b, j]) and grid[a, b, j] > best_auc + 1e-12:
-                best, best_auc = (a, b), float(grid[a, b, j])
+        best = _best_measured(allowed, grid[:, :, j])
         if best is None:  # nothing measurable: both views alike, the readout as much as the head
             weights[qid] = 0.5
             if fitted[j]:
@@ -127,3 +121,13 @@ def choose_readout_weights(frame_scores: np.ndarray, head_scores: np.ndarray, re
                    for a, r in enumerate(shares) if fitted[j] or r == 0.0}
              for j, qid in enumerate(question_ids)}
     return weights, readout_weights, table
+
+
+def _best_measured(order: Sequence, aucs: np.ndarray):  # type: ignore[no-untyped-def]
+    """The one of ``order`` (indices into ``aucs``) whose AUROC is highest, the earliest of equals; None when all
+    are NaN (not measurable)."""
+    best, best_auc = None, -math.inf
+    for i in order:
+        if not np.isnan(aucs[i]) and aucs[i] > best_auc + 1e-12:
+            best, best_auc = i, float(aucs[i])
+    return best
